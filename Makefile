@@ -1,0 +1,39 @@
+# Set-up and entry points. Every target creates .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mofbalora-installed
+PROFILE ?= cpu
+EXTRAS ?= dev,notebooks
+
+.PHONY: install test bandgap-benchmark bench data notebooks clean-cache
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# torch first: a bare torch requirement could otherwise pull a multi-GB CUDA build.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bandgap-benchmark: $(STAMP)
+	$(PY) pipelines/bandgap_benchmark.py --profile $(PROFILE)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+data: $(STAMP)
+	$(VENV)/bin/mofbalora data download qmof
+
+notebooks: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-cache:
+	rm -rf .cache

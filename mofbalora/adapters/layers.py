@@ -1,0 +1,186 @@
+"""LoRA and BaLoRA wrappers around a frozen ``nn.Linear`` (docs/method.md, eqs. 1–5)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mofbalora.adapters.noise import NoiseContext, per_graph_matmul
+
+
+def kl_multiplicative_gaussian(noise_alpha: torch.Tensor, prior_c: float) -> torch.Tensor:
+    """KL(N(a, alpha a^2) || N(0, c a^2)) per element = ½[(alpha + 1)/c + log c − log alpha − 1] (eq. 5)."""
+    return 0.5 * ((noise_alpha + 1.0) / prior_c + math.log(prior_c) - torch.log(noise_alpha) - 1.0)
+
+
+class LoRALinear(nn.Module):
+    """y = W0 x + s · B A x with W0 frozen, A [r, d] small random, B [k, r] zero (eq. 1).
+
+    Shapes: input [..., d] -> output [..., k].
+    """
+
+    def __init__(self, base_layer: nn.Linear, *, rank: int, scaling: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.rank = rank
+        self.scaling = scaling
+        self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank))
+        self.merged = False
+        self.disabled = False
+        self._unmerged_weight: torch.Tensor | None = None
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        # PEFT's default: kaiming-uniform(a=sqrt(5)) for A, i.e. U(-1/sqrt(d), 1/sqrt(d)); zeros for B.
+        bound = 1.0 / math.sqrt(self.base_layer.in_features)
+        with torch.no_grad():
+            self.lora_A.copy_(torch.rand(self.lora_A.shape, generator=generator) * 2 * bound - bound)
+            self.lora_B.zero_()
+
+    def delta_weight(self) -> torch.Tensor:
+        """s · B A, [k, d]."""
+        return self.scaling * (self.lora_B @ self.lora_A)
+
+    def original_weight(self) -> torch.Tensor:
+        return self._unmerged_weight if self.merged else self.base_layer.weight
+
+    def merge(self) -> None:
+        """Fold s·BA into W0 after checking it is finite (mean mode then costs nothing)."""
+        if self.merged:
+            return
+        with torch.no_grad():
+            merged = self.base_layer.weight + self.delta_weight()
+            if not torch.isfinite(merged).all():
+                raise ValueError("merging would produce non-finite weights; adapter is broken")
+            self._unmerged_weight = self.base_layer.weight.detach().clone()
+            self.base_layer.weight.copy_(merged)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Restore W0 exactly (the copy taken at merge time)."""
+        if not self.merged:
+            return
+        with torch.no_grad():
+            self.base_layer.weight.copy_(self._unmerged_weight)
+        self._unmerged_weight = None
+        self.merged = False
+
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled and self.merged:
+            return F.linear(x, self._unmerged_weight, self.base_layer.bias)
+        return self.base_layer(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._base(x)
+        if self.disabled or self.merged:
+            return out
+        return out + self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+
+class BaLoRALinear(LoRALinear):
+    """LoRA whose A is sampled per structure: A~ = A + sqrt(alpha_l(x)) |A| ⊙ eps (eq. 2).
+
+    One A~ is drawn per structure in the batch and shared by all of its rows (atoms, bonds,
+    ...). With ``noise_on="AB"`` B gets the same kind of noise. In mean mode it is plain LoRA.
+
+    Args:
+        entity: which rows the input holds (``atom``, ``bond``, ...), used to find each row's structure.
+        slot: this layer's index l into alpha(x).
+        context: the noise context shared by all BaLoRA layers of the model.
+    """
+
+    def __init__(self, base_layer: nn.Linear, *, rank: int, scaling: float, generator: torch.Generator,
+                 entity: str, slot: int, noise_on: str, per_rank: bool, context: NoiseContext,
+                 module_name: str) -> None:
+        super().__init__(base_layer, rank=rank, scaling=scaling, generator=generator)
+        self.entity = entity
+        self.slot = slot
+        self.noise_on = noise_on
+        self.per_rank = per_rank
+        self.module_name = module_name
+        self._context = [context]  # a list keeps it out of the module tree and the state dict
+
+    @property
+    def context(self) -> NoiseContext:
+        return self._context[0]
+
+    def noise_scale(self, noise_alpha: torch.Tensor) -> torch.Tensor:
+        """sqrt(alpha) for this layer: [G, 1] (per layer) or [G, r] (per rank component)."""
+        mine = noise_alpha[:, self.slot]
+        return mine.sqrt() if self.per_rank else mine.sqrt().unsqueeze(1)
+
+    def n_noisy_elements(self) -> tuple[int, int]:
+        """(elements per rank component, rank components): A has d per component, B adds k."""
+        per_component = self.base_layer.in_features
+        if self.noise_on == "AB":
+            per_component += self.base_layer.out_features
+        return per_component, self.rank
+
+    def kl_per_graph(self, noise_alpha: torch.Tensor, prior_c: float) -> torch.Tensor:
+        """KL of this layer's noisy elements for each structure, [G]."""
+        mine = noise_alpha[:, self.slot]
+        per_component, components = self.n_noisy_elements()
+        kl = kl_multiplicative_gaussian(mine, prior_c)
+        return per_component * (kl.sum(1) if self.per_rank else components * kl)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctx = self.context
+        if self.disabled or not ctx.active:
+            return super().forward(x)
+        leading = x.shape[0]
+        rows = x.reshape(-1, x.shape[-1])
+        layout = ctx.layout(self.entity, leading, rows.shape[0] // max(leading, 1), self.module_name)
+        scale = self.noise_scale(ctx.noise_alpha)  # [G, 1] or [G, r]
+        n_graphs = ctx.num_graphs
+        eps_a = ctx.standard_normal((n_graphs, self.rank, rows.shape[1]), rows)
+        noise_a = scale.unsqueeze(2) * self.lora_A.abs().unsqueeze(0) * eps_a  # [G, r, d]
+        xa_noise = per_graph_matmul(rows, noise_a, layout)  # [n_rows, r]
+        xa = F.linear(rows, self.lora_A) + xa_noise
+        # When merged, W0 already holds s·B·A; only the noise part is added.
+        lora_out = F.linear(xa_noise if self.merged else xa, self.lora_B)
+        if self.noise_on == "AB":
+            eps_b = ctx.standard_normal((n_graphs, self.base_layer.out_features, self.rank), rows)
+            noise_b = scale.unsqueeze(1) * self.lora_B.abs().unsqueeze(0) * eps_b  # [G, k, r]
+            lora_out = lora_out + per_graph_matmul(xa, noise_b, layout)
+        out = self._base(rows) + self.scaling * lora_out
+        return out.reshape(*x.shape[:-1], -1)
+
+
+class AlphaNet(nn.Module):
+    """Inference network alpha(x) = softplus(MLP(z(x))) (eq. 3).
+
+    Shapes: z [G, embedding_dim] -> [G, n_layers] or [G, n_layers, rank].
+    The last layer starts at zero weight with bias softplus^-1(alpha_init), so alpha starts at
+    ``alpha_init`` for every structure.
+    """
+
+    def __init__(self, *, embedding_dim: int, hidden: int, n_layers: int, rank: int | None,
+                 alpha_init: float, constant_input: bool, generator: torch.Generator) -> None:
+        super().__init__()
+        self.n_layers = n_layers
+        self.rank = rank
+        self.constant_input = constant_input
+        n_out = n_layers * (rank or 1)
+        self.norm = nn.LayerNorm(embedding_dim, elementwise_affine=False)
+        self.hidden = nn.Linear(embedding_dim, hidden)
+        self.out = nn.Linear(hidden, n_out)
+        bound = 1.0 / math.sqrt(embedding_dim)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.rand(self.hidden.weight.shape, generator=generator) * 2 * bound - bound)
+            self.hidden.bias.zero_()
+            self.out.weight.zero_()
+            self.out.bias.fill_(math.log(math.expm1(alpha_init)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.constant_input:
+            z = torch.ones_like(z)
+            hidden = F.silu(self.hidden(z))
+        else:
+            hidden = F.silu(self.hidden(self.norm(z)))
+        noise_alpha = F.softplus(self.out(hidden)) + 1e-8
+        shape = (z.shape[0], self.n_layers) + ((self.rank,) if self.rank else ())
+        return noise_alpha.reshape(shape)

@@ -1,0 +1,111 @@
+"""Per-structure noise bookkeeping for BaLoRA: which structure each row belongs to, alpha(x), RNG.
+
+Every row (atom, bond, angle, ...) of one structure must see the same sampled A~ (method.md §3).
+Rows are scattered into fixed-size blocks that each belong to one structure, so each
+structure's noise matrix is applied with one batched matmul, never a Python loop over structures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+#: rows per block; a structure's rows fill whole blocks, so padding wastes < this many rows each
+BLOCK_ROWS = 128
+
+
+@dataclass
+class RowLayout:
+    """Where each flattened row sits in fixed-size blocks that each hold rows of one structure."""
+
+    block: torch.Tensor  # [n_rows] block index
+    slot: torch.Tensor  # [n_rows] position within the block
+    block_graph: torch.Tensor  # [n_blocks] structure owning each block
+    n_blocks: int
+
+
+def row_layout(graph_index: torch.Tensor, num_graphs: int, block_rows: int = BLOCK_ROWS) -> RowLayout:
+    """Blocks of ``block_rows`` rows per structure; works for any row order."""
+    counts = torch.bincount(graph_index, minlength=num_graphs)
+    order = torch.argsort(graph_index, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.empty_like(graph_index)
+    position[order] = torch.arange(len(graph_index), device=graph_index.device) - starts[graph_index[order]]
+    blocks_per_graph = (counts + block_rows - 1) // block_rows
+    first_block = torch.cumsum(blocks_per_graph, 0) - blocks_per_graph
+    block = first_block[graph_index] + position // block_rows
+    block_graph = torch.repeat_interleave(torch.arange(num_graphs, device=graph_index.device), blocks_per_graph)
+    return RowLayout(block, position % block_rows, block_graph, int(blocks_per_graph.sum()))
+
+
+def per_graph_matmul(rows: torch.Tensor, weights: torch.Tensor, layout: RowLayout,
+                     block_rows: int = BLOCK_ROWS) -> torch.Tensor:
+    """rows [n_rows, d] times each row's structure matrix weights [G, out, d]^T -> [n_rows, out].
+
+    Exact; one batched matmul over blocks, so memory stays about the input's size.
+    """
+    padded = rows.new_zeros(layout.n_blocks, block_rows, rows.shape[-1])
+    padded = padded.index_put((layout.block, layout.slot), rows)
+    block_weights = weights[layout.block_graph]  # [n_blocks, out, d]
+    return torch.bmm(padded, block_weights.transpose(1, 2))[layout.block, layout.slot]
+
+
+@dataclass
+class NoiseContext:
+    """State shared by all BaLoRA layers of one model during one forward pass.
+
+    Attributes:
+        active: False in mean mode (no noise is drawn).
+        graph_index: entity type -> [n_rows] structure index.
+        num_graphs: structures in the (possibly sample-tiled) batch.
+        noise_alpha: alpha(x), [num_graphs, n_layers] or [num_graphs, n_layers, rank].
+        generator: seeded RNG in sample mode; None uses the global RNG (training).
+    """
+
+    active: bool = False
+    graph_index: dict[str, torch.Tensor] = field(default_factory=dict)
+    num_graphs: int = 0
+    noise_alpha: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+    _layouts: dict[tuple[str, int], RowLayout] = field(default_factory=dict)
+
+    def set(self, *, graph_index: dict[str, torch.Tensor], num_graphs: int, noise_alpha: torch.Tensor,
+            generator: torch.Generator | None) -> None:
+        self.active = True
+        self.graph_index = graph_index
+        self.num_graphs = num_graphs
+        self.noise_alpha = noise_alpha
+        self.generator = generator
+        self._layouts = {}
+
+    def clear(self) -> None:
+        self.active = False
+        self.graph_index = {}
+        self.noise_alpha = None
+        self._layouts = {}
+
+    def layout(self, entity: str, leading_rows: int, rows_per_leading: int, module_name: str) -> RowLayout:
+        """Layout for an input whose first dim holds ``leading_rows`` rows of type ``entity``."""
+        key = (entity, rows_per_leading)
+        if key in self._layouts:
+            return self._layouts[key]
+        if entity not in self.graph_index:
+            raise RuntimeError(f"{module_name}: the backbone gives no structure index for entity {entity!r}")
+        index = self.graph_index[entity]
+        if index.shape[0] != leading_rows:
+            raise RuntimeError(
+                f"{module_name}: input has {leading_rows} rows but the batch has {index.shape[0]} "
+                f"{entity} rows; the module's entity mapping in the backbone is wrong"
+            )
+        if rows_per_leading > 1:
+            index = index.repeat_interleave(rows_per_leading)
+        self._layouts[key] = row_layout(index, self.num_graphs)
+        return self._layouts[key]
+
+    def standard_normal(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            return torch.randn(shape, dtype=like.dtype, device=like.device)
+        noise = torch.randn(shape, generator=self.generator, dtype=like.dtype, device=self.generator.device)
+        return noise.to(like.device)

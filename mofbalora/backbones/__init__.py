@@ -1,0 +1,48 @@
+"""Pretrained graph backbones behind one interface; add one with a module and a registry line."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from mofbalora.backbones.base import GraphBackbone
+
+_REGISTRY: dict[str, Callable[..., GraphBackbone]] = {}
+
+
+def _cgcnn(**kwargs: Any) -> GraphBackbone:
+    from mofbalora.backbones.cgcnn import CGCNNBackbone
+
+    return CGCNNBackbone(**kwargs)
+
+
+def _chgnet(**kwargs: Any) -> GraphBackbone:
+    from mofbalora.backbones.chgnet import CHGNetBackbone
+
+    return CHGNetBackbone(**kwargs)
+
+
+def register_backbone(name: str, factory: Callable[..., GraphBackbone]) -> None:
+    """Make ``get_backbone(name)`` build ``factory(**kwargs)``."""
+    _REGISTRY[name] = factory
+
+
+register_backbone("cgcnn", _cgcnn)
+register_backbone("chgnet", _chgnet)
+
+
+def available_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name: str, **kwargs: Any) -> GraphBackbone:
+    """Load a pretrained backbone from the weights inside its pip package (no network access).
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose from {available_backbones()}")
+    return _REGISTRY[name](**kwargs)
+
+
+__all__ = ["GraphBackbone", "available_backbones", "get_backbone", "register_backbone"]

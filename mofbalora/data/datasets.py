@@ -1,0 +1,223 @@
+"""Labelled datasets: a folder or .tar.xz of CIFs joined to a CSV ``id,<target>``, with a join report."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from filelock import FileLock
+
+from mofbalora.data.structures import structure_id
+
+logger = logging.getLogger(__name__)
+
+DATA_ENV_VAR = "MOFBALORA_DATA"
+CACHE_ENV_VAR = "MOFBALORA_CACHE"
+QMOF_TARGET = "bandgap_pbe_ev"
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def default_cache_dir() -> Path:
+    """``$MOFBALORA_CACHE``, else ``~/.cache/mofbalora``."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    return Path(env) if env else Path.home() / ".cache" / "mofbalora"
+
+
+def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
+    """Where the labelled data lives.
+
+    Order: the ``data`` argument (``--data``), ``$MOFBALORA_DATA``, ``data/qmof/`` in the project,
+    then ``../shared/data/qmof/`` beside the project.
+
+    Raises:
+        FileNotFoundError: listing every place looked at.
+    """
+    candidates: list[Path] = []
+    if data is not None:
+        candidates.append(Path(data))
+    elif os.environ.get(DATA_ENV_VAR):
+        candidates.append(Path(os.environ[DATA_ENV_VAR]))
+    else:
+        root = project_root()
+        candidates += [root / "data" / "qmof", root.parent / "shared" / "data" / "qmof"]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"no dataset found (looked at {tried}); pass --data, set {DATA_ENV_VAR}, "
+        "or run `mofbalora data download qmof`"
+    )
+
+
+def _find_labels_csv(folder: Path) -> Path:
+    csvs = sorted(p for p in folder.glob("*.csv") if not p.name.startswith("."))
+    if not csvs:
+        raise FileNotFoundError(f"{folder}: no label CSV (expected a file `id,<target>`)")
+    if len(csvs) > 1:
+        preferred = [p for p in csvs if p.stem in ("bandgaps", "labels", "id_prop")]
+        if preferred:
+            return preferred[0]
+        raise ValueError(f"{folder}: several CSV files, pass the labels file explicitly: {csvs}")
+    return csvs[0]
+
+
+def unpack_archive_once(archive: Path, cache_dir: Path | None = None) -> Path:
+    """Unpack a .tar.xz of CIFs into the cache once; later calls return the same folder.
+
+    The folder is keyed by the archive's size and mtime plus name; a marker file is written
+    last, so an interrupted unpack is redone, never used half-done.
+    """
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    stat = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir / "unpacked" / f"{archive.name.split('.')[0]}-{key}"
+    marker = target / ".complete"
+    if marker.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if marker.exists():
+            return target
+        if target.exists():
+            shutil.rmtree(target)
+        partial = target.with_name(target.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        logger.info("unpacking %s into %s (once)", archive, target)
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(partial, filter="data")
+        os.replace(partial, target)
+        marker.write_text(str(archive))
+    return target
+
+
+@dataclass
+class JoinReport:
+    """What happened when CIFs and labels were joined."""
+
+    n_cifs: int = 0
+    n_labels: int = 0
+    n_joined: int = 0
+    labels_without_cif: list[str] = field(default_factory=list)
+    cifs_without_label: list[str] = field(default_factory=list)
+    nan_labels: list[str] = field(default_factory=list)
+    duplicate_ids: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.n_joined} joined from {self.n_cifs} CIFs and {self.n_labels} labels; "
+            f"{len(self.labels_without_cif)} labels without CIF, {len(self.cifs_without_label)} CIFs "
+            f"without label, {len(self.nan_labels)} NaN labels, {len(self.duplicate_ids)} duplicate ids"
+        )
+
+
+@dataclass
+class LabelledDataset:
+    """CIF paths joined to a target column.
+
+    Attributes:
+        table: columns ``id``, ``path`` and the target (eV for band gaps), one row per usable entry.
+        target: the target column's name.
+        report: the join report.
+        labels_sha256: checksum of the label file, recorded with every run.
+    """
+
+    table: pd.DataFrame
+    target: str
+    report: JoinReport
+    labels_sha256: str
+    source: Path
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def subset(self, ids: list[str]) -> "LabelledDataset":
+        indexed = self.table.set_index("id")
+        missing = [i for i in ids if i not in indexed.index]
+        if missing:
+            raise KeyError(f"{len(missing)} ids not in dataset {self.source}, e.g. {missing[:3]}")
+        table = indexed.loc[ids].reset_index()
+        return LabelledDataset(table, self.target, self.report, self.labels_sha256, self.source)
+
+
+def _cif_index(folder: Path) -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() == ".cif":
+            index.setdefault(structure_id(path), path)
+    return index
+
+
+def load_labelled_dataset(
+    data: str | os.PathLike | None = None,
+    *,
+    labels: str | os.PathLike | None = None,
+    target: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> LabelledDataset:
+    """Join a folder (or .tar.xz) of CIFs with a label CSV, reporting every mismatch.
+
+    Args:
+        data: a folder holding the CIFs (or an archive of them) and a label CSV; see
+            :func:`resolve_data_dir` for the default.
+        labels: the label CSV, when it is not in ``data``.
+        target: the target column; default, the CSV's second column.
+        cache_dir: where archives are unpacked.
+    """
+    source = resolve_data_dir(data)
+    if source.is_file() and source.name.endswith((".tar.xz", ".tar.gz", ".tar")):
+        cif_root = unpack_archive_once(source, Path(cache_dir) if cache_dir else None)
+        label_dir = source.parent
+    else:
+        archives = sorted(source.glob("*.tar.xz"))
+        loose = any(p.suffix.lower() == ".cif" for p in source.rglob("*.cif"))
+        if archives and not loose:
+            cif_root = unpack_archive_once(archives[0], Path(cache_dir) if cache_dir else None)
+        else:
+            cif_root = source
+        label_dir = source
+    labels_path = Path(labels) if labels else _find_labels_csv(label_dir)
+    frame = pd.read_csv(labels_path)
+    if frame.shape[1] < 2:
+        raise ValueError(f"{labels_path}: expected columns `id,<target>`, got {list(frame.columns)}")
+    id_column = frame.columns[0]
+    target = target or frame.columns[1]
+    if target not in frame.columns:
+        raise ValueError(f"{labels_path}: no column {target!r} (have {list(frame.columns)})")
+    frame = frame[[id_column, target]].rename(columns={id_column: "id"})
+    frame["id"] = frame["id"].astype(str)
+    frame[target] = pd.to_numeric(frame[target], errors="coerce")
+
+    report = JoinReport(n_labels=len(frame))
+    duplicated = frame["id"].duplicated(keep=False)
+    report.duplicate_ids = sorted(frame.loc[duplicated, "id"].unique().tolist())
+    # A duplicated id is ambiguous: drop every copy rather than guess which label is right.
+    frame = frame[~duplicated]
+    nan_mask = frame[target].isna()
+    report.nan_labels = frame.loc[nan_mask, "id"].tolist()
+    frame = frame[~nan_mask]
+
+    cifs = _cif_index(cif_root)
+    report.n_cifs = len(cifs)
+    report.labels_without_cif = sorted(set(frame["id"]) - set(cifs))
+    labelled = set(frame["id"]) | set(report.nan_labels) | set(report.duplicate_ids)
+    report.cifs_without_label = sorted(set(cifs) - labelled)
+    frame = frame[frame["id"].isin(cifs)].copy()
+    frame["path"] = frame["id"].map(lambda i: str(cifs[i]))
+    frame = frame.sort_values("id").reset_index(drop=True)[["id", "path", target]]
+    report.n_joined = len(frame)
+    logger.info("%s: %s", source, report.summary())
+
+    from mofbalora.data.io import sha256_file
+
+    return LabelledDataset(frame, target, report, sha256_file(labels_path), source)

@@ -1,0 +1,79 @@
+"""Deterministic train/val/test splits by seed, saved as id lists so every method sees the same one."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from mofbalora.data.io import write_text_atomic
+
+
+@dataclass(frozen=True)
+class Split:
+    """Id lists of one split."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    seed: int
+    method: str
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_text_atomic(path, json.dumps(self.__dict__, indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Split":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def make_split(
+    ids: list[str],
+    targets: np.ndarray | pd.Series | None = None,
+    *,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    method: Literal["random", "stratified"] = "random",
+    n_strata: int = 10,
+) -> Split:
+    """Split ids into train/val/test.
+
+    Args:
+        ids: structure ids; the result does not depend on their order.
+        targets: band gaps (eV), needed for ``method="stratified"`` (quantile strata).
+        fractions: train, val, test; must sum to 1.
+        seed: the split is a pure function of (sorted ids, targets, fractions, seed, method).
+    """
+    if not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
+        raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions}")
+    if method not in ("random", "stratified"):
+        raise ValueError(f"method must be 'random' or 'stratified', got {method!r}")
+    order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
+    sorted_ids = [str(ids[i]) for i in order]
+    if len(set(sorted_ids)) != len(sorted_ids):
+        raise ValueError("ids must be unique")
+    rng = np.random.default_rng(seed)
+    if method == "random":
+        groups = [np.arange(len(sorted_ids))]
+    else:
+        if targets is None:
+            raise ValueError("a stratified split needs targets")
+        values = np.asarray(targets, dtype=float)[order]
+        edges = np.quantile(values, np.linspace(0, 1, n_strata + 1)[1:-1])
+        strata = np.searchsorted(edges, values, side="right")
+        groups = [np.flatnonzero(strata == s) for s in range(n_strata)]
+    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for group in groups:
+        shuffled = rng.permutation(group)
+        n_train = int(round(fractions[0] * len(shuffled)))
+        n_val = int(round(fractions[1] * len(shuffled)))
+        parts["train"] += shuffled[:n_train].tolist()
+        parts["val"] += shuffled[n_train : n_train + n_val].tolist()
+        parts["test"] += shuffled[n_train + n_val :].tolist()
+    pick = lambda idx: sorted(sorted_ids[i] for i in idx)  # noqa: E731
+    return Split(pick(parts["train"]), pick(parts["val"]), pick(parts["test"]), seed, method)

@@ -1,0 +1,188 @@
+"""Read one crystal structure from a CIF file and reject it with one clear reason if unusable."""
+
+from __future__ import annotations
+
+import enum
+import glob
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from pymatgen.core import Element, Structure
+from pymatgen.io.cif import CifParser
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ATOMS = 1000
+MIN_INTERATOMIC_DISTANCE_ANGSTROM = 0.5
+
+
+class InvalidReason(str, enum.Enum):
+    """The fixed set of reasons a structure is rejected."""
+
+    UNREADABLE = "unreadable or not a CIF"
+    NO_ATOMS = "no atoms"
+    DISORDERED = "partial occupancy or disorder"
+    UNKNOWN_ELEMENT = "unknown element"
+    ATOMS_TOO_CLOSE = "atoms closer than 0.5 Å"
+    TOO_MANY_ATOMS = "more atoms than max_atoms"
+    NO_3D_LATTICE = "no 3-D lattice"
+
+
+class InvalidStructureError(ValueError):
+    """A structure file that cannot be used; names the file, the reason and a detail."""
+
+    def __init__(self, path: str | os.PathLike, reason: InvalidReason, detail: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+        message = f"{self.path}: {reason.value}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+_CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c")
+
+
+def _parse_cif(path: Path, text: str) -> Structure:
+    lowered = text.lower()
+    if "data_" not in lowered:
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, "no CIF data block")
+    if not all(tag in lowered for tag in _CELL_TAGS):
+        raise InvalidStructureError(path, InvalidReason.NO_3D_LATTICE, "cell lengths missing")
+    if "_atom_site_fract_" not in lowered and "_atom_site_cartn_" not in lowered:
+        raise InvalidStructureError(path, InvalidReason.NO_ATOMS, "no _atom_site loop")
+    with warnings.catch_warnings():
+        # pymatgen warns about every extra per-atom column (QMOF charges, spins); they are fine.
+        warnings.simplefilter("ignore")
+        try:
+            parser = CifParser.from_str(text, occupancy_tolerance=1.0)
+            structures = parser.parse_structures(primitive=False, on_error="raise")
+        except InvalidStructureError:
+            raise
+        except Exception as exc:  # pymatgen raises many exception types for bad CIFs
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            if "lattice" in detail.lower() or "singular" in detail.lower():
+                raise InvalidStructureError(path, InvalidReason.NO_3D_LATTICE, detail) from exc
+            if "element" in detail.lower() or "species" in detail.lower():
+                raise InvalidStructureError(path, InvalidReason.UNKNOWN_ELEMENT, detail) from exc
+            raise InvalidStructureError(path, InvalidReason.UNREADABLE, detail) from exc
+    if not structures:
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, "no structure in file")
+    return structures[0]
+
+
+def check_structure(
+    structure: Structure, path: str | os.PathLike, *, max_atoms: int = DEFAULT_MAX_ATOMS
+) -> Structure:
+    """Apply the validity checks to a parsed structure; return it or raise InvalidStructureError."""
+    if len(structure) == 0:
+        raise InvalidStructureError(path, InvalidReason.NO_ATOMS)
+    lattice = structure.lattice
+    if not np.isfinite(lattice.matrix).all() or lattice.volume < 1e-3 or min(lattice.abc) < 1e-3:
+        raise InvalidStructureError(
+            path, InvalidReason.NO_3D_LATTICE, f"cell volume {lattice.volume:.3g} Å^3"
+        )
+    if not structure.is_ordered:
+        raise InvalidStructureError(path, InvalidReason.DISORDERED)
+    for site in structure:
+        specie = site.specie
+        if not isinstance(specie, Element) or specie.Z < 1:
+            raise InvalidStructureError(path, InvalidReason.UNKNOWN_ELEMENT, str(specie))
+    if len(structure) > max_atoms:
+        raise InvalidStructureError(
+            path, InvalidReason.TOO_MANY_ATOMS, f"{len(structure)} > {max_atoms}"
+        )
+    if min(lattice.abc) < MIN_INTERATOMIC_DISTANCE_ANGSTROM:
+        raise InvalidStructureError(path, InvalidReason.ATOMS_TOO_CLOSE, "lattice vector shorter than 0.5 Å")
+    centers, _, _, distances = structure.get_neighbor_list(MIN_INTERATOMIC_DISTANCE_ANGSTROM)
+    if len(centers):
+        raise InvalidStructureError(
+            path,
+            InvalidReason.ATOMS_TOO_CLOSE,
+            f"site {int(centers[0])} at {float(distances.min()):.3f} Å from a neighbour",
+        )
+    return structure
+
+
+def read_structure(path: str | os.PathLike, *, max_atoms: int = DEFAULT_MAX_ATOMS) -> Structure:
+    """Read a CIF file into a pymatgen ``Structure``.
+
+    Args:
+        path: CIF file.
+        max_atoms: largest cell accepted.
+
+    Raises:
+        InvalidStructureError: naming the file and one :class:`InvalidReason`.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, exc.strerror or str(exc)) from exc
+    if not raw.strip():
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, "empty file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    if "\x00" in text:
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, "binary content")
+    structure = _parse_cif(path, text)
+    return check_structure(structure, path, max_atoms=max_atoms)
+
+
+def structure_id(path: str | os.PathLike) -> str:
+    """The id of a structure file: its name without the .cif suffix."""
+    name = Path(path).name
+    return name[:-4] if name.lower().endswith(".cif") else name
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files, folders (their ``*.cif``, recursively) and glob patterns, in input order.
+
+    A path that matches nothing is kept as-is, so the caller reports it instead of dropping it.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        item = str(item)
+        if os.path.isdir(item):
+            paths.extend(sorted(p for p in Path(item).rglob("*") if p.suffix.lower() == ".cif"))
+        elif any(ch in item for ch in "*?[") and not os.path.exists(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            paths.extend(Path(m) for m in matches) if matches else paths.append(Path(item))
+        else:
+            paths.append(Path(item))
+    return paths
+
+
+@dataclass(frozen=True)
+class ValidationRow:
+    """One input's validation outcome."""
+
+    id: str
+    path: str
+    status: str
+    reason: str
+    n_atoms: int | None
+    formula: str
+
+
+def validate_one(path: Path, *, max_atoms: int = DEFAULT_MAX_ATOMS) -> ValidationRow:
+    """Validate one file without raising."""
+    try:
+        structure = read_structure(path, max_atoms=max_atoms)
+    except InvalidStructureError as err:
+        reason = err.reason.value + (f": {err.detail}" if err.detail else "")
+        return ValidationRow(structure_id(path), str(path), "invalid", reason, None, "")
+    return ValidationRow(
+        structure_id(path), str(path), "valid", "", len(structure), structure.composition.reduced_formula
+    )
+
+
+def validate_inputs(inputs: Iterable[str | os.PathLike], *, max_atoms: int = DEFAULT_MAX_ATOMS) -> list[ValidationRow]:
+    """Validate every input (files, folders, globs); one row per file, in input order."""
+    return [validate_one(p, max_atoms=max_atoms) for p in expand_inputs(inputs)]

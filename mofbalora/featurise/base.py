@@ -1,0 +1,47 @@
+"""The featuriser interface and its registry."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from importlib.metadata import version
+from typing import Any
+
+from pymatgen.core import Structure
+
+
+class Featuriser(ABC):
+    """Turns one pymatgen ``Structure`` into one backbone-ready graph sample (CPU tensors)."""
+
+    #: registry name, equal to the backbone's
+    name: str
+    #: distributions whose version changes the features
+    upstream_packages: tuple[str, ...] = ()
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Every setting that changes the output; part of the cache key."""
+
+    @abstractmethod
+    def featurise(self, structure: Structure, structure_id: str) -> Any:
+        """Build the graph sample for one structure."""
+
+    def cache_tag(self) -> str:
+        """Featuriser config plus package versions, as a stable string."""
+        versions = {pkg: version(pkg) for pkg in ("mofbalora", *self.upstream_packages)}
+        return json.dumps({"name": self.name, "config": self.config(), "versions": versions}, sort_keys=True)
+
+
+def get_featuriser(name: str, **kwargs: Any) -> Featuriser:
+    """Featuriser by backbone name.
+
+    Raises:
+        ValueError: listing the valid names.
+    """
+    from mofbalora.featurise.cgcnn import CGCNNFeaturiser
+    from mofbalora.featurise.chgnet import CHGNetFeaturiser
+
+    registry = {"cgcnn": CGCNNFeaturiser, "chgnet": CHGNetFeaturiser}
+    if name not in registry:
+        raise ValueError(f"unknown featuriser {name!r}; choose from {sorted(registry)}")
+    return registry[name](**kwargs)
