@@ -6,6 +6,7 @@ import enum
 import glob
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,22 @@ class InvalidStructureError(ValueError):
 
 
 _CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c")
+_CELL_PARAMS = _CELL_TAGS + ("_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+_NUMBER = re.compile(r"^\s*(_cell_(?:length|angle)_\w+)\s+([-+0-9.eE]+)", re.MULTILINE | re.IGNORECASE)
+
+
+def _check_cell_parameters(path: Path, text: str) -> None:
+    """Reject a degenerate cell before pymatgen does, so the reason is the right one."""
+    found = {tag.lower(): value for tag, value in _NUMBER.findall(text)}
+    try:
+        values = [float(found[tag]) for tag in _CELL_PARAMS]
+    except (KeyError, ValueError):
+        return  # unusual notation (e.g. uncertainties); pymatgen decides
+    lengths, angles = np.array(values[:3]), np.radians(values[3:])
+    cosines = np.cos(angles)
+    volume_factor = 1 - (cosines**2).sum() + 2 * np.prod(cosines)
+    if (lengths <= 1e-3).any() or volume_factor <= 1e-9:
+        raise InvalidStructureError(path, InvalidReason.NO_3D_LATTICE, f"cell {values}")
 
 
 def _parse_cif(path: Path, text: str) -> Structure:
@@ -53,6 +70,7 @@ def _parse_cif(path: Path, text: str) -> Structure:
         raise InvalidStructureError(path, InvalidReason.UNREADABLE, "no CIF data block")
     if not all(tag in lowered for tag in _CELL_TAGS):
         raise InvalidStructureError(path, InvalidReason.NO_3D_LATTICE, "cell lengths missing")
+    _check_cell_parameters(path, text)
     if "_atom_site_fract_" not in lowered and "_atom_site_cartn_" not in lowered:
         raise InvalidStructureError(path, InvalidReason.NO_ATOMS, "no _atom_site loop")
     with warnings.catch_warnings():

@@ -1,0 +1,55 @@
+"""Shared fixtures: real QMOF structures (from ../shared or $MOFBALORA_DATA) and CoRE-MOF CIFs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# Unpacked archives and features are reused across test runs, never committed (.gitignore).
+os.environ.setdefault("MOFBALORA_CACHE", str(ROOT / ".cache"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def qmof_dataset():
+    from mofbalora.data.datasets import load_labelled_dataset, resolve_data_dir
+
+    try:
+        resolve_data_dir()
+    except FileNotFoundError:
+        pytest.skip("QMOF data not found (../shared/data/qmof or $MOFBALORA_DATA)")
+    return load_labelled_dataset()
+
+
+@pytest.fixture(scope="session")
+def small_qmof(qmof_dataset):
+    """The 40 smallest QMOF CIFs by file size (deterministic), as (ids, paths, gaps_ev)."""
+    table = qmof_dataset.table.copy()
+    table["size"] = table["path"].map(lambda p: os.path.getsize(p))
+    table = table.sort_values(["size", "id"]).head(40)
+    return list(table["id"]), [Path(p) for p in table["path"]], table[qmof_dataset.target].to_numpy()
+
+
+@pytest.fixture(scope="session")
+def coremof_paths(tmp_path_factory):
+    from mofbalora.data.coremof import extract_coremof
+
+    return extract_coremof(tmp_path_factory.mktemp("coremof"), limit=6)
+
+
+@pytest.fixture(scope="session")
+def cgcnn_backbone_factory():
+    from mofbalora.backbones import get_backbone
+
+    return lambda: get_backbone("cgcnn")
+
+
+@pytest.fixture(scope="session")
+def chgnet_backbone_factory():
+    from mofbalora.backbones import get_backbone
+
+    return lambda: get_backbone("chgnet")

@@ -1,0 +1,63 @@
+import tarfile
+
+import numpy as np
+import pytest
+
+from mofbalora.data.datasets import load_labelled_dataset, resolve_data_dir, unpack_archive_once
+
+
+@pytest.fixture
+def messy_folder(tmp_path, small_qmof):
+    ids, paths, gaps = small_qmof
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for path in paths[:5]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    rows = [f"{ids[0]},{gaps[0]}", f"{ids[1]},nan", f"{ids[2]},{gaps[2]}", f"{ids[2]},1.0", f"{ids[3]},{gaps[3]}",
+            "qmof-missing,1.5"]
+    (folder / "labels.csv").write_text("id,bandgap_ev\n" + "\n".join(rows) + "\n")
+    return folder, ids
+
+
+def test_join_reports_every_mismatch(messy_folder):
+    folder, ids = messy_folder
+    dataset = load_labelled_dataset(folder)
+    report = dataset.report
+    assert report.labels_without_cif == ["qmof-missing"]
+    assert report.cifs_without_label == [ids[4]]
+    assert report.nan_labels == [ids[1]]
+    assert report.duplicate_ids == [ids[2]]
+    assert sorted(dataset.table["id"]) == sorted([ids[0], ids[3]])
+    assert dataset.target == "bandgap_ev" and len(dataset.labels_sha256) == 64
+
+
+def test_archive_is_unpacked_once(tmp_path, messy_folder):
+    folder, _ = messy_folder
+    archive_dir = tmp_path / "arch"
+    archive_dir.mkdir()
+    with tarfile.open(archive_dir / "set.tar.xz", "w:xz") as tar:
+        for cif in folder.glob("*.cif"):
+            tar.add(cif, arcname=f"structures/{cif.name}")
+    (archive_dir / "labels.csv").write_text((folder / "labels.csv").read_text())
+    first = unpack_archive_once(archive_dir / "set.tar.xz", tmp_path / "cache")
+    marker_time = (first / ".complete").stat().st_mtime_ns
+    second = unpack_archive_once(archive_dir / "set.tar.xz", tmp_path / "cache")
+    assert first == second and (second / ".complete").stat().st_mtime_ns == marker_time
+    dataset = load_labelled_dataset(archive_dir, cache_dir=tmp_path / "cache")
+    assert len(dataset) == 2
+
+
+def test_data_location_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOFBALORA_DATA", str(tmp_path))
+    assert resolve_data_dir() == tmp_path
+    assert resolve_data_dir(tmp_path / "..") == tmp_path / ".."
+    monkeypatch.setenv("MOFBALORA_DATA", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="absent"):
+        resolve_data_dir()
+
+
+def test_qmof_joins_completely(qmof_dataset):
+    assert len(qmof_dataset) == 18372
+    assert qmof_dataset.report.labels_without_cif == [] and qmof_dataset.report.nan_labels == []
+    gaps = qmof_dataset.table[qmof_dataset.target].to_numpy()
+    assert np.isclose(gaps.mean(), 2.09, atol=0.01)

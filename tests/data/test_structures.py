@@ -1,0 +1,114 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mofbalora.cli import app
+from mofbalora.data import InvalidReason, InvalidStructureError, read_structure, validate_inputs
+
+CELL = """data_test
+_cell_length_a {a}
+_cell_length_b 10.0
+_cell_length_c 10.0
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P 1'
+loop_
+ _symmetry_equiv_pos_as_xyz
+ 'x, y, z'
+"""
+SITES = """loop_
+ _atom_site_type_symbol
+ _atom_site_label
+ _atom_site_fract_x
+ _atom_site_fract_y
+ _atom_site_fract_z
+ _atom_site_occupancy
+{rows}
+"""
+
+
+def cif(rows: str, a: float = 10.0) -> str:
+    return CELL.format(a=a) + SITES.format(rows=rows)
+
+
+GOOD_ROWS = " Zn Zn1 0.0 0.0 0.0 1.0\n O O1 0.2 0.0 0.0 1.0\n"
+
+CASES = {
+    "empty": ("", InvalidReason.UNREADABLE),
+    "garbage": ("this is not a crystal file\n1 2 3\n", InvalidReason.UNREADABLE),
+    "truncated": (cif(GOOD_ROWS)[:-12], InvalidReason.UNREADABLE),
+    "truncated_header": (cif(GOOD_ROWS)[:40], InvalidReason.NO_3D_LATTICE),
+    "no_atoms": (CELL.format(a=10.0), InvalidReason.NO_ATOMS),
+    "partial": (cif(" Zn Zn1 0.0 0.0 0.0 0.5\n O O1 0.2 0.0 0.0 1.0\n"), InvalidReason.DISORDERED),
+    "unknown_element": (cif(" Xq Xq1 0.0 0.0 0.0 1.0\n O O1 0.2 0.0 0.0 1.0\n"), InvalidReason.UNKNOWN_ELEMENT),
+    "too_close": (cif(" Zn Zn1 0.0 0.0 0.0 1.0\n O O1 0.03 0.0 0.0 1.0\n"), InvalidReason.ATOMS_TOO_CLOSE),
+    "too_close_periodic": (cif(" Zn Zn1 0.001 0.0 0.0 1.0\n O O1 0.998 0.0 0.0 1.0\n"), InvalidReason.ATOMS_TOO_CLOSE),
+    "flat_cell": (cif(GOOD_ROWS, a=0.0), InvalidReason.NO_3D_LATTICE),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_invalid_reason_names_file_and_reason(tmp_path, case):
+    text, reason = CASES[case]
+    path = tmp_path / f"{case}.cif"
+    path.write_text(text)
+    with pytest.raises(InvalidStructureError) as info:
+        read_structure(path)
+    assert info.value.reason is reason
+    assert str(path) in str(info.value) and reason.value in str(info.value)
+
+
+def test_too_many_atoms(tmp_path):
+    path = tmp_path / "ok.cif"
+    path.write_text(cif(GOOD_ROWS))
+    assert len(read_structure(path)) == 2
+    with pytest.raises(InvalidStructureError) as info:
+        read_structure(path, max_atoms=1)
+    assert info.value.reason is InvalidReason.TOO_MANY_ATOMS
+
+
+def test_missing_file_is_unreadable(tmp_path):
+    with pytest.raises(InvalidStructureError) as info:
+        read_structure(tmp_path / "nope.cif")
+    assert info.value.reason is InvalidReason.UNREADABLE
+
+
+def test_qmof_cifs_with_extra_columns_parse(small_qmof):
+    _, paths, _ = small_qmof
+    for path in paths[:10]:
+        structure = read_structure(path)
+        assert structure.is_ordered and len(structure) > 0
+
+
+def test_coremof_cifs_parse(coremof_paths):
+    rows = validate_inputs(coremof_paths)
+    assert sum(r.status == "valid" for r in rows) >= 4
+
+
+def test_validate_cli_folder_glob_and_csv(tmp_path, small_qmof):
+    _, paths, _ = small_qmof
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in paths[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.cif").write_text("")
+    out = tmp_path / "report.csv"
+    result = CliRunner().invoke(app, ["validate", str(folder), str(tmp_path / "in" / "*.cif"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [l for l in result.stdout.splitlines() if l]
+    assert len(lines) == 8  # 4 files via the folder + 4 via the glob
+    assert any("broken, invalid, unreadable" in l for l in lines)
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    assert list(table.columns[:5]) == ["id", "status", "reason", "n_atoms", "formula"]
+    assert (table["status"] == "valid").sum() == 6
+
+
+def test_validate_cli_fails_only_when_nothing_valid(tmp_path):
+    bad = tmp_path / "bad.cif"
+    bad.write_text("nonsense")
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 1

@@ -1,0 +1,43 @@
+import torch
+
+from mofbalora.featurise import FeatureCache, featurise_paths, get_featuriser
+
+
+def test_cache_hit_on_rerun_and_corrupt_entry_rebuilt(tmp_path, small_qmof):
+    _, paths, _ = small_qmof
+    featuriser = get_featuriser("cgcnn")
+    inputs = list(paths[:4]) + [tmp_path / "missing.cif"]
+    broken = tmp_path / "broken.cif"
+    broken.write_text("data_x\n_cell_length_a 1\n")
+    inputs.append(broken)
+    first = featurise_paths(inputs, featuriser, cache_dir=tmp_path / "c", workers=1, progress=False,
+                            skipped_csv=tmp_path / "skipped.csv")
+    assert (first.n_built, first.n_cache_hits) == (4, 0)
+    assert sorted(first.skipped["id"]) == ["broken", "missing"]
+    assert (tmp_path / "skipped.csv").read_text().count("\n") == 3
+    second = featurise_paths(inputs, featuriser, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert (second.n_built, second.n_cache_hits) == (0, 4)
+    for a, b in zip(first.samples, second.samples):
+        torch.testing.assert_close(a.nbr_dist, b.nbr_dist)
+    cache = FeatureCache(tmp_path / "c", featuriser)
+    entries = sorted(cache.directory.rglob("*.pt"))
+    entries[0].write_bytes(b"corrupt")
+    third = featurise_paths(inputs, featuriser, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert (third.n_built, third.n_cache_hits) == (1, 3)
+    assert not list(cache.directory.rglob("*.tmp"))
+
+
+def test_parallel_workers_match_serial(tmp_path, small_qmof):
+    _, paths, _ = small_qmof
+    featuriser = get_featuriser("cgcnn")
+    serial = featurise_paths(paths[:12], featuriser, cache_dir=None, workers=1, progress=False)
+    parallel = featurise_paths(paths[:12], featuriser, cache_dir=tmp_path / "c", workers=2, progress=False)
+    assert parallel.ids == serial.ids and parallel.n_built == 12
+    for a, b in zip(serial.samples, parallel.samples):
+        assert torch.equal(a.nbr_idx, b.nbr_idx)
+
+
+def test_cache_key_changes_with_featuriser_config(tmp_path):
+    a = FeatureCache(tmp_path, get_featuriser("cgcnn"))
+    b = FeatureCache(tmp_path, get_featuriser("cgcnn", max_neighbours=8))
+    assert a.directory != b.directory
