@@ -1,0 +1,165 @@
+"""Adapters on the real CGCNN and CHGNet backbones, driven by a table of backbones x kinds."""
+
+import pytest
+import torch
+
+from mofbalora.adapters import (
+    AdapterConfig, adapter_kl_per_graph, adapter_layers, inject_adapters, load_adapters, merge_adapters,
+    save_adapters, set_adapter_mode, unmerge_adapters,
+)
+from mofbalora.data import read_structure
+
+from .conftest import randomise_b
+
+CASES = [(b, k) for b in ("cgcnn", "chgnet") for k in ("lora", "balora")]
+TARGETS = {"cgcnn": [r"^embedding$", r"fc_full", r"^head\."], "chgnet": [r"twoBody_atom", r"mlp_out", r"^head\."]}
+
+
+def adapted(backbone_batches, backbone, kind, **overrides):
+    factory, samples = backbone_batches[backbone]
+    model = factory()
+    config = AdapterConfig(kind=kind, rank=4, alpha=8, target_modules=TARGETS[backbone],
+                           modules_to_save=[r"^head\."], seed=1, **overrides)
+    return inject_adapters(model, config), model.collate(samples)
+
+
+@pytest.mark.parametrize("backbone,kind", CASES)
+def test_initial_adapter_is_identity_in_every_mode(backbone_batches, backbone, kind):
+    factory, samples = backbone_batches[backbone]
+    bare = factory()
+    with torch.no_grad():
+        expected = bare(bare.collate(samples))
+    model, batch = adapted(backbone_batches, backbone, kind)
+    with torch.no_grad():
+        for mode in ("train", "mean"):
+            with set_adapter_mode(model, mode):
+                torch.testing.assert_close(model(batch), expected, atol=1e-5, rtol=1e-5)
+        with set_adapter_mode(model, "sample", samples=3):
+            out = model(batch)
+    assert out.shape == (3, len(samples))
+    torch.testing.assert_close(out, expected.expand(3, -1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone,kind", CASES)
+def test_gradients_reach_adapters_and_backbone_stays_frozen(backbone_batches, backbone, kind):
+    model, batch = adapted(backbone_batches, backbone, kind)
+    randomise_b(model, std=0.05)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(n.endswith("lora_A") for n in trainable) and any(n.endswith("lora_B") for n in trainable)
+    assert all(n.endswith(("lora_A", "lora_B")) or n.startswith(("head.", "balora_alpha_net.")) for n in trainable)
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with set_adapter_mode(model, "train"):
+        loss = model(batch).pow(2).mean() + adapter_kl_per_graph(model).mean() * 1e-4
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for name, grad in grads.items():
+        if name.endswith("lora_A") or name.endswith("lora_B"):
+            assert grad is not None and grad.abs().sum() > 0, name
+    if kind == "balora":
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("balora_alpha_net"))
+    optimiser.step()
+    for name, value in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(value, frozen[name]), name
+
+
+@pytest.mark.parametrize("backbone", ["cgcnn", "chgnet"])
+def test_one_weight_sample_per_structure_supercell(backbone_batches, small_qmof, backbone):
+    """A 2x1x1 supercell with the same noise draws gives the same samples: the noise is per structure.
+
+    A per-atom (local reparameterisation) scheme would shrink the supercell's std by about sqrt(2).
+    """
+    factory, _ = backbone_batches[backbone]
+    model = inject_adapters(factory(), AdapterConfig(kind="balora", rank=4, alpha=8,
+                                                     target_modules=TARGETS[backbone], seed=2))
+    randomise_b(model, std=0.3)
+    featuriser = model.make_featuriser()
+    structure = read_structure(small_qmof[1][0])
+    supercell = structure.copy()
+    supercell.make_supercell([2, 1, 1])
+    cell_batch = model.collate([featuriser.featurise(structure, "cell")])
+    super_batch = model.collate([featuriser.featurise(supercell, "super")])
+    samples = 400 if backbone == "cgcnn" else 60
+    with torch.no_grad():
+        with set_adapter_mode(model, "mean"):
+            torch.testing.assert_close(model(super_batch), model(cell_batch), atol=1e-4, rtol=0)
+        with set_adapter_mode(model, "sample", samples=samples, seed=11):
+            cell = model(cell_batch)[:, 0]
+        with set_adapter_mode(model, "sample", samples=samples, seed=11):
+            big = model(super_batch)[:, 0]
+    assert cell.std() > 1e-3
+    torch.testing.assert_close(big, cell, atol=1e-4, rtol=1e-4)
+    assert 0.9 < float(big.std() / cell.std()) < 1.1
+
+
+def test_sampling_is_vectorised_seeded_and_reproducible(backbone_batches):
+    model, batch = adapted(backbone_batches, "cgcnn", "balora")
+    randomise_b(model)
+    head_rows = []
+    model.head.register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[0]))
+    with torch.no_grad(), set_adapter_mode(model, "sample", samples=16, seed=3):
+        first = model(batch)
+    assert head_rows == [16 * 3]  # one pass over S x batch, not S passes
+    with torch.no_grad(), set_adapter_mode(model, "sample", samples=16, seed=3):
+        again = model(batch)
+    with torch.no_grad(), set_adapter_mode(model, "sample", samples=16, seed=4):
+        other = model(batch)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert (first.std(0) > 0).all()
+
+
+@pytest.mark.parametrize("backbone,kind", CASES)
+def test_merged_mean_mode_equals_unmerged(backbone_batches, backbone, kind):
+    model, batch = adapted(backbone_batches, backbone, kind)
+    randomise_b(model)
+    weights = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    with torch.no_grad(), set_adapter_mode(model, "mean"):
+        unmerged = model(batch)
+        merge_adapters(model)
+        merged = model(batch)
+        unmerge_adapters(model)
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+
+
+@pytest.mark.parametrize("backbone,kind", CASES)
+def test_save_load_round_trip_is_exact(tmp_path, backbone_batches, backbone, kind):
+    model, batch = adapted(backbone_batches, backbone, kind)
+    randomise_b(model)
+    save_adapters(model, tmp_path / "adapter")
+    factory, _ = backbone_batches[backbone]
+    loaded = load_adapters(factory(), tmp_path / "adapter")
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    with torch.no_grad(), set_adapter_mode(model, "sample", samples=4), set_adapter_mode(loaded, "sample", samples=4):
+        assert torch.equal(model(batch), loaded(batch))
+    saved_names = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert not any(n.startswith(("convs.", "chgnet.")) and not n.endswith(("lora_A", "lora_B")) for n in saved_names)
+
+
+def test_loading_onto_wrong_backbone_raises(tmp_path, backbone_batches):
+    model, _ = adapted(backbone_batches, "cgcnn", "balora")
+    save_adapters(model, tmp_path / "adapter")
+    chgnet_factory, _ = backbone_batches["chgnet"]
+    with pytest.raises(ValueError, match="trained on backbone cgcnn"):
+        load_adapters(chgnet_factory(), tmp_path / "adapter")
+    cgcnn_factory, _ = backbone_batches["cgcnn"]
+    other_version = cgcnn_factory()
+    with torch.no_grad():
+        other_version.convs[0].fc_full.weight.add_(1e-3)
+    with pytest.raises(ValueError, match="frozen weights differ"):
+        load_adapters(other_version, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("overrides", [{"noise_on": "AB"}, {"alpha_granularity": "rank"}, {"alpha_net_input": "constant"}])
+def test_alternative_choices_run_and_have_kl(backbone_batches, overrides):
+    model, batch = adapted(backbone_batches, "cgcnn", "balora", **overrides)
+    randomise_b(model)
+    with set_adapter_mode(model, "train"):
+        out = model(batch)
+    kl = adapter_kl_per_graph(model)
+    assert out.shape == (3,) and kl.shape == (3,) and torch.isfinite(kl).all()
+    with torch.no_grad(), set_adapter_mode(model, "sample", samples=8):
+        assert (model(batch).std(0) > 0).all()

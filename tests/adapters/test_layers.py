@@ -1,0 +1,109 @@
+"""The adapter maths on plain layers: PEFT parity, KL, Monte Carlo moments, merging."""
+
+import pytest
+import torch
+from torch import nn
+
+from mofbalora.adapters import AdapterConfig, BaLoRALinear, inject_adapters, kl_multiplicative_gaussian, merge_adapters, unmerge_adapters
+from mofbalora.adapters.noise import NoiseContext, per_graph_matmul, row_layout
+
+
+def stack():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 5))
+
+
+def test_lora_equals_peft():
+    peft = pytest.importorskip("peft")
+    ours = inject_adapters(stack(), AdapterConfig(kind="lora", rank=4, alpha=8, target_modules=[r"^(0|2)$"]))
+    reference = peft.get_peft_model(stack(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2"], lora_dropout=0.0))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name in ("0", "2"):
+            layer = ours.get_submodule(name)
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator))
+            ref = reference.base_model.model.get_submodule(name)
+            ref.lora_A["default"].weight.copy_(layer.lora_A)
+            ref.lora_B["default"].weight.copy_(layer.lora_B)
+    x = torch.randn(32, 12, generator=generator)
+    torch.testing.assert_close(ours(x), reference(x), atol=1e-6, rtol=0)
+
+
+def test_no_matching_module_is_a_clear_error():
+    with pytest.raises(ValueError, match="no nn.Linear module matches"):
+        inject_adapters(stack(), AdapterConfig(target_modules=["nothing_here"]))
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="kind"):
+        AdapterConfig(kind="dora")
+    with pytest.raises(ValueError, match="prior_p"):
+        AdapterConfig(prior_p=1.0)
+
+
+def test_closed_form_kl_matches_torch():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a = torch.randn(7, generator=generator)
+        noise_alpha = torch.rand(7, generator=generator) * 3 + 1e-3
+        p = float(torch.rand(1, generator=generator) * 0.9 + 0.05)
+        c = p / (1 - p)
+        q = torch.distributions.Normal(a, (noise_alpha * a**2).sqrt())
+        prior = torch.distributions.Normal(torch.zeros_like(a), (c * a**2).sqrt())
+        torch.testing.assert_close(kl_multiplicative_gaussian(noise_alpha, c),
+                                   torch.distributions.kl_divergence(q, prior), atol=1e-5, rtol=1e-5)
+
+
+def balora_layer(noise_on="A", per_rank=False):
+    torch.manual_seed(0)
+    base = nn.Linear(6, 3)
+    layer = BaLoRALinear(base, rank=4, scaling=0.5, generator=torch.Generator().manual_seed(0), entity="crystal",
+                         slot=0, noise_on=noise_on, per_rank=per_rank, context=NoiseContext(), module_name="test")
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(3, 4))
+    return layer
+
+
+@pytest.mark.parametrize("per_rank", [False, True])
+def test_monte_carlo_moments_match_analytic(per_rank):
+    layer = balora_layer(per_rank=per_rank)
+    x = torch.randn(6)
+    n = 10_000
+    noise_alpha = torch.tensor([0.3, 0.1, 0.5, 0.2]) if per_rank else torch.tensor(0.3)
+    alpha_rows = noise_alpha.expand(n, 1, 4) if per_rank else noise_alpha.expand(n, 1)
+    layer.context.set(graph_index={"crystal": torch.arange(n)}, num_graphs=n, noise_alpha=alpha_rows,
+                      generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = layer(x.expand(n, 6))
+    a, b, s = layer.lora_A, layer.lora_B, layer.scaling
+    mean = layer.base_layer(x) + s * b @ (a @ x)
+    per_component = (a**2 @ x**2) * (noise_alpha if per_rank else noise_alpha)  # Var[(A~ x)_j]
+    variance = s**2 * (b**2 @ per_component)
+    torch.testing.assert_close(out.mean(0), mean.detach(), atol=4 * (variance / n).sqrt().max().item(), rtol=0)
+    torch.testing.assert_close(out.var(0), variance.detach(), rtol=0.06, atol=0)
+
+
+def test_per_graph_matmul_is_exact_for_any_row_order():
+    generator = torch.Generator().manual_seed(0)
+    index = torch.tensor([2, 0, 0, 1, 2, 2, 0] * 50)
+    rows = torch.randn(len(index), 5, generator=generator)
+    weights = torch.randn(3, 4, 5, generator=generator)
+    out = per_graph_matmul(rows, weights, row_layout(index, 3, block_rows=16))
+    expected = torch.einsum("nd,nod->no", rows, weights[index])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_merge_unmerge_restores_exactly():
+    model = inject_adapters(stack(), AdapterConfig(kind="lora", rank=4, target_modules=[r"^(0|2)$"]))
+    with torch.no_grad():
+        for name in ("0", "2"):
+            model.get_submodule(name).lora_B.normal_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(8, 12)
+    unmerged_out = model(x)
+    merge_adapters(model)
+    torch.testing.assert_close(model(x), unmerged_out, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(model.get_submodule("0").base_layer.weight, before["0.base_layer.weight"])
+    unmerge_adapters(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
