@@ -42,6 +42,7 @@ class AdapterState:
     mode: AdapterMode = "train"
     samples: int = 1
     generator: torch.Generator | None = None
+    sample_seed: int = 0
     last_noise_alpha: torch.Tensor | None = None
     hooks: list[Any] = field(default_factory=list)
 
@@ -176,6 +177,8 @@ def _before_forward(model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] 
     state.context.set(
         graph_index=model.graph_index(batch), num_graphs=n_graphs, noise_alpha=noise_alpha,
         generator=state.generator if state.mode == "sample" else None,
+        noise_keys=getattr(args[0], "noise_keys", None) if state.mode == "sample" else None,
+        noise_seed=state.sample_seed,
     )
     return (batch, *args[1:])
 
@@ -197,7 +200,9 @@ class set_adapter_mode:  # noqa: N801 - used as a function and as a context mana
         ``"train"``: one weight sample per structure per forward pass (BaLoRA); output [G].
         ``"mean"``: A~ = A, exactly standard LoRA (mergeable); output [G].
         ``"sample"``: S samples in one pass, S x batch folded into the batch; output [S, G].
-            Seeded by ``seed`` (default ``config.seed``) and reproducible.
+            Seeded by ``seed`` (default ``config.seed``) and reproducible. A batch carrying
+            ``noise_keys`` (one integer per structure) gets draws that depend only on
+            (seed, key), whatever the batching or sharding.
     """
 
     def __init__(self, model: nn.Module, mode: AdapterMode, *, samples: int = 1, seed: int | None = None) -> None:
@@ -207,17 +212,16 @@ class set_adapter_mode:  # noqa: N801 - used as a function and as a context mana
             raise ValueError(f"samples must be >= 1, got {samples}")
         state = adapter_state(model)
         self._state = state
-        self._previous = (state.mode, state.samples, state.generator)
+        self._previous = (state.mode, state.samples, state.generator, state.sample_seed)
         state.mode, state.samples = mode, samples if mode == "sample" else 1
-        state.generator = (
-            torch.Generator().manual_seed(state.config.seed if seed is None else seed) if mode == "sample" else None
-        )
+        state.sample_seed = state.config.seed if seed is None else seed
+        state.generator = torch.Generator().manual_seed(state.sample_seed) if mode == "sample" else None
 
     def __enter__(self) -> "set_adapter_mode":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._state.mode, self._state.samples, self._state.generator = self._previous
+        self._state.mode, self._state.samples, self._state.generator, self._state.sample_seed = self._previous
 
 
 def adapter_kl_per_graph(model: nn.Module) -> torch.Tensor:
@@ -249,7 +253,10 @@ def unmerge_adapters(model: nn.Module) -> nn.Module:
 def backbone_identity(model: nn.Module) -> dict[str, str]:
     """Name, version and a fingerprint of the frozen weights the adapters sit on."""
     digest = hashlib.sha256()
+    config = adapter_state(model).config
     for name in adapter_state(model).target_names:
+        if _is_trainable(f"{name}.base_layer.weight", config):
+            continue  # trained and saved with the adapters, so not part of the frozen identity
         layer = model.get_submodule(name)
         digest.update(name.encode())
         digest.update(layer.original_weight().detach().cpu().contiguous().numpy().tobytes())

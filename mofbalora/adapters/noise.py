@@ -62,6 +62,9 @@ class NoiseContext:
         num_graphs: structures in the (possibly sample-tiled) batch.
         noise_alpha: alpha(x), [num_graphs, n_layers] or [num_graphs, n_layers, rank].
         generator: seeded RNG in sample mode; None uses the global RNG (training).
+        noise_keys: optional [G0] integer key per structure of the untiled batch. When set (sample
+            mode), each structure's draws come from its own stream seeded by (noise_seed, key,
+            draw number), so results do not depend on how inputs are batched or sharded.
     """
 
     active: bool = False
@@ -69,11 +72,18 @@ class NoiseContext:
     num_graphs: int = 0
     noise_alpha: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    noise_keys: torch.Tensor | None = None
+    noise_seed: int = 0
+    _draws: int = 0
     _layouts: dict[tuple[str, int], RowLayout] = field(default_factory=dict)
 
     def set(self, *, graph_index: dict[str, torch.Tensor], num_graphs: int, noise_alpha: torch.Tensor,
-            generator: torch.Generator | None) -> None:
+            generator: torch.Generator | None, noise_keys: torch.Tensor | None = None,
+            noise_seed: int = 0) -> None:
         self.active = True
+        self.noise_keys = noise_keys
+        self.noise_seed = noise_seed
+        self._draws = 0
         self.graph_index = graph_index
         self.num_graphs = num_graphs
         self.noise_alpha = noise_alpha
@@ -84,6 +94,7 @@ class NoiseContext:
         self.active = False
         self.graph_index = {}
         self.noise_alpha = None
+        self.noise_keys = None
         self._layouts = {}
 
     def layout(self, entity: str, leading_rows: int, rows_per_leading: int, module_name: str) -> RowLayout:
@@ -105,7 +116,26 @@ class NoiseContext:
         return self._layouts[key]
 
     def standard_normal(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """N(0, 1) noise of ``shape`` = (num_graphs, ...), one slice per (tiled) structure."""
+        self._draws += 1
+        if self.noise_keys is not None:
+            return self._keyed_normal(shape, like)
         if self.generator is None:
             return torch.randn(shape, dtype=like.dtype, device=like.device)
         noise = torch.randn(shape, generator=self.generator, dtype=like.dtype, device=self.generator.device)
         return noise.to(like.device)
+
+    def _keyed_normal(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        keys = self.noise_keys.tolist()
+        copies = shape[0] // len(keys)
+        per_structure = [
+            torch.randn((copies, *shape[1:]), dtype=like.dtype,
+                        generator=torch.Generator().manual_seed(_stream_seed(self.noise_seed, key, self._draws)))
+            for key in keys
+        ]
+        # tiled order: copy s of structure g sits at s * G0 + g
+        return torch.stack(per_structure, dim=1).reshape(shape).to(like.device)
+
+
+def _stream_seed(seed: int, key: int, draw: int) -> int:
+    return (seed * 1_000_003 + key * 7_919 + draw * 104_729) % (2**63 - 1)

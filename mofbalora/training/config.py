@@ -1,0 +1,100 @@
+"""Training configuration: a dataclass read from the small YAML files under pipelines/configs/."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+Method = Literal["head", "full", "lora", "balora", "lora-ensemble"]
+Likelihood = Literal["mse", "gaussian"]
+ADAPTER_METHODS = ("lora", "balora", "lora-ensemble")
+
+
+@dataclass
+class SplitConfig:
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    method: Literal["random", "stratified"] = "random"
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning run.
+
+    Attributes:
+        backbone: registry name (``cgcnn``, ``chgnet``).
+        method: ``head`` (frozen backbone), ``full``, ``lora``, ``balora`` or ``lora-ensemble``.
+        adapter: AdapterConfig fields (``kind`` is set from ``method``).
+        ensemble_size: members of ``lora-ensemble``, seeds ``seed .. seed + M - 1``.
+        epochs, batch_size, lr, weight_decay: AdamW with linear warm-up then cosine decay.
+        warmup_fraction: share of all steps spent warming up.
+        patience: early-stopping patience (epochs) on validation MAE.
+        likelihood: data term of the loss (docs/method.md eq. 6).
+        calibration_samples: samples S used on the validation split to set the OOD threshold.
+        ood_quantile: the std quantile on validation above which a prediction is flagged.
+        max_structures: use a seeded random subset of the data (None = all).
+        max_atoms: structures with more atoms are skipped.
+    """
+
+    backbone: str = "cgcnn"
+    method: Method = "balora"
+    adapter: dict[str, Any] = field(default_factory=dict)
+    ensemble_size: int = 5
+    epochs: int = 15
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    patience: int = 5
+    seed: int = 0
+    likelihood: Likelihood = "mse"
+    calibration_samples: int = 32
+    ood_quantile: float = 0.95
+    max_structures: int | None = None
+    max_atoms: int = 1000
+    num_workers: int = 0
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.split, dict):
+            self.split = SplitConfig(**{**self.split, "fractions": tuple(self.split.get("fractions", (0.8, 0.1, 0.1)))})
+        if self.method not in get_args(Method):
+            raise ValueError(f"method must be one of {get_args(Method)}, got {self.method!r}")
+        if self.likelihood not in get_args(Likelihood):
+            raise ValueError(f"likelihood must be one of {get_args(Likelihood)}, got {self.likelihood!r}")
+        for name in ("epochs", "batch_size", "ensemble_size", "calibration_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.ood_quantile < 1:
+            raise ValueError(f"ood_quantile must lie in (0, 1), got {self.ood_quantile}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["split"]["fractions"] = list(self.split.fractions)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training config keys {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> "TrainConfig":
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_train_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a YAML training config."""
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of training settings")
+    try:
+        return TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc

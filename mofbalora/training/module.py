@@ -1,0 +1,102 @@
+"""The LightningModule for band-gap regression, for every method (docs/method.md eq. 6)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from mofbalora.adapters.model import adapter_kl_per_graph, adapter_state, set_adapter_mode
+from mofbalora.training.config import TrainConfig
+from mofbalora.training.data import TargetNormaliser
+
+
+def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int) -> float:
+    """LR multiplier: linear warm-up, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class BandgapRegressor(L.LightningModule):
+    """Wraps a backbone (with or without adapters) and trains it on standardised band gaps.
+
+    Args:
+        model: backbone with head; with adapters injected for lora/balora.
+        config: the run's training config.
+        normaliser: training-split target standardisation.
+        n_train: training-set size N, for the KL scaling.
+        steps_per_epoch: optimiser steps per epoch (for the schedule).
+    """
+
+    def __init__(self, model: nn.Module, *, config: TrainConfig, normaliser: TargetNormaliser, n_train: int,
+                 steps_per_epoch: int) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.normaliser = normaliser
+        self.n_train = n_train
+        self.steps_per_epoch = steps_per_epoch
+        self.has_adapters = getattr(model, "_mofbalora_adapter_state", None) is not None
+        self.is_balora = self.has_adapters and adapter_state(model).config.kind == "balora"
+        # Homoscedastic noise scale for likelihood="gaussian" (standardised units).
+        self.log_noise_std = nn.Parameter(torch.zeros(()), requires_grad=config.likelihood == "gaussian")
+
+    def data_term(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.config.likelihood == "mse":
+            return nn.functional.mse_loss(prediction, target)
+        variance = torch.exp(2 * self.log_noise_std).expand_as(prediction)
+        return nn.functional.gaussian_nll_loss(prediction, target, variance, full=True)
+
+    def kl_term(self) -> torch.Tensor:
+        if not self.is_balora:
+            return torch.zeros((), device=self.device)
+        adapter_config = adapter_state(self.model).config
+        kl = adapter_kl_per_graph(self.model).mean()
+        scale = 1.0 / self.n_train if adapter_config.kl_scaling == "dataset" else 1.0
+        return adapter_config.kl_weight * scale * kl
+
+    def on_train_epoch_start(self) -> None:
+        # Noise draws depend only on (seed, epoch, rank): a resumed run repeats an uninterrupted one.
+        torch.manual_seed(self.config.seed * 100_003 + self.current_epoch * 1_009 + self.global_rank)
+
+    def training_step(self, batch: tuple[Any, torch.Tensor, torch.Tensor], batch_index: int) -> torch.Tensor:
+        graphs, target, _ = batch
+        if self.has_adapters:
+            with set_adapter_mode(self.model, "train"):
+                prediction = self.model(graphs)
+        else:
+            prediction = self.model(graphs)
+        data = self.data_term(prediction, target)
+        kl = self.kl_term()
+        loss = data + kl
+        size = len(target)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("train_data_term", data, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        if self.is_balora:
+            self.log("train_kl_term", kl, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Any, torch.Tensor, torch.Tensor], batch_index: int) -> None:
+        graphs, target, _ = batch
+        if self.has_adapters:
+            with set_adapter_mode(self.model, "mean"):
+                prediction = self.model(graphs)
+        else:
+            prediction = self.model(graphs)
+        mae_ev = (prediction - target).abs().mean() * self.normaliser.std_ev
+        self.log("val_mae_ev", mae_ev, on_epoch=True, prog_bar=True, batch_size=len(target), sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimiser = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        total = max(1, self.steps_per_epoch * self.config.epochs)
+        warmup = max(1, int(self.config.warmup_fraction * total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: warmup_cosine(step, total_steps=total, warmup_steps=warmup)
+        )
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

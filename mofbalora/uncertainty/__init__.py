@@ -1,0 +1,1 @@
+"""Predictive intervals, window probabilities, and uncertainty-quality metrics (pure functions)."""
