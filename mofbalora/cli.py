@@ -102,6 +102,137 @@ def featurise(
         raise typer.Exit(1)
 
 
+def _trainer_kwargs(accelerator: str, devices: str, num_nodes: int, strategy: str) -> dict:
+    parsed_devices: int | str = int(devices) if devices.isdigit() else devices
+    return {"accelerator": accelerator, "devices": parsed_devices, "num_nodes": num_nodes, "strategy": strategy}
+
+
+ACCELERATOR = typer.Option("cpu", help="Lightning accelerator: cpu, gpu, auto.")
+DEVICES = typer.Option("1", help="Devices per node (a number or 'auto').")
+NUM_NODES = typer.Option(1, help="Nodes (multi-node DDP; see docs/scaling.md).")
+STRATEGY = typer.Option("auto", help="Lightning strategy, e.g. ddp.")
+
+
+@app.command()
+def fit(
+    config: Path = typer.Argument(..., help="YAML training config (pipelines/configs/fit_*.yaml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder or archive (default: $MOFBALORA_DATA, data/qmof, ../shared/data/qmof)."),
+    out: Path = typer.Option(Path("runs/model"), "--out", help="Model folder to write."),
+    method: Optional[str] = typer.Option(None, help="Override the config: head, full, lora, balora, lora-ensemble."),
+    epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
+    max_structures: Optional[int] = typer.Option(None, help="Override the config's data subset size."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (rerun to resume)."),
+    accelerator: str = ACCELERATOR,
+    devices: str = DEVICES,
+    num_nodes: int = NUM_NODES,
+    strategy: str = STRATEGY,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Fine-tune a backbone on band gaps and write a model folder (resumes if interrupted)."""
+    _setup_logging(verbose)
+    from mofbalora.training.config import load_train_config
+    from mofbalora.training.fit import fit as run_fit
+
+    try:
+        train_config = load_train_config(config).with_overrides(method=method, epochs=epochs,
+                                                                 max_structures=max_structures)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"bad config: {exc}", err=True)
+        raise typer.Exit(2)
+    overrides = _trainer_kwargs(accelerator, devices, num_nodes, strategy)
+    if max_steps is not None:
+        overrides["max_steps"] = max_steps
+    result = run_fit(train_config, data=data, out_dir=out, trainer_overrides=overrides)
+    if result is not None:
+        typer.echo(f"model written to {result}")
+    elif max_steps is not None:
+        typer.echo(f"stopped after {max_steps} steps; rerun without --max-steps to resume", err=True)
+
+
+def _predict_table(model_dir: Path, inputs: List[str], samples: int, seed: int, trainer_kwargs: dict):
+    from mofbalora.predict import load_model
+
+    try:
+        model = load_model(model_dir)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"cannot load model: {exc}", err=True)
+        raise typer.Exit(2)
+    table = model.predict(inputs, samples=samples, seed=seed, progress=True, trainer_kwargs=trainer_kwargs)
+    return model, table
+
+
+def _is_global_zero() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+@app.command()
+def predict(
+    inputs: List[str] = typer.Argument(..., help="CIF files, folders or glob patterns."),
+    model: Path = typer.Option(..., "--model", help="Model folder from `mofbalora fit`."),
+    samples: int = typer.Option(32, help="Weight samples S (BaLoRA)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV, or parquet by extension."),
+    accelerator: str = ACCELERATOR,
+    devices: str = DEVICES,
+    num_nodes: int = NUM_NODES,
+    strategy: str = STRATEGY,
+) -> None:
+    """Predict band gaps (eV) with uncertainty; one row per input, invalid ones marked skipped.
+
+    Deterministic methods (head, full, lora) report bandgap_std_ev as NaN.
+    """
+    from mofbalora.data.io import write_table_atomic
+
+    _, table = _predict_table(model, inputs, samples, seed, _trainer_kwargs(accelerator, devices, num_nodes, strategy))
+    if _is_global_zero():
+        write_table_atomic(table, out)
+        n_ok = int((table["status"] == "ok").sum())
+        typer.echo(f"{n_ok} predicted, {len(table) - n_ok} skipped -> {out}", err=True)
+    if not (table["status"] == "ok").any():
+        raise typer.Exit(1)
+
+
+def _parse_window(gap: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in gap.split(":"))
+    except ValueError:
+        raise typer.BadParameter(f"expected LOW:HIGH in eV, got {gap!r}")
+    if not low < high:
+        raise typer.BadParameter(f"expected LOW < HIGH, got {gap!r}")
+    return low, high
+
+
+@app.command()
+def screen(
+    inputs: List[str] = typer.Argument(..., help="CIF files, folders or glob patterns."),
+    model: Path = typer.Option(..., "--model", help="Model folder from `mofbalora fit`."),
+    gap: str = typer.Option(..., "--gap", help="Band-gap window LOW:HIGH in eV, e.g. 1.5:3.0."),
+    samples: int = typer.Option(32, help="Weight samples S (BaLoRA)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    out: Path = typer.Option(Path("screen.csv"), "--out", help="Ranked table (CSV or parquet)."),
+    top: int = typer.Option(10, help="Rows shown in the summary."),
+) -> None:
+    """Rank structures by the probability that their band gap lies in the window.
+
+    A structure is flagged out_of_distribution when its predictive std exceeds the model's
+    threshold (the 95th percentile of validation-split stds, set at fit time).
+    """
+    from mofbalora.data.io import write_table_atomic, write_text_atomic
+    from mofbalora.uncertainty.screening import rank_by_window, screening_summary
+
+    low, high = _parse_window(gap)
+    loaded, table = _predict_table(model, inputs, samples, seed, {})
+    ranked = rank_by_window(table, low, high, ood_std_threshold_ev=loaded.ood_std_threshold_ev)
+    write_table_atomic(ranked, out)
+    summary = screening_summary(ranked, low, high, ood_std_threshold_ev=loaded.ood_std_threshold_ev, top=top)
+    write_text_atomic(Path(str(out) + ".summary.md"), summary)
+    typer.echo(summary)
+    if not (ranked["status"] == "ok").any():
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

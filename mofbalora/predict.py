@@ -83,7 +83,12 @@ class BandgapModel:
 
     def predict_samples(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0, batch_size: int | None = None,
                         progress: bool = False, trainer_kwargs: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std (eV) for featurised samples, in input order; sharded when run under DDP."""
+        """Mean and std (eV) for featurised samples, in input order.
+
+        With ``trainer_kwargs`` (e.g. ``{"devices": 2, "strategy": "ddp"}``) a Lightning Trainer runs
+        the prediction, sharded across ranks and gathered back in input order; without, it runs in
+        this process.
+        """
         if not samples:
             return np.zeros(0), np.zeros(0)
         structures_per_pass = 512 if self.backbone.name == "cgcnn" else 64
@@ -92,15 +97,12 @@ class BandgapModel:
                             collate_fn=Collate(self.backbone))
         step = _PredictionStep(self.members, method=self.method, normaliser=self.normaliser,
                                samples=n_samples, seed=seed)
-        trainer = L.Trainer(**{"accelerator": "cpu", "devices": 1, **(trainer_kwargs or {})}, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                            inference_mode=True)
-        outputs = trainer.predict(step, dataloaders=loader)
-        parts = [{k: v.cpu() for k, v in out.items()} for out in outputs]
-        if trainer.world_size > 1:
-            gathered: list[Any] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, parts)
-            parts = [part for rank_parts in gathered for part in rank_parts]
+        if trainer_kwargs is None:
+            step.eval()
+            with torch.inference_mode():
+                parts = [step.predict_step(batch, number) for number, batch in enumerate(loader)]
+        else:
+            parts = self._predict_with_trainer(step, loader, trainer_kwargs, progress)
         index = torch.cat([p["index"] for p in parts]).numpy()
         mean = torch.cat([p["mean"] for p in parts]).double().numpy()
         std = torch.cat([p["std"] for p in parts]).double().numpy()
@@ -110,6 +112,21 @@ class BandgapModel:
         if not np.array_equal(index, np.arange(len(samples))):
             raise RuntimeError("prediction lost inputs while gathering shards")
         return mean, std
+
+    @staticmethod
+    def _predict_with_trainer(step: L.LightningModule, loader: DataLoader, trainer_kwargs: dict[str, Any],
+                              progress: bool) -> list[dict[str, torch.Tensor]]:
+        """Lightning predict (DDP shards the inputs); every rank gets all shards back."""
+        trainer = L.Trainer(**{"accelerator": "cpu", "devices": 1, **trainer_kwargs}, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                            inference_mode=True)
+        outputs = trainer.predict(step, dataloaders=loader)
+        parts = [{k: v.cpu() for k, v in out.items()} for out in outputs]
+        if trainer.world_size > 1:
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, parts)
+            parts = [part for rank_parts in gathered for part in rank_parts]
+        return parts
 
     def predict(self, inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike, *, samples: int = 32,
                 seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,

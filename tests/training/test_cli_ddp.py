@@ -1,0 +1,126 @@
+"""The CLI on real and broken files, and 2-process DDP (gloo on CPU) for fit and predict."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pymatgen.io.cif import CifWriter
+
+from mofbalora.cli import app
+from mofbalora.data import read_structure
+from mofbalora.data.splits import Split
+
+from .conftest import tiny_config
+
+CLI = [sys.executable, "-m", "mofbalora.cli"]
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config("balora", epochs=2).to_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory, config_file, tiny_dataset):
+    out = tmp_path_factory.mktemp("cli") / "model"
+    result = CliRunner().invoke(app, ["fit", str(config_file), "--data", str(tiny_dataset), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed_inputs(tmp_path_factory, cli_model, tiny_dataset):
+    folder = tmp_path_factory.mktemp("mixed")
+    test_ids = Split.load(cli_model / "split.json").test
+    for structure_id in test_ids:
+        shutil.copy(tiny_dataset / f"{structure_id}.cif", folder / f"{structure_id}.cif")
+    good = (tiny_dataset / f"{test_ids[0]}.cif").read_text()
+    (folder / "empty.cif").write_text("")
+    (folder / "truncated.cif").write_text(good[: len(good) // 2])
+    (folder / "not_a_cif.cif").write_text("Hello, I am a README.\n")
+    disordered = read_structure(tiny_dataset / f"{test_ids[0]}.cif")
+    disordered.replace(0, {disordered[0].specie.symbol: 0.5, "Zn": 0.5})
+    CifWriter(disordered).write_file(folder / "disordered.cif")
+    return folder, test_ids
+
+
+def test_predict_one_row_per_input_with_status(tmp_path, cli_model, mixed_inputs):
+    folder, test_ids = mixed_inputs
+    out = tmp_path / "pred.csv"
+    result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", "8", "--out", str(out),
+                                      str(folder)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["id", "bandgap_mean_ev", "bandgap_std_ev", "lower_95_ev", "upper_95_ev",
+                                   "status", "reason"]
+    assert len(table) == len(test_ids) + 4
+    status = dict(zip(table["id"], table["status"]))
+    assert all(status[i] == "ok" for i in test_ids)
+    reasons = dict(zip(table["id"], table["reason"].fillna("")))
+    for broken in ("empty", "truncated", "not_a_cif", "disordered"):
+        assert status[broken] == "skipped" and reasons[broken], broken
+    assert "partial occupancy" in reasons["disordered"]
+    assert not list(tmp_path.glob(".pred.csv.*"))  # atomic write left no temporary
+
+
+def test_predict_exit_code_when_nothing_predictable(tmp_path, cli_model):
+    bad = tmp_path / "bad.cif"
+    bad.write_text("")
+    result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--out", str(tmp_path / "p.csv"), str(bad)])
+    assert result.exit_code == 1 and len(pd.read_csv(tmp_path / "p.csv")) == 1
+
+
+def test_screen_ranks_by_window_probability(tmp_path, cli_model, mixed_inputs):
+    folder, test_ids = mixed_inputs
+    out = tmp_path / "screen.csv"
+    result = CliRunner().invoke(app, ["screen", "--model", str(cli_model), "--gap", "1.0:3.0", "--samples", "8",
+                                      "--out", str(out), str(folder)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert len(table) == len(test_ids) + 4
+    ok = table[table["status"] == "ok"]
+    assert (np.diff(ok["p_in_window"].to_numpy()) <= 1e-12).all()
+    assert list(table["status"]).index("skipped") == len(ok)  # skipped rows last
+    assert "out_of_distribution" in table and (tmp_path / "screen.csv.summary.md").exists()
+    assert CliRunner().invoke(app, ["screen", "--model", str(cli_model), "--gap", "3:1", str(folder)]).exit_code != 0
+
+
+def test_every_command_has_help():
+    for command in ([], ["validate"], ["fit"], ["predict"], ["screen"], ["featurise"], ["data", "download"]):
+        result = CliRunner().invoke(app, [*command, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def _run(args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_ddp_two_processes_train_identically_and_predict_like_one(tmp_path, config_file, tiny_dataset, cli_model):
+    out = tmp_path / "ddp_model"
+    ddp = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    fitted = _run(["fit", str(config_file), "--data", str(tiny_dataset), "--out", str(out), *ddp], tmp_path)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    checksums = sorted((out / "members/0/rank_checksums").glob("rank*.txt"))
+    assert len(checksums) == 2 and checksums[0].read_text() == checksums[1].read_text()
+    assert (out / "model.json").exists()
+    inputs = [str(tiny_dataset / f"{i}.cif") for i in Split.load(out / "split.json").train[:7]]
+    single = _run(["predict", "--model", str(out), "--samples", "8", "--out", str(tmp_path / "one.csv"), *inputs], tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = _run(["predict", "--model", str(out), "--samples", "8", "--out", str(tmp_path / "two.csv"), *ddp, *inputs],
+                   tmp_path)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
+    assert list(one["id"]) == list(two["id"]) == [Path(p).stem for p in inputs]
+    np.testing.assert_allclose(two["bandgap_mean_ev"], one["bandgap_mean_ev"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(two["bandgap_std_ev"], one["bandgap_std_ev"], rtol=1e-5, atol=1e-6)
