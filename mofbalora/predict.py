@@ -29,7 +29,7 @@ PREDICTION_COLUMNS = ["id", "bandgap_mean_ev", "bandgap_std_ev", "lower_95_ev", 
 
 
 class _PredictionStep(L.LightningModule):
-    """Per batch: (input index, mean eV, std eV) over BaLoRA samples or ensemble members."""
+    """Per batch: input indices and draws (eV): BaLoRA weight samples, ensemble members, or one."""
 
     def __init__(self, members: list[nn.Module], *, method: str, normaliser: TargetNormaliser, samples: int, seed: int):
         super().__init__()
@@ -50,10 +50,7 @@ class _PredictionStep(L.LightningModule):
                 else:
                     outputs.append(member(graphs))
             draws = torch.stack(outputs)  # [M, G]
-        draws_ev = self.normaliser.to_ev(draws)
-        mean = draws_ev.mean(0)
-        std = draws_ev.std(0) if draws_ev.shape[0] > 1 else torch.full_like(mean, float("nan"))
-        return {"index": index, "mean": mean, "std": std}
+        return {"index": index, "draws": self.normaliser.to_ev(draws).T}  # [G, D] eV
 
 
 class BandgapModel:
@@ -81,17 +78,19 @@ class BandgapModel:
     def ood_std_threshold_ev(self) -> float | None:
         return self.meta.get("ood_std_threshold_ev")
 
-    def predict_samples(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0, batch_size: int | None = None,
-                        progress: bool = False, trainer_kwargs: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std (eV) for featurised samples, in input order.
+    def predict_draws(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0,
+                      batch_size: int | None = None, progress: bool = False,
+                      trainer_kwargs: dict[str, Any] | None = None) -> np.ndarray:
+        """Draws [D, n] in eV, in input order: D = S weight samples (BaLoRA), M members, or 1.
 
         With ``trainer_kwargs`` (e.g. ``{"devices": 2, "strategy": "ddp"}``) a Lightning Trainer runs
         the prediction, sharded across ranks and gathered back in input order; without, it runs in
-        this process.
+        this process. Sample draws depend on (seed, input position) only, not on batching.
         """
         if not samples:
-            return np.zeros(0), np.zeros(0)
-        structures_per_pass = 512 if self.backbone.name == "cgcnn" else 64
+            return np.zeros((1, 0))
+        # About this many structure-samples per pass keeps tensors cache-friendly on CPU.
+        structures_per_pass = 64 if self.backbone.name == "cgcnn" else 16
         batch_size = batch_size or max(1, structures_per_pass // (n_samples if self.method == "balora" else 1))
         loader = DataLoader(GraphDataset(samples), batch_size=batch_size, shuffle=False,
                             collate_fn=Collate(self.backbone))
@@ -104,13 +103,19 @@ class BandgapModel:
         else:
             parts = self._predict_with_trainer(step, loader, trainer_kwargs, progress)
         index = torch.cat([p["index"] for p in parts]).numpy()
-        mean = torch.cat([p["mean"] for p in parts]).double().numpy()
-        std = torch.cat([p["std"] for p in parts]).double().numpy()
+        draws = torch.cat([p["draws"] for p in parts]).double().numpy()
         # DistributedSampler pads shards with repeats; keep one row per input index.
         order = np.unique(index, return_index=True)[1]
-        index, mean, std = index[order], mean[order], std[order]
+        index, draws = index[order], draws[order]
         if not np.array_equal(index, np.arange(len(samples))):
             raise RuntimeError("prediction lost inputs while gathering shards")
+        return draws.T
+
+    def predict_samples(self, samples: Sequence[Any], **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (eV) over the draws of :meth:`predict_draws`; std is NaN for one draw."""
+        draws = self.predict_draws(samples, **kwargs)
+        mean = draws.mean(0)
+        std = draws.std(0, ddof=1) if draws.shape[0] > 1 else np.full_like(mean, np.nan)
         return mean, std
 
     @staticmethod
