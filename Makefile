@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mofbalora-installed
 PROFILE ?= cpu
+BENCHMARK_ARGS ?=
 EXTRAS ?= dev,notebooks
 
-.PHONY: install test bandgap-benchmark bench data notebooks clean-cache
+.PHONY: install test bandgap-benchmark bench data notebooks docs clean-cache
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bandgap-benchmark: $(STAMP)
-	$(PY) pipelines/bandgap_benchmark.py --profile $(PROFILE)
+	$(PY) pipelines/bandgap_benchmark.py --profile $(PROFILE) $(BENCHMARK_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
@@ -34,6 +35,9 @@ data: $(STAMP)
 
 notebooks: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
+
+docs: $(STAMP)
+	$(PY) -c "from mofbalora.cli import render_cli_reference; open('docs/cli.md', 'w').write(render_cli_reference())"
 
 clean-cache:
 	rm -rf .cache

@@ -233,6 +233,33 @@ def screen(
         raise typer.Exit(1)
 
 
+def render_cli_reference() -> str:
+    """docs/cli.md, generated from the commands' own help (tests check it has not drifted)."""
+    root = typer.main.get_command(app)
+    lines = ["# `mofbalora` command reference", "",
+             "Generated from the CLI's help by `make docs`; `tests/test_docs.py` fails if it drifts.", ""]
+
+    def walk(command, path: list[str]) -> None:
+        if hasattr(command, "commands"):
+            for name in sorted(command.commands):
+                walk(command.commands[name], [*path, name])
+            return
+        lines.extend([f"## `mofbalora {' '.join(path)}`", "", (command.help or "").strip(), ""])
+        for param in command.params:
+            if param.name == "help":
+                continue
+            if param.param_type_name == "argument":
+                lines.append(f"- `{param.name.upper()}` (argument{', several' if param.nargs == -1 else ''})")
+                continue
+            default = "" if param.default in (None, False) or param.required else f" (default: `{param.default}`)"
+            required = " **required**" if param.required else ""
+            lines.append(f"- `{'`, `'.join(param.opts)}`{required}: {getattr(param, 'help', '') or ''}{default}")
+        lines.append("")
+
+    walk(root, [])
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def main() -> None:  # pragma: no cover
     app()
 

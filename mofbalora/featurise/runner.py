@@ -117,13 +117,15 @@ def featurise_paths(
         sample, reason = results[path]
         if sample is None:
             skipped.append((structure_id(path), path, reason))
-            logger.warning("skipped %s: %s", path, reason)
+            logger.debug("skipped %s: %s", path, reason)
         else:
             out.ids.append(structure_id(path))
             out.paths.append(path)
             out.samples.append(sample)
     out.n_built = sum(1 for j in jobs if results[j[0]][0] is not None)
     out.skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
+    if skipped:
+        logger.info("%d of %d inputs skipped (reasons in the skipped table)", len(skipped), len(paths))
     if skipped_csv is not None:
         write_table_atomic(out.skipped, skipped_csv)
     return out

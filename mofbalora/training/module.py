@@ -61,6 +61,7 @@ class BandgapRegressor(L.LightningModule):
         return adapter_config.kl_weight * scale * kl
 
     def on_train_epoch_start(self) -> None:
+        self.model.train()  # backbones keep their BatchNorm layers in eval mode
         # Noise draws depend only on (seed, epoch, rank): a resumed run repeats an uninterrupted one.
         torch.manual_seed(self.config.seed * 100_003 + self.current_epoch * 1_009 + self.global_rank)
 

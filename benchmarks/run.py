@@ -1,0 +1,340 @@
+"""`make bench`: speed and memory figures on real QMOF structures, written to benchmarks/results.json.
+
+Each figure group runs in its own process (clean timings and peak memory). Every figure is the
+median of several repeats after a warm-up; ratios are computed within one run.
+
+    python benchmarks/run.py [--groups featurise,train,infer,screening] [--backbones cgcnn,chgnet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results.json"
+REPEATS = 5
+
+
+def median_time(function: Callable[[], Any], *, repeats: int = REPEATS, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def qmof_paths(n: int, *, max_atoms: int | None = None, seed: int = 0) -> list[Path]:
+    """n random QMOF CIFs (optionally only cells with <= max_atoms atoms), fixed by seed."""
+    import numpy as np
+
+    from mofbalora.data import load_labelled_dataset, read_structure
+
+    table = load_labelled_dataset().table
+    order = np.random.default_rng(seed).permutation(len(table))
+    chosen = []
+    for index in order:
+        path = Path(table.iloc[index]["path"])
+        if max_atoms is not None and len(read_structure(path)) > max_atoms:
+            continue
+        chosen.append(path)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def batch_of(backbone: Any, paths: list[Path]) -> Any:
+    from mofbalora.data import read_structure
+
+    featuriser = backbone.make_featuriser()
+    return backbone.collate([featuriser.featurise(read_structure(p), p.stem) for p in paths])
+
+
+# --------------------------------------------------------------------------- groups
+
+def group_featurise(backbone_name: str, n: int) -> dict[str, Any]:
+    from mofbalora.featurise import featurise_paths, get_featuriser
+
+    paths = qmof_paths(n)
+    featuriser = get_featuriser(backbone_name)
+    cache = Path(tempfile.mkdtemp(prefix="mofbalora-bench-"))
+    try:
+        start = time.perf_counter()
+        cold = featurise_paths(paths, featuriser, cache_dir=cache, workers=os.cpu_count(), progress=False)
+        cold_s = time.perf_counter() - start
+        cached_s = median_time(lambda: featurise_paths(paths, featuriser, cache_dir=cache, progress=False), repeats=3, warmup=0)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return {"n_structures": n, "n_ok": len(cold.samples), "cold_s": cold_s, "cached_s": cached_s,
+            "cold_structures_per_s": n / cold_s, "cached_structures_per_s": n / cached_s,
+            "cached_speedup": cold_s / cached_s, "peak_rss_gb": peak_rss_gb()}
+
+
+def _train_step_timer(model: Any, batch: Any, target: Any) -> Callable[[], None]:
+    import torch
+
+    from mofbalora.adapters import set_adapter_mode
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=1e-4)
+    has_adapters = getattr(model, "_mofbalora_adapter_state", None) is not None
+
+    def step() -> None:
+        optimiser.zero_grad()
+        if has_adapters:
+            with set_adapter_mode(model, "train"):
+                out = model(batch)
+        else:
+            out = model(batch)
+        torch.nn.functional.mse_loss(out, target).backward()
+        optimiser.step()
+
+    return step
+
+
+def group_train(backbone_name: str, batch_size: int, max_atoms: int) -> dict[str, Any]:
+    import torch
+
+    from mofbalora.model_folder import build_member
+    from mofbalora.training.data import compute_frozen_embeddings
+
+    from mofbalora.backbones import get_backbone
+
+    paths = qmof_paths(batch_size, max_atoms=max_atoms, seed=1)
+    target = torch.randn(batch_size)
+    bare = get_backbone(backbone_name)
+    bare_batch = batch_of(bare, paths)
+    with torch.no_grad():
+        forward_s = median_time(lambda: bare(bare_batch), repeats=3)
+    times = {}
+    for method in ("lora", "balora", "full"):
+        model = build_member(backbone=backbone_name, method=method, seed=0,
+                             adapter={"rank": 8, "alpha": 16, "target_modules": [".*"]})
+        model.train()
+        batch = batch_of(model, paths)
+        if method == "balora":  # z(x) cached per structure, as in training
+            batch.frozen_embedding = compute_frozen_embeddings(model, [s for s in _samples(model, paths)])
+        repeats = 5 if backbone_name == "cgcnn" else 3
+        times[method] = median_time(_train_step_timer(model, batch, target), repeats=repeats)
+    return {"batch_size": batch_size, "max_atoms": max_atoms, "step_s": times, "bare_forward_s": forward_s,
+            "balora_over_lora": times["balora"] / times["lora"], "lora_over_full": times["lora"] / times["full"],
+            "peak_rss_gb": peak_rss_gb()}
+
+
+def _samples(backbone: Any, paths: list[Path]) -> list[Any]:
+    from mofbalora.data import read_structure
+
+    featuriser = backbone.make_featuriser()
+    return [featuriser.featurise(read_structure(p), p.stem) for p in paths]
+
+
+def group_infer(backbone_name: str, batch_size: int, max_atoms: int) -> dict[str, Any]:
+    import torch
+
+    from mofbalora.adapters import adapter_layers, merge_adapters, set_adapter_mode, unmerge_adapters
+    from mofbalora.backbones import get_backbone
+    from mofbalora.model_folder import build_member
+
+    torch.set_grad_enabled(False)
+    paths = qmof_paths(batch_size, max_atoms=max_atoms, seed=2)
+    bare = get_backbone(backbone_name)
+    batch = batch_of(bare, paths)
+    repeats = 5 if backbone_name == "cgcnn" else 3
+    bare_s = median_time(lambda: bare(batch), repeats=repeats)
+    model = build_member(backbone=backbone_name, method="balora", seed=0,
+                         adapter={"rank": 8, "alpha": 16, "target_modules": [".*"]})
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    for layer in adapter_layers(model):
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.05)
+    batch = batch_of(model, paths)
+
+    def mean_pass() -> None:
+        with set_adapter_mode(model, "mean"):
+            model(batch)
+
+    def sample_pass(samples: int) -> Callable[[], None]:
+        def run() -> None:
+            with set_adapter_mode(model, "sample", samples=samples, seed=1):
+                model(batch)
+        return run
+
+    def sequential(samples: int) -> None:
+        for seed in range(samples):
+            with set_adapter_mode(model, "sample", samples=1, seed=seed):
+                model(batch)
+
+    mean_s = median_time(mean_pass, repeats=repeats)
+    s32_s = median_time(sample_pass(32), repeats=max(1, repeats - 2))
+    s5_s = median_time(sample_pass(5), repeats=repeats)
+    sequential_s = median_time(lambda: sequential(32), repeats=max(1, repeats - 2))
+    merge_adapters(model)
+    merged_s = median_time(mean_pass, repeats=repeats)
+    unmerge_adapters(model)
+    return {"batch_size": batch_size, "max_atoms": max_atoms,
+            "seconds": {"bare": bare_s, "mean_unmerged": mean_s, "mean_merged": merged_s, "s32_vectorised": s32_s,
+                        "s32_sequential": sequential_s, "s5_vectorised": s5_s},
+            "s32_over_mean": s32_s / mean_s, "vectorised_over_sequential": s32_s / sequential_s,
+            "merged_over_bare": merged_s / bare_s, "s5_over_mean": s5_s / mean_s, "peak_rss_gb": peak_rss_gb()}
+
+
+def group_screening(n: int, samples: int) -> dict[str, Any]:
+    """End to end from CIF (cold feature cache) with a BaLoRA CGCNN model, S samples."""
+    import numpy as np
+
+    from mofbalora.data.coremof import extract_coremof
+    from mofbalora.predict import load_model
+    from mofbalora.training.config import TrainConfig
+    from mofbalora.training.fit import fit
+
+    work = Path(tempfile.mkdtemp(prefix="mofbalora-screen-"))
+    try:
+        os.environ["MOFBALORA_CACHE"] = str(work / "cache")
+        config = TrainConfig.from_dict({"backbone": "cgcnn", "method": "balora", "epochs": 1, "max_structures": 60,
+                                        "max_atoms": 100, "calibration_samples": 8,
+                                        "adapter": {"rank": 8, "alpha": 16, "target_modules": ["^embedding$", "fc_full"]}})
+        folder = fit(config, out_dir=work / "model", progress=False)
+        model = load_model(folder)
+        cifs = extract_coremof(work / "cifs", limit=n)
+        start = time.perf_counter()
+        table = model.predict(cifs, samples=samples)
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ok = int((table["status"] == "ok").sum())
+    return {"n_inputs": n, "n_predicted": ok, "samples": samples, "seconds": seconds,
+            "mofs_per_s": n / seconds, "median_std_ev": float(np.nanmedian(table["bandgap_std_ev"]))}
+
+
+# --------------------------------------------------------------------------- driver
+
+def run_group(name: str, args: list[str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, "--run-group", name, *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise RuntimeError(f"group {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cores": os.cpu_count(), "cpu_model": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version()}
+
+
+def performance_table(results: dict[str, Any]) -> str:
+    rows = [("featurisation, cold (structures/s)", "featurise.cold_structures_per_s", "{:.1f}"),
+            ("featurisation, cached speed-up (×)", "featurise.cached_speedup", "{:.0f}"),
+            ("training step BaLoRA / LoRA", "train_step_ratio.balora_over_lora", "{:.2f}"),
+            ("training step LoRA / full", "train_step_ratio.lora_over_full", "{:.2f}"),
+            ("S=32 inference / mean pass", "inference_ratio.s32_over_mean", "{:.1f}"),
+            ("S=32 vectorised / 32 sequential", "inference_ratio.vectorised_over_sequential", "{:.2f}"),
+            ("merged mean pass / bare backbone", "inference_ratio.merged_over_bare", "{:.2f}"),
+            ("ensemble (M=5) / BaLoRA total cost", "ensemble5_over_balora_total_cost", "{:.2f}"),
+            ("peak RSS, training batch 16 (GB)", "memory.peak_rss_gb_train_batch16", "{:.2f}")]
+    lines = ["| figure | cgcnn | chgnet |", "| --- | --- | --- |"]
+    for label, key, fmt in rows:
+        section, _, leaf = key.rpartition(".")
+        node = results
+        for part in key.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        cells = [fmt.format(node[b]) if isinstance(node, dict) and b in node else "–" for b in ("cgcnn", "chgnet")]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    lines.append(f"| screening, MOFs/s end to end (S=32, CGCNN) | {results['screening']['mofs_per_s']:.2f} | – |"
+                 if "screening" in results else "| screening | – | – |")
+    return "\n".join(lines)
+
+
+def publish_readme(results: dict[str, Any]) -> None:
+    readme = ROOT / "README.md"
+    machine = results["machine"]
+    block = ("<!-- performance:start (generated by benchmarks/run.py; do not edit) -->\n"
+             f"Measured by `make bench` on {machine['cores']} cores ({machine['cpu_model']}), torch {machine['torch']}; "
+             "medians of repeats, from [benchmarks/results.json](benchmarks/results.json).\n\n"
+             f"{performance_table(results)}\n<!-- performance:end -->")
+    text = re.sub(r"<!-- performance:start.*?<!-- performance:end -->", lambda _: block, readme.read_text(), flags=re.S)
+    readme.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-group", help=argparse.SUPPRESS)
+    parser.add_argument("--backbones", default="cgcnn,chgnet")
+    parser.add_argument("--n-featurise", type=int, default=500)
+    parser.add_argument("--out", default=str(RESULTS))
+    args, rest = parser.parse_known_args()
+    if args.run_group:
+        kind, _, backbone = args.run_group.partition(":")
+        if kind == "featurise":
+            result = group_featurise(backbone, int(rest[0]))
+        elif kind == "train":
+            result = group_train(backbone, 16, 60 if backbone == "chgnet" else 1000)
+        elif kind == "infer":
+            result = group_infer(backbone, 16 if backbone == "cgcnn" else 4, 1000 if backbone == "cgcnn" else 60)
+        elif kind == "screening":
+            result = group_screening(64, 32)
+        else:
+            raise SystemExit(f"unknown group {args.run_group}")
+        print(json.dumps(result))
+        return
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine_info(), "featurise": {}, "train_step_ratio": {}, "inference_ratio": {},
+                               "memory": {}, "ensemble5_over_balora_total_cost": {}, "raw": {}}
+    for backbone in args.backbones.split(","):
+        feat = run_group(f"featurise:{backbone}", [str(args.n_featurise)])
+        train = run_group(f"train:{backbone}", [])
+        infer = run_group(f"infer:{backbone}", [])
+        results["raw"][backbone] = {"featurise": feat, "train": train, "infer": infer}
+        results["featurise"].setdefault("cold_structures_per_s", {})[backbone] = feat["cold_structures_per_s"]
+        results["featurise"].setdefault("cached_speedup", {})[backbone] = feat["cached_speedup"]
+        results["featurise"].setdefault("peak_rss_gb", {})[backbone] = feat["peak_rss_gb"]
+        results["train_step_ratio"].setdefault("balora_over_lora", {})[backbone] = train["balora_over_lora"]
+        results["train_step_ratio"].setdefault("lora_over_full", {})[backbone] = train["lora_over_full"]
+        for key in ("s32_over_mean", "vectorised_over_sequential", "merged_over_bare"):
+            results["inference_ratio"].setdefault(key, {})[backbone] = infer[key]
+        results["memory"].setdefault("peak_rss_gb_train_batch16", {})[backbone] = train["peak_rss_gb"]
+        # Same training steps and test structures for both; test-time samples S = M = 5.
+        steps = train["step_s"]
+        per_structure_mean = infer["seconds"]["mean_merged"] / infer["batch_size"]
+        per_structure_s5 = infer["seconds"]["s5_vectorised"] / infer["batch_size"]
+        n_steps, n_test = 1000, 1000
+        ensemble = 5 * steps["lora"] * n_steps + 5 * per_structure_mean * n_test
+        balora = steps["balora"] * n_steps + per_structure_s5 * n_test
+        results["ensemble5_over_balora_total_cost"][backbone] = ensemble / balora
+    results["screening"] = run_group("screening", [])
+    results["wall_s"] = time.perf_counter() - started
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(performance_table(results))
+    print(f"wall time {results['wall_s']:.0f} s -> {args.out}")
+    if Path(args.out).resolve() == RESULTS.resolve():
+        publish_readme(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The study's figures (matplotlib, PNG). Every axis has units; every figure a title and legend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mofbalora.analysis.study import MethodPredictions  # noqa: E402
+from mofbalora.uncertainty import metrics as um  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def rho_vs_samples(sweep: dict[str, Any], ensemble_sweep: dict[str, Any], path: Path) -> Path:
+    sizes = sorted(int(s) for s in sweep)
+    means = np.array([sweep[str(s)]["spearman_mean"] for s in sizes])
+    sds = np.array([sweep[str(s)]["spearman_sd"] for s in sizes])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(sizes, means, yerr=sds, marker="o", capsize=3, label="BaLoRA, S samples (mean ± sd over seeds)")
+    largest = str(max(int(m) for m in ensemble_sweep))
+    band = ensemble_sweep[largest]["spearman"]
+    ax.axhspan(band["ci_low"], band["ci_high"], color="tab:orange", alpha=0.2,
+               label=f"LoRA ensemble M={largest}, 95% CI")
+    ax.axhline(band["value"], color="tab:orange")
+    members = sorted(int(m) for m in ensemble_sweep)
+    ax.plot(members, [ensemble_sweep[str(m)]["spearman"]["value"] for m in members], "s--", color="tab:orange",
+            label="LoRA ensemble, M members (x = M forward passes)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("forward passes at test time (S samples or M members)")
+    ax.set_ylabel("Spearman ρ(predicted std, |error|)")
+    ax.set_title("Uncertainty–error correlation vs number of samples")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def parity(pred: MethodPredictions, truth: np.ndarray, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    points = ax.scatter(truth, pred.mean, c=pred.std, cmap="viridis", s=10)
+    fig.colorbar(points, ax=ax, label="predicted std (eV)")
+    limits = [min(truth.min(), pred.mean.min()), max(truth.max(), pred.mean.max())]
+    ax.plot(limits, limits, "k--", lw=1, label="y = x")
+    ax.set_xlabel("PBE band gap (eV)")
+    ax.set_ylabel("predicted band gap (eV)")
+    ax.set_title(f"{pred.name}: test parity, MAE {um.mae(pred.mean, truth):.3f} eV")
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def calibration(preds: list[MethodPredictions], truth: np.ndarray, recalibrated: dict[str, np.ndarray], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for pred in preds:
+        expected, observed = um.calibration_curve(pred.mean, np.maximum(pred.std, 1e-9), truth)
+        line = ax.plot(expected, observed, label=f"{pred.name} (raw)")[0]
+        if pred.name in recalibrated:
+            expected, observed = um.calibration_curve(pred.mean, recalibrated[pred.name], truth)
+            ax.plot(expected, observed, "--", color=line.get_color(), label=f"{pred.name} (recalibrated on val)")
+    ax.plot([0, 1], [0, 1], "k:", label="ideal")
+    ax.set_xlabel("expected proportion in central interval")
+    ax.set_ylabel("observed proportion")
+    ax.set_title("Calibration on the test split")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def error_retention(preds: list[MethodPredictions], truth: np.ndarray, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for pred in preds:
+        fractions, model, oracle = um.error_retention_curve(pred.mean, np.maximum(pred.std, 1e-9), truth)
+        line = ax.plot(fractions, model, label=f"{pred.name} (AUSE {np.mean(model - oracle):.3f} eV)")[0]
+        ax.plot(fractions, oracle, ":", color=line.get_color(), label=f"{pred.name} oracle")
+    ax.set_xlabel("fraction of test structures kept (most certain first)")
+    ax.set_ylabel("MAE of kept structures (eV)")
+    ax.set_title("Error retention (sparsification)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def cost_bars(cost: dict[str, dict[str, float]], path: Path) -> Path:
+    methods = list(cost)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, key, label in [(axes[0], "train_wall_s", "training wall time (s)"),
+                           (axes[1], "inference_wall_s", "test inference wall time (s)")]:
+        ax.bar(methods, [cost[m].get(key, np.nan) for m in methods], color="tab:blue")
+        ax.set_ylabel(label)
+        ax.set_title(label.split(" (")[0].capitalize())
+        ax.tick_params(axis="x", rotation=30)
+    return _save(fig, path)

@@ -1,0 +1,270 @@
+"""The band-gap uncertainty study: full fine-tuning, LoRA, a LoRA ensemble and BaLoRA on one split.
+
+    python pipelines/bandgap_benchmark.py --profile cpu|gpu|smoke [--fresh] [--data PATH]
+
+Method runs and predictions live in results/runs/<profile>/ and are reused by a rerun
+(--fresh redoes everything); each run writes its report to results/<timestamp>-<profile>/.
+The cpu profile's report is also published to docs/results/ and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mofbalora.analysis import figures, study  # noqa: E402
+from mofbalora.analysis.report import accuracy_table, render_report  # noqa: E402
+from mofbalora.data.datasets import default_cache_dir, load_labelled_dataset  # noqa: E402
+from mofbalora.data.io import write_text_atomic  # noqa: E402
+from mofbalora.data.splits import Split, make_split  # noqa: E402
+from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
+from mofbalora.model_folder import package_versions  # noqa: E402
+from mofbalora.predict import load_model  # noqa: E402
+from mofbalora.training.config import TrainConfig  # noqa: E402
+from mofbalora.training.fit import fit, select_subset  # noqa: E402
+
+logger = logging.getLogger("bandgap_benchmark")
+CONFIG_DIR = ROOT / "pipelines" / "configs"
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    path = CONFIG_DIR / f"benchmark_{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"unknown profile {name!r}: no {path}")
+    return yaml.safe_load(path.read_text())
+
+
+def base_config(profile: dict[str, Any], method: str, **extra: Any) -> TrainConfig:
+    values = {**profile["train"], "backbone": profile["backbone"], "method": method, "adapter": dict(profile["adapter"]),
+              "max_structures": profile["max_structures"], "max_atoms": profile["max_atoms"], "split": profile["split"],
+              "ensemble_size": profile["ensemble_size"], "seed": profile["seed"]}
+    values["adapter"].update(extra.pop("adapter", {}))
+    values.update(extra)
+    return TrainConfig.from_dict(values)
+
+
+def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, split: Split) -> Path:
+    """Fit one method unless its model folder is complete; record its training wall time."""
+    out = run_dir / "methods" / name
+    timing_path = out / "timing.json"
+    if (out / "model.json").exists() and timing_path.exists():
+        logger.info("reusing finished run %s", out)
+        return out
+    start = time.perf_counter()
+    result = fit(config, data=data, out_dir=out, progress=False, split=split)
+    if result is None:
+        raise RuntimeError(f"{name}: training did not finish")
+    previous = json.loads(timing_path.read_text())["train_wall_s"] if timing_path.exists() else 0.0
+    write_text_atomic(timing_path, json.dumps({"train_wall_s": previous + time.perf_counter() - start}))
+    return out
+
+
+def epochs_run(model_dir: Path) -> list[int]:
+    counts = []
+    for logs in sorted(model_dir.glob("members/*/logs/version_0/metrics.csv")):
+        table = pd.read_csv(logs)
+        counts.append(int(table.dropna(subset=["train_loss"])["epoch"].max()) + 1)
+    return counts
+
+
+def featurised(split_ids: list[str], dataset, backbone: str, max_atoms: int) -> tuple[list[str], list[Any], np.ndarray]:
+    indexed = dataset.table.set_index("id")
+    result = featurise_paths(list(indexed.loc[split_ids, "path"]), get_featuriser(backbone),
+                             cache_dir=default_cache_dir(), max_atoms=max_atoms, progress=False)
+    return result.ids, result.samples, indexed.loc[result.ids, dataset.target].to_numpy(dtype=float)
+
+
+def predictions(name: str, model_dir: Path, parts: dict[str, Any], run_dir: Path, *, samples: int,
+                seeds: list[int]) -> dict[str, Any]:
+    """Draws on val and test, cached in run_dir/predictions/<name>.npz, with inference wall time."""
+    cache = run_dir / "predictions" / f"{name}.npz"
+    if cache.exists():
+        loaded = np.load(cache)
+        return {key: loaded[key] for key in loaded.files}
+    model = load_model(model_dir)
+    out: dict[str, Any] = {}
+    start = time.perf_counter()
+    if model.method == "balora":
+        for seed in seeds:
+            out[f"test_seed{seed}"] = model.predict_draws(parts["test"][1], n_samples=samples, seed=seed)
+    else:
+        out["test"] = model.predict_draws(parts["test"][1])
+    out["inference_wall_s"] = np.array(time.perf_counter() - start)
+    out["val"] = model.predict_draws(parts["val"][1], n_samples=32, seed=seeds[0])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **out)
+    return out
+
+
+def method_predictions(name: str, draws: np.ndarray, val_draws: np.ndarray) -> study.MethodPredictions:
+    spread = lambda d: d.std(0, ddof=1) if d.shape[0] > 1 else np.full(d.shape[1], np.nan)  # noqa: E731
+    return study.MethodPredictions(name, draws.mean(0), spread(draws), val_draws.mean(0), spread(val_draws))
+
+
+def publish(report_dir: Path, metrics: dict[str, Any]) -> None:
+    """Copy the report to docs/results/ and refresh the README's generated section."""
+    target = ROOT / "docs" / "results"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(report_dir, target, ignore=shutil.ignore_patterns("predictions"))
+    readme = ROOT / "README.md"
+    if not readme.exists():
+        return
+    claims = metrics["claims"]
+    verdicts = "\n".join(f"- {c['statement']}: **{c['verdict']}**" for c in claims.values())
+    block = (f"<!-- results:start (generated by pipelines/bandgap_benchmark.py; do not edit) -->\n"
+             f"Latest `{metrics['setup']['profile']}` run ({metrics['setup']['finished']}, "
+             f"{metrics['setup']['n_test']} test structures, backbone {metrics['setup']['backbone']}):\n\n"
+             f"{verdicts}\n\n{accuracy_table(metrics)}\n\n![rho vs S](docs/results/rho_vs_S.png)\n\n"
+             f"Full report: [docs/results/report.md](docs/results/report.md)\n<!-- results:end -->")
+    text = readme.read_text()
+    text = re.sub(r"<!-- results:start.*?<!-- results:end -->", lambda _: block, text, flags=re.S)
+    write_text_atomic(readme, text)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", help="cpu (default), gpu or smoke")
+    parser.add_argument("--data", default=None, help="dataset folder or archive (default: $MOFBALORA_DATA, data/qmof, ../shared/data/qmof)")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="where runs and reports go")
+    parser.add_argument("--fresh", action="store_true", help="redo every method run and prediction")
+    parser.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
+                        help="copy the report to docs/results and the README (default: cpu profile only)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    profile = load_profile(args.profile)
+    started = time.perf_counter()
+    results = Path(args.results)
+    run_dir = results / "runs" / args.profile
+    if args.fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    dataset = load_labelled_dataset(args.data)
+    subset = select_subset(dataset, base_config(profile, "lora"))
+    split_path = run_dir / "split.json"
+    split = Split.load(split_path) if split_path.exists() else make_split(
+        list(subset["id"]), subset[dataset.target].to_numpy(), fractions=tuple(profile["split"]["fractions"]),
+        seed=profile["split"]["seed"], method=profile["split"]["method"])
+    split.save(split_path)
+
+    model_dirs = {"full": run_method("full", base_config(profile, "full", lr=profile["full_lr"]), data=args.data,
+                                     run_dir=run_dir, split=split),
+                  "lora-ensemble": run_method("lora-ensemble", base_config(profile, "lora-ensemble"), data=args.data,
+                                              run_dir=run_dir, split=split)}
+    parts = {p: featurised(getattr(split, p), dataset, profile["backbone"], profile["max_atoms"]) for p in ("val", "test")}
+    truth, val_truth = parts["test"][2], parts["val"][2]
+    sizes, seeds = profile["sample_sizes"], list(range(profile["sampling_seeds"]))
+
+    # BaLoRA's KL weight is chosen on the validation split only (Gaussian NLL of S=32 predictions).
+    candidates = {}
+    for beta in profile["balora_kl_weights"]:
+        name = f"balora-beta{beta:g}"
+        candidates[name] = run_method(name, base_config(profile, "balora", adapter={"kl_weight": beta}),
+                                      data=args.data, run_dir=run_dir, split=split)
+    val_nll = {}
+    for name, folder in candidates.items():
+        val = load_model(folder).predict_draws(parts["val"][1], n_samples=32, seed=0)
+        from mofbalora.uncertainty.metrics import gaussian_nll
+
+        val_nll[name] = gaussian_nll(val.mean(0), np.maximum(val.std(0, ddof=1), 1e-9), val_truth)
+    chosen = min(val_nll, key=val_nll.get)
+    model_dirs["balora"] = candidates[chosen]
+
+    raw = {name: predictions(name if name != "balora" else chosen, folder, parts, run_dir, samples=max(sizes), seeds=seeds)
+           for name, folder in model_dirs.items()}
+    members = raw["lora-ensemble"]["test"]
+    balora_draws = [raw["balora"][f"test_seed{s}"] for s in seeds]
+    preds = {
+        "full": method_predictions("full", raw["full"]["test"], raw["full"]["val"]),
+        "lora": method_predictions("lora", members[:1], raw["lora-ensemble"]["val"][:1]),
+        "lora-ensemble": method_predictions("lora-ensemble", members, raw["lora-ensemble"]["val"]),
+        "balora": method_predictions("balora", balora_draws[0], raw["balora"]["val"]),
+    }
+    rng = np.random.default_rng(profile["seed"])
+    n_boot = profile["bootstrap"]
+    train_ids = featurised(split.train, dataset, profile["backbone"], profile["max_atoms"])[0]
+    train_mean = float(dataset.table.set_index("id").loc[train_ids, dataset.target].mean())
+    mean_predictor = study.MethodPredictions("mean predictor", np.full_like(truth, train_mean), np.full_like(truth, np.nan))
+    metrics: dict[str, Any] = {"accuracy": {name: study.accuracy(p, truth, rng, n_boot)
+                                            for name, p in {**preds, "mean predictor": mean_predictor}.items()}}
+    metrics["uncertainty"] = {name: study.uncertainty(p, truth, val_truth, rng, n_boot)
+                              for name, p in preds.items() if p.has_std}
+    metrics["balora_sample_sweep"] = study.sample_size_sweep(balora_draws, truth, sizes)
+    metrics["ensemble_size_sweep"] = study.ensemble_size_sweep(members, truth, rng, n_boot)
+    metrics["claims"] = study.claims(balora=preds["balora"], balora_draws=balora_draws[0], ensemble=preds["lora-ensemble"],
+                                     lora=preds["lora"], full=preds["full"], truth=truth,
+                                     sweep=metrics["balora_sample_sweep"], rng=rng, n_boot=n_boot)
+    n_train, n_val, n_test = len(train_ids), len(val_truth), len(truth)
+    timing = {n: json.loads((d / "timing.json").read_text())["train_wall_s"] for n, d in model_dirs.items()}
+    ensemble_epochs = epochs_run(model_dirs["lora-ensemble"])
+    metrics["cost"] = {
+        "full": {"training_runs": 1, "train_wall_s": timing["full"], "train_passes": epochs_run(model_dirs["full"])[0] * n_train,
+                 "inference_wall_s": float(raw["full"]["inference_wall_s"]), "inference_passes_per_structure": 1},
+        "lora": {"training_runs": 1, "train_wall_s": timing["lora-ensemble"] / len(ensemble_epochs),
+                 "train_passes": ensemble_epochs[0] * n_train,
+                 "inference_wall_s": float(raw["lora-ensemble"]["inference_wall_s"]) / members.shape[0],
+                 "inference_passes_per_structure": 1},
+        "lora-ensemble": {"training_runs": len(ensemble_epochs), "train_wall_s": timing["lora-ensemble"],
+                          "train_passes": sum(ensemble_epochs) * n_train,
+                          "inference_wall_s": float(raw["lora-ensemble"]["inference_wall_s"]),
+                          "inference_passes_per_structure": int(members.shape[0])},
+        "balora": {"training_runs": 1, "train_wall_s": timing["balora"],
+                   "train_passes": epochs_run(model_dirs["balora"])[0] * n_train + n_train + n_val,
+                   "inference_wall_s": float(raw["balora"]["inference_wall_s"]) / len(seeds),
+                   "inference_passes_per_structure": int(max(sizes)) + 1},
+    }
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    metrics["setup"] = {
+        "profile": args.profile, "backbone": profile["backbone"], "n_train": n_train, "n_val": n_val, "n_test": n_test,
+        "subset_note": profile["subset_note"], "finished": stamp,
+        "selection_note": f"BaLoRA KL weight from {profile['balora_kl_weights']} by validation NLL: {chosen} "
+                          f"(NLLs {', '.join(f'{k}: {v:.3f}' for k, v in val_nll.items())})",
+        "sample_sizes": sizes, "sampling_seeds": seeds, "bootstrap": n_boot, "wall_s": time.perf_counter() - started,
+        "config": profile, "versions": package_versions(), "labels_sha256": dataset.labels_sha256,
+        "data_source": str(dataset.source),
+    }
+    report_dir = results / f"{stamp}-{args.profile}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "predictions").mkdir(exist_ok=True)
+    for name, p in preds.items():
+        pd.DataFrame({"id": parts["test"][0], "truth": truth, "mean": p.mean, "std": p.std}).to_csv(
+            report_dir / "predictions" / f"{name}.csv", index=False)
+    shutil.copy(split_path, report_dir / "split.json")
+    write_text_atomic(report_dir / "config.yaml", yaml.safe_dump(profile))
+    figures.rho_vs_samples(metrics["balora_sample_sweep"], metrics["ensemble_size_sweep"], report_dir / "rho_vs_S.png")
+    for name in ("balora", "lora-ensemble"):
+        figures.parity(preds[name], truth, report_dir / f"parity_{name}.png")
+    recalibrated = {name: np.maximum(preds[name].std, 1e-9) * metrics["uncertainty"][name]["recalibration_scale"]
+                    for name in ("balora", "lora-ensemble")}
+    figures.calibration([preds["balora"], preds["lora-ensemble"]], truth, recalibrated, report_dir / "calibration.png")
+    figures.error_retention([preds["balora"], preds["lora-ensemble"]], truth, report_dir / "error_retention.png")
+    figures.cost_bars(metrics["cost"], report_dir / "cost.png")
+    write_text_atomic(report_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
+    write_text_atomic(report_dir / "report.md", render_report(metrics))
+    if args.publish or (args.publish is None and args.profile == "cpu"):
+        publish(report_dir, metrics)
+    logger.info("report: %s (%.0f s)", report_dir / "report.md", metrics["setup"]["wall_s"])
+    print(report_dir)
+    return report_dir
+
+
+if __name__ == "__main__":
+    main()

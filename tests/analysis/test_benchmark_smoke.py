@@ -1,0 +1,78 @@
+"""`make bandgap-benchmark PROFILE=smoke` end to end: every artefact, finite numbers, valid schema."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = ["rho_vs_S.png", "parity_balora.png", "parity_lora-ensemble.png", "calibration.png", "error_retention.png",
+           "cost.png"]
+VERDICTS = {"holds", "does not hold", "inconclusive"}
+
+
+def _finite(value, path="metrics"):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _finite(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for number, item in enumerate(value):
+            yield from _finite(item, f"{path}[{number}]")
+    elif isinstance(value, float):
+        yield path, math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory, qmof_dataset):
+    results = tmp_path_factory.mktemp("results")
+    command = ["make", "-s", "bandgap-benchmark", "PROFILE=smoke", f"BENCHMARK_ARGS=--results {results} --no-publish"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = sorted(results.glob("*-smoke"))
+    assert len(reports) == 1
+    return reports[0], results, command
+
+
+def test_every_artefact_exists(report_dir):
+    folder, _, _ = report_dir
+    for name in ["report.md", "metrics.json", "split.json", "config.yaml", *FIGURES]:
+        assert (folder / name).stat().st_size > 0, name
+    for method in ("full", "lora", "lora-ensemble", "balora"):
+        header = (folder / "predictions" / f"{method}.csv").read_text().splitlines()[0]
+        assert header == "id,truth,mean,std"
+    assert (folder / "rho_vs_S.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_metrics_schema_and_finite_numbers(report_dir):
+    folder, _, _ = report_dir
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics) >= {"accuracy", "uncertainty", "balora_sample_sweep", "ensemble_size_sweep", "claims", "cost",
+                            "setup"}
+    assert set(metrics["accuracy"]) == {"full", "lora", "lora-ensemble", "balora", "mean predictor"}
+    assert set(metrics["uncertainty"]) == {"lora-ensemble", "balora"}
+    claims = metrics["claims"]
+    assert len(claims) == 3 and all(c["verdict"] in VERDICTS for c in claims.values())
+    for method, values in metrics["accuracy"].items():
+        assert math.isfinite(values["mae_ev"]["value"]) and values["mae_ev"]["ci_low"] <= values["mae_ev"]["ci_high"]
+    for section in ("cost", "ensemble_size_sweep"):
+        bad = [path for path, ok in _finite(metrics[section], section) if not ok]
+        assert not bad, bad
+    for method in ("lora-ensemble", "balora"):
+        u = metrics["uncertainty"][method]
+        for key in ("nll", "miscalibration_area", "coverage_68", "coverage_95"):
+            assert math.isfinite(u["raw"][key]) and math.isfinite(u["recalibrated"][key])
+    setup = metrics["setup"]
+    assert len(setup["labels_sha256"]) == 64 and setup["versions"]["torch"].startswith("2.13")
+    assert setup["sample_sizes"] == [2, 4, 8] and len(metrics["balora_sample_sweep"]) == 3
+
+
+def test_rerun_reuses_finished_runs(report_dir):
+    _, results, command = report_dir
+    stamp_before = {p: p.stat().st_mtime_ns for p in (results / "runs" / "smoke" / "methods").glob("*/model.json")}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reusing finished run" in done.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamp_before} == stamp_before
