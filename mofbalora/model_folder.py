@@ -25,7 +25,7 @@ from torch import nn
 
 from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, save_adapters
 from mofbalora.backbones import get_backbone
-from mofbalora.data.io import atomic_path, write_text_atomic
+from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
 
 MODEL_FILE = "model.json"
 FORMAT_VERSION = 1
@@ -94,13 +94,8 @@ def write_model_json(folder: Path, meta: dict[str, Any]) -> None:
 
 
 def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
-    path = Path(folder) / MODEL_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{folder}: not a mofbalora model folder (no {MODEL_FILE}); train one with `mofbalora fit`")
-    meta = json.loads(path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
-    return meta
+    return read_versioned_json(Path(folder) / MODEL_FILE, expected_version=FORMAT_VERSION,
+                               missing="not a mofbalora model folder; train one with `mofbalora fit`")
 
 
 def check_backbone_identity(meta: dict[str, Any], model: nn.Module, folder: Path) -> None:
@@ -138,9 +133,9 @@ def weights_checksum(model: nn.Module) -> str:
 
 def merge_if_adapted(model: nn.Module) -> None:
     """Merge LoRA weights for fast mean-mode inference when the model has adapters."""
-    from mofbalora.adapters import merge_adapters
+    from mofbalora.adapters import has_adapters, merge_adapters
 
-    if getattr(model, "_mofbalora_adapter_state", None) is not None:
+    if has_adapters(model):
         merge_adapters(model)
 
 

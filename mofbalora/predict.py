@@ -15,7 +15,7 @@ from pymatgen.core import Structure
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mofbalora.adapters import set_adapter_mode
+from mofbalora.adapters import forward_in_mode, set_adapter_mode
 from mofbalora.data.datasets import default_cache_dir
 from mofbalora.data.structures import expand_inputs
 from mofbalora.featurise import featurise_paths
@@ -42,14 +42,7 @@ class _PredictionStep(L.LightningModule):
             with set_adapter_mode(self.members[0], "sample", samples=self.samples, seed=self.seed):
                 draws = self.members[0](graphs)  # [S, G]
         else:
-            outputs = []
-            for member in self.members:
-                if getattr(member, "_mofbalora_adapter_state", None) is not None:
-                    with set_adapter_mode(member, "mean"):
-                        outputs.append(member(graphs))
-                else:
-                    outputs.append(member(graphs))
-            draws = torch.stack(outputs)  # [M, G]
+            draws = torch.stack([forward_in_mode(member, graphs, "mean") for member in self.members])  # [M, G]
         return {"index": index, "draws": self.normaliser.to_ev(draws).T}  # [G, D] eV
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from mofbalora.adapters.config import AdapterConfig
 from mofbalora.adapters.layers import AlphaNet, BaLoRALinear, LoRALinear
 from mofbalora.adapters.noise import NoiseContext
-from mofbalora.data.io import atomic_path, write_text_atomic
+from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,18 @@ def _after_forward(model: nn.Module, args: tuple[Any, ...], output: torch.Tensor
     return output.reshape(state.samples, -1, *output.shape[1:])
 
 
+def has_adapters(model: nn.Module) -> bool:
+    return getattr(model, _STATE_ATTR, None) is not None
+
+
+def forward_in_mode(model: nn.Module, batch: Any, mode: AdapterMode) -> torch.Tensor:
+    """``model(batch)`` in adapter ``mode``; a model without adapters is simply called."""
+    if not has_adapters(model):
+        return model(batch)
+    with set_adapter_mode(model, mode):
+        return model(batch)
+
+
 class set_adapter_mode:  # noqa: N801 - used as a function and as a context manager
     """Switch the adapter mode; also a context manager that restores the previous mode.
 
@@ -295,13 +307,8 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> Path:
 
 
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
-    meta_path = Path(path) / ADAPTER_CONFIG_FILE
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path}: no adapter config (not a saved adapter folder)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
-    return meta
+    return read_versioned_json(Path(path) / ADAPTER_CONFIG_FILE, expected_version=FORMAT_VERSION,
+                               missing="no adapter config (not a saved adapter folder)")
 
 
 def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:

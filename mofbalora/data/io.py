@@ -41,6 +41,19 @@ def write_table_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
             frame.to_csv(tmp, index=False)
 
 
+def read_versioned_json(path: str | os.PathLike, *, expected_version: int, missing: str) -> dict:
+    """A JSON file carrying ``format_version``; a clear error when absent or of another version."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {missing}")
+    values = json.loads(path.read_text())
+    if values.get("format_version") != expected_version:
+        raise ValueError(f"{path}: format version {values.get('format_version')}, expected {expected_version}")
+    return values
+
+
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from mofbalora.adapters.model import adapter_kl_per_graph, adapter_state, set_adapter_mode
+from mofbalora.adapters.model import adapter_kl_per_graph, adapter_state, forward_in_mode, has_adapters
 from mofbalora.training.config import TrainConfig
 from mofbalora.training.data import TargetNormaliser
 
@@ -41,8 +41,7 @@ class BandgapRegressor(L.LightningModule):
         self.normaliser = normaliser
         self.n_train = n_train
         self.steps_per_epoch = steps_per_epoch
-        self.has_adapters = getattr(model, "_mofbalora_adapter_state", None) is not None
-        self.is_balora = self.has_adapters and adapter_state(model).config.kind == "balora"
+        self.is_balora = has_adapters(model) and adapter_state(model).config.kind == "balora"
         # Homoscedastic noise scale for likelihood="gaussian" (standardised units).
         self.log_noise_std = nn.Parameter(torch.zeros(()), requires_grad=config.likelihood == "gaussian")
 
@@ -67,11 +66,7 @@ class BandgapRegressor(L.LightningModule):
 
     def training_step(self, batch: tuple[Any, torch.Tensor, torch.Tensor], batch_index: int) -> torch.Tensor:
         graphs, target, _ = batch
-        if self.has_adapters:
-            with set_adapter_mode(self.model, "train"):
-                prediction = self.model(graphs)
-        else:
-            prediction = self.model(graphs)
+        prediction = forward_in_mode(self.model, graphs, "train")
         data = self.data_term(prediction, target)
         kl = self.kl_term()
         loss = data + kl
@@ -84,11 +79,7 @@ class BandgapRegressor(L.LightningModule):
 
     def validation_step(self, batch: tuple[Any, torch.Tensor, torch.Tensor], batch_index: int) -> None:
         graphs, target, _ = batch
-        if self.has_adapters:
-            with set_adapter_mode(self.model, "mean"):
-                prediction = self.model(graphs)
-        else:
-            prediction = self.model(graphs)
+        prediction = forward_in_mode(self.model, graphs, "mean")
         mae_ev = (prediction - target).abs().mean() * self.normaliser.std_ev
         self.log("val_mae_ev", mae_ev, on_epoch=True, prog_bar=True, batch_size=len(target), sync_dist=True)
 
