@@ -138,15 +138,16 @@ class BaLoRALinear(LoRALinear):
         n_graphs = ctx.num_graphs
         eps_a = ctx.standard_normal((n_graphs, self.rank, rows.shape[1]), rows)
         noise_a = scale.unsqueeze(2) * self.lora_A.abs().unsqueeze(0) * eps_a  # [G, r, d]
-        xa_noise = per_graph_matmul(rows, noise_a, layout)  # [n_rows, r]
-        xa = F.linear(rows, self.lora_A) + xa_noise
-        # When merged, W0 already holds s·B·A; only the noise part is added.
-        lora_out = F.linear(xa_noise if self.merged else xa, self.lora_B)
+        # When merged, W0 already holds s·B·A and only the noise part is added; otherwise one
+        # per-structure matmul with A~ = A + noise gives A~ x directly.
+        xa = per_graph_matmul(rows, noise_a if self.merged else noise_a + self.lora_A, layout)  # [n_rows, r]
+        out = torch.addmm(self._base(rows), xa, self.lora_B.t(), alpha=self.scaling)
         if self.noise_on == "AB":
+            if self.merged:
+                xa = xa + F.linear(rows, self.lora_A)
             eps_b = ctx.standard_normal((n_graphs, self.base_layer.out_features, self.rank), rows)
             noise_b = scale.unsqueeze(1) * self.lora_B.abs().unsqueeze(0) * eps_b  # [G, k, r]
-            lora_out = lora_out + per_graph_matmul(xa, noise_b, layout)
-        out = self._base(rows) + self.scaling * lora_out
+            out = out.add(per_graph_matmul(xa, noise_b, layout), alpha=self.scaling)
         return out.reshape(*x.shape[:-1], -1)
 
 

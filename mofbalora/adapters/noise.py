@@ -20,10 +20,10 @@ BLOCK_ROWS = 128
 class RowLayout:
     """Where each flattened row sits in fixed-size blocks that each hold rows of one structure."""
 
-    block: torch.Tensor  # [n_rows] block index
-    slot: torch.Tensor  # [n_rows] position within the block
+    flat: torch.Tensor  # [n_rows] position in the flattened [n_blocks * block_rows] padding
     block_graph: torch.Tensor  # [n_blocks] structure owning each block
     n_blocks: int
+    block_rows: int
 
 
 def row_layout(graph_index: torch.Tensor, num_graphs: int, block_rows: int = BLOCK_ROWS) -> RowLayout:
@@ -37,19 +37,22 @@ def row_layout(graph_index: torch.Tensor, num_graphs: int, block_rows: int = BLO
     first_block = torch.cumsum(blocks_per_graph, 0) - blocks_per_graph
     block = first_block[graph_index] + position // block_rows
     block_graph = torch.repeat_interleave(torch.arange(num_graphs, device=graph_index.device), blocks_per_graph)
-    return RowLayout(block, position % block_rows, block_graph, int(blocks_per_graph.sum()))
+    flat = block * block_rows + position % block_rows
+    return RowLayout(flat, block_graph, int(blocks_per_graph.sum()), block_rows)
 
 
-def per_graph_matmul(rows: torch.Tensor, weights: torch.Tensor, layout: RowLayout,
-                     block_rows: int = BLOCK_ROWS) -> torch.Tensor:
+def per_graph_matmul(rows: torch.Tensor, weights: torch.Tensor, layout: RowLayout) -> torch.Tensor:
     """rows [n_rows, d] times each row's structure matrix weights [G, out, d]^T -> [n_rows, out].
 
     Exact; one batched matmul over blocks, so memory stays about the input's size.
     """
-    padded = rows.new_zeros(layout.n_blocks, block_rows, rows.shape[-1])
-    padded = padded.index_put((layout.block, layout.slot), rows)
-    block_weights = weights[layout.block_graph]  # [n_blocks, out, d]
-    return torch.bmm(padded, block_weights.transpose(1, 2))[layout.block, layout.slot]
+    size = (layout.n_blocks * layout.block_rows, rows.shape[-1])
+    # Padding slots are never read back; without autograd they need not be zeroed.
+    padded = rows.new_zeros(size) if torch.is_grad_enabled() else rows.new_empty(size)
+    padded = padded.index_copy(0, layout.flat, rows).view(layout.n_blocks, layout.block_rows, -1)
+    block_weights = weights.index_select(0, layout.block_graph)  # [n_blocks, out, d]
+    out = torch.bmm(padded, block_weights.transpose(1, 2))
+    return out.reshape(-1, out.shape[-1]).index_select(0, layout.flat)
 
 
 @dataclass

@@ -57,7 +57,7 @@ class CHGNetBackbone(GraphBackbone):
         torch.manual_seed(seed)
         self.head = nn.Sequential(nn.Linear(dim, head_hidden), nn.SiLU(), nn.Linear(head_hidden, 1))
         torch.random.set_rng_state(generator_state)
-        self._cache: tuple[int, BatchedGraph] | None = None
+        self._cache: tuple[CHGNetBatch, BatchedGraph] | None = None
         self.eval()
 
     @property
@@ -82,7 +82,7 @@ class CHGNetBackbone(GraphBackbone):
 
     def batched(self, batch: CHGNetBatch) -> BatchedGraph:
         """The assembled graph; reused while the same batch object is passed again."""
-        if self._cache is not None and self._cache[0] == id(batch):
+        if self._cache is not None and self._cache[0] is batch:
             return self._cache[1]
         graph = BatchedGraph.from_graphs(
             batch.graphs,
@@ -90,7 +90,7 @@ class CHGNetBackbone(GraphBackbone):
             angle_basis_expansion=self.chgnet.angle_basis_expansion,
             compute_stress=False,
         )
-        self._cache = (id(batch), graph)
+        self._cache = (batch, graph)  # holding the batch keeps `is` from matching a recycled id
         return graph
 
     def graph_index(self, batch: CHGNetBatch) -> dict[str, torch.Tensor]:
