@@ -81,16 +81,23 @@ class CHGNetBackbone(GraphBackbone):
         return CHGNetBatch(batch.graphs * copies)
 
     def batched(self, batch: CHGNetBatch) -> BatchedGraph:
-        """The assembled graph; reused while the same batch object is passed again."""
-        if self._cache is not None and self._cache[0] is batch:
+        """The assembled graph. Reused for the same batch object while the basis expansions are
+        frozen (their output is then a constant); rebuilt each time when they are being trained."""
+        expansions = (self.chgnet.bond_basis_expansion, self.chgnet.angle_basis_expansion)
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for m in expansions for p in m.parameters())
+        if not trainable and self._cache is not None and self._cache[0] is batch:
             return self._cache[1]
-        graph = BatchedGraph.from_graphs(
-            batch.graphs,
-            bond_basis_expansion=self.chgnet.bond_basis_expansion,
-            angle_basis_expansion=self.chgnet.angle_basis_expansion,
-            compute_stress=False,
-        )
-        self._cache = (batch, graph)  # holding the batch keeps `is` from matching a recycled id
+        # No forces or stresses are needed, so geometry never needs a gradient; only trainable
+        # basis expansions (full fine-tuning) are built with autograd.
+        with torch.set_grad_enabled(trainable):
+            graph = BatchedGraph.from_graphs(
+                batch.graphs,
+                bond_basis_expansion=self.chgnet.bond_basis_expansion,
+                angle_basis_expansion=self.chgnet.angle_basis_expansion,
+                compute_stress=False,
+            )
+        # Holding the batch itself keeps `is` from matching a recycled object id.
+        self._cache = None if trainable else (batch, graph)
         return graph
 
     def graph_index(self, batch: CHGNetBatch) -> dict[str, torch.Tensor]:
