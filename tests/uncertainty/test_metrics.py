@@ -1,0 +1,68 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from mofbalora.uncertainty import metrics as um
+from mofbalora.uncertainty.intervals import gaussian_interval, window_probability
+from mofbalora.uncertainty.screening import rank_by_window
+
+
+@pytest.fixture
+def gaussian_data():
+    rng = np.random.default_rng(0)
+    std = rng.uniform(0.1, 1.0, 4000)
+    truth = rng.normal(2.0, 1.0, 4000)
+    pred = truth + rng.normal(0.0, std)
+    return pred, std, truth
+
+
+def test_calibrated_gaussian_scores_well(gaussian_data):
+    pred, std, truth = gaussian_data
+    assert um.interval_coverage(pred, std, truth, 0.95) == pytest.approx(0.95, abs=0.015)
+    assert um.interval_coverage(pred, std, truth, 0.68) == pytest.approx(0.68, abs=0.02)
+    assert um.miscalibration_area(pred, std, truth) < 0.02
+    assert um.spearman_std_error(pred, std, truth) > 0.2
+    assert um.ScalarVarianceRecalibrator().fit(pred, std, truth).scale_ == pytest.approx(1.0, abs=0.05)
+
+
+def test_recalibration_recovers_a_scale(gaussian_data):
+    pred, std, truth = gaussian_data
+    recalibrator = um.ScalarVarianceRecalibrator().fit(pred, std / 4, truth)
+    assert recalibrator.scale_ == pytest.approx(4.0, rel=0.05)
+    assert um.gaussian_nll(pred, recalibrator.predict(std / 4), truth) < um.gaussian_nll(pred, std / 4, truth)
+
+
+def test_oracle_ordering_has_zero_ause():
+    truth = np.zeros(100)
+    pred = np.linspace(0, 1, 100)
+    assert um.ause(pred, np.abs(pred), truth) == pytest.approx(0.0, abs=1e-12)
+    assert um.ause(pred, -np.abs(pred), truth) > 0.2
+
+
+def test_bootstrap_ci_brackets_the_estimate(gaussian_data):
+    pred, _, truth = gaussian_data
+    value, low, high = um.bootstrap_ci(um.mae, pred, truth, rng=np.random.default_rng(1), n_boot=200)
+    assert low < value < high
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError):
+        um.mae(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError):
+        um.gaussian_nll(np.zeros(3), np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError):
+        window_probability(np.zeros(2), np.ones(2), 3.0, 1.0)
+
+
+def test_window_probability_and_ranking():
+    mean = np.array([2.0, 2.0, 5.0, 2.2])
+    std = np.array([0.1, 2.0, 0.1, np.nan])
+    probability = window_probability(mean, std, 1.5, 3.0)
+    assert probability[0] > 0.99 and 0.2 < probability[1] < 0.4 and probability[2] < 1e-6 and probability[3] == 1.0
+    lower, upper = gaussian_interval(mean, std)
+    assert lower[1] == 0.0 and upper[0] == pytest.approx(2.0 + 1.96 * 0.1, abs=1e-3)
+    table = pd.DataFrame({"id": list("abcde"), "bandgap_mean_ev": [*mean, np.nan], "bandgap_std_ev": [*std, np.nan],
+                          "status": ["ok"] * 4 + ["skipped"]})
+    ranked = rank_by_window(table, 1.5, 3.0, ood_std_threshold_ev=1.0)
+    assert list(ranked["id"]) == ["d", "a", "b", "c", "e"]
+    assert list(ranked["out_of_distribution"]) == [False, False, True, False, False]
