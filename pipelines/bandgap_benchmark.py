@@ -37,6 +37,7 @@ from mofbalora.model_folder import package_versions  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402
 from mofbalora.training.fit import fit, select_subset  # noqa: E402
+from mofbalora.uncertainty.metrics import gaussian_nll  # noqa: E402
 
 logger = logging.getLogger("bandgap_benchmark")
 CONFIG_DIR = ROOT / "pipelines" / "configs"
@@ -182,8 +183,6 @@ def main(argv: list[str] | None = None) -> Path:
     val_nll = {}
     for name, folder in candidates.items():
         val = load_model(folder).predict_draws(parts["val"][1], n_samples=32, seed=0)
-        from mofbalora.uncertainty.metrics import gaussian_nll
-
         val_nll[name] = gaussian_nll(val.mean(0), np.maximum(val.std(0, ddof=1), 1e-9), val_truth)
     chosen = min(val_nll, key=val_nll.get)
     model_dirs["balora"] = candidates[chosen]

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from mofbalora.data.datasets import LabelledDataset, default_cache_dir, load_labelled_dataset
-from mofbalora.data.io import write_text_atomic
+from mofbalora.data.io import write_table_atomic, write_text_atomic
 from mofbalora.data.splits import Split, make_split
 from mofbalora.featurise import featurise_paths, get_featuriser
 from mofbalora.model_folder import (
@@ -134,7 +134,7 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     write_text_atomic(out_dir / "train_config.json", json.dumps(config.to_dict(), indent=1))
     dataset = load_labelled_dataset(data)
     prepared = prepare_data(config, dataset, out_dir, progress=progress, split=split)
-    prepared.skipped.to_csv(out_dir / "skipped.csv", index=False)
+    write_table_atomic(prepared.skipped, out_dir / "skipped.csv")
     train_gaps = prepared.parts["train"][2]
     normaliser = TargetNormaliser.fit(train_gaps)
     frozen = None
