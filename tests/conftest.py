@@ -34,6 +34,21 @@ def small_qmof(qmof_dataset):
     return list(table["id"]), [Path(p) for p in table["path"]], table[qmof_dataset.target].to_numpy()
 
 
+def copy_cifs(paths, folder: Path) -> Path:
+    """Copy CIFs into a new folder (test data is copied at run time, never committed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def write_labels(folder: Path, ids, gaps, name: str = "bandgaps.csv") -> Path:
+    """A QMOF-style label CSV for the given ids."""
+    path = folder / name
+    path.write_text("qmof_id,bandgap_pbe_ev\n" + "".join(f"{i},{g}\n" for i, g in zip(ids, gaps)))
+    return path
+
+
 @pytest.fixture(scope="session")
 def coremof_paths(tmp_path_factory):
     from mofbalora.data.coremof import extract_coremof

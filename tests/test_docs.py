@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from mofbalora.cli import app, render_cli_reference
+from tests.conftest import copy_cifs, write_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,15 +26,9 @@ def quickstart_commands():
 def test_readme_quickstart_runs(tmp_path, monkeypatch, small_qmof):
     """Every quick-start command, as written, on a few real CIFs (fit gets a tiny data override)."""
     ids, paths, gaps = small_qmof
-    data = tmp_path / "data"
-    data.mkdir()
-    for path in paths[:30]:
-        shutil.copy(path, data / path.name)
-    (data / "bandgaps.csv").write_text("qmof_id,bandgap_pbe_ev\n" + "".join(f"{i},{g}\n" for i, g in zip(ids[:30], gaps[:30])))
-    mofs = tmp_path / "my_mofs"
-    mofs.mkdir()
-    for path in paths[30:36]:
-        shutil.copy(path, mofs / path.name)
+    data = copy_cifs(paths[:30], tmp_path / "data")
+    write_labels(data, ids[:30], gaps[:30])
+    copy_cifs(paths[30:36], tmp_path / "my_mofs")  # the quick start reads my_mofs/
     config = tmp_path / "pipelines" / "configs"
     config.mkdir(parents=True)
     shutil.copy(ROOT / "pipelines" / "configs" / "fit_cgcnn.yaml", config)

@@ -3,16 +3,15 @@ import tarfile
 import numpy as np
 import pytest
 
+from tests.conftest import copy_cifs
+
 from mofbalora.data.datasets import load_labelled_dataset, resolve_data_dir, unpack_archive_once
 
 
 @pytest.fixture
 def messy_folder(tmp_path, small_qmof):
     ids, paths, gaps = small_qmof
-    folder = tmp_path / "set"
-    folder.mkdir()
-    for path in paths[:5]:
-        (folder / path.name).write_bytes(path.read_bytes())
+    folder = copy_cifs(paths[:5], tmp_path / "set")
     rows = [f"{ids[0]},{gaps[0]}", f"{ids[1]},nan", f"{ids[2]},{gaps[2]}", f"{ids[2]},1.0", f"{ids[3]},{gaps[3]}",
             "qmof-missing,1.5"]
     (folder / "labels.csv").write_text("id,bandgap_ev\n" + "\n".join(rows) + "\n")

@@ -3,6 +3,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mofbalora.cli import app
+from tests.conftest import copy_cifs
 from mofbalora.data import InvalidReason, InvalidStructureError, read_structure, validate_inputs
 
 CELL = """data_test
@@ -88,10 +89,7 @@ def test_coremof_cifs_parse(coremof_paths):
 
 def test_validate_cli_folder_glob_and_csv(tmp_path, small_qmof):
     _, paths, _ = small_qmof
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for path in paths[:3]:
-        (folder / path.name).write_bytes(path.read_bytes())
+    folder = copy_cifs(paths[:3], tmp_path / "in")
     (folder / "broken.cif").write_text("")
     out = tmp_path / "report.csv"
     result = CliRunner().invoke(app, ["validate", str(folder), str(tmp_path / "in" / "*.cif"), "--out", str(out)])

@@ -1,6 +1,6 @@
-import shutil
-
 import pytest
+
+from tests.conftest import copy_cifs, write_labels
 
 from mofbalora.training.config import TrainConfig
 
@@ -9,11 +9,8 @@ from mofbalora.training.config import TrainConfig
 def tiny_dataset(tmp_path_factory, small_qmof):
     """30 small real QMOF structures with their PBE band gaps, as a labelled folder (never committed)."""
     ids, paths, gaps = small_qmof
-    folder = tmp_path_factory.mktemp("tiny_qmof")
-    for path in paths[:30]:
-        shutil.copy(path, folder / path.name)
-    (folder / "bandgaps.csv").write_text("qmof_id,bandgap_pbe_ev\n" + "".join(
-        f"{i},{g}\n" for i, g in zip(ids[:30], gaps[:30])))
+    folder = copy_cifs(paths[:30], tmp_path_factory.mktemp("tiny_qmof"))
+    write_labels(folder, ids[:30], gaps[:30])
     return folder
 
 
