@@ -29,14 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 from mofbalora.analysis import figures, study  # noqa: E402
 from mofbalora.analysis.report import accuracy_table, render_report  # noqa: E402
-from mofbalora.data.datasets import default_cache_dir, load_labelled_dataset  # noqa: E402
+from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.io import write_text_atomic  # noqa: E402
 from mofbalora.data.splits import Split, make_split  # noqa: E402
-from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
 from mofbalora.model_folder import package_versions  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402
-from mofbalora.training.fit import fit, select_subset  # noqa: E402
+from mofbalora.training.fit import fit, prepare_data, select_subset  # noqa: E402
 from mofbalora.uncertainty.metrics import gaussian_nll  # noqa: E402
 
 logger = logging.getLogger("bandgap_benchmark")
@@ -81,13 +80,6 @@ def epochs_run(model_dir: Path) -> list[int]:
         table = pd.read_csv(logs)
         counts.append(int(table.dropna(subset=["train_loss"])["epoch"].max()) + 1)
     return counts
-
-
-def featurised(split_ids: list[str], dataset, backbone: str, max_atoms: int) -> tuple[list[str], list[Any], np.ndarray]:
-    indexed = dataset.table.set_index("id")
-    result = featurise_paths(list(indexed.loc[split_ids, "path"]), get_featuriser(backbone),
-                             cache_dir=default_cache_dir(), max_atoms=max_atoms, progress=False)
-    return result.ids, result.samples, indexed.loc[result.ids, dataset.target].to_numpy(dtype=float)
 
 
 def predictions(name: str, model_dir: Path, parts: dict[str, Any], run_dir: Path, *, samples: int,
@@ -170,7 +162,8 @@ def main(argv: list[str] | None = None) -> Path:
                                      run_dir=run_dir, split=split),
                   "lora-ensemble": run_method("lora-ensemble", base_config(profile, "lora-ensemble"), data=args.data,
                                               run_dir=run_dir, split=split)}
-    parts = {p: featurised(getattr(split, p), dataset, profile["backbone"], profile["max_atoms"]) for p in ("val", "test")}
+    # The same featurised parts (through the shared cache) that every fit above used.
+    parts = prepare_data(base_config(profile, "lora"), dataset, run_dir, progress=False, split=split).parts
     truth, val_truth = parts["test"][2], parts["val"][2]
     sizes, seeds = profile["sample_sizes"], list(range(profile["sampling_seeds"]))
 
@@ -199,8 +192,8 @@ def main(argv: list[str] | None = None) -> Path:
     }
     rng = np.random.default_rng(profile["seed"])
     n_boot = profile["bootstrap"]
-    train_ids = featurised(split.train, dataset, profile["backbone"], profile["max_atoms"])[0]
-    train_mean = float(dataset.table.set_index("id").loc[train_ids, dataset.target].mean())
+    train_ids = parts["train"][0]
+    train_mean = float(parts["train"][2].mean())
     mean_predictor = study.MethodPredictions("mean predictor", np.full_like(truth, train_mean), np.full_like(truth, np.nan))
     metrics: dict[str, Any] = {"accuracy": {name: study.accuracy(p, truth, rng, n_boot)
                                             for name, p in {**preds, "mean predictor": mean_predictor}.items()}}

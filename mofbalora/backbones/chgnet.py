@@ -50,9 +50,7 @@ class CHGNetBackbone(GraphBackbone):
         with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints on load
             self.chgnet = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
         self.model_name = model_name
-        dim = self.chgnet.atom_embedding.embedding.embedding_dim if hasattr(
-            self.chgnet.atom_embedding, "embedding") else 64
-        self._embedding_dim = dim
+        dim = self._embedding_dim = self.chgnet.atom_fea_dim
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         self.head = nn.Sequential(nn.Linear(dim, head_hidden), nn.SiLU(), nn.Linear(head_hidden, 1))
