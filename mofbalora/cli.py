@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Band-gap prediction for MOFs with LoRA/BaLoRA uncertainty.")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="PBE band-gap prediction for MOFs with calibrated LoRA/BaLoRA uncertainty (eV).")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download and inspect.")
 app.add_typer(data_app, name="data")
 
@@ -122,34 +123,50 @@ def fit(
     epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
     max_structures: Optional[int] = typer.Option(None, help="Override the config's data subset size."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (rerun to resume)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Label column of the dataset CSV (default: its only non-id column)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fit in --out (same config, data and split)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete what --out holds and fit from scratch."),
     accelerator: str = ACCELERATOR,
     devices: str = DEVICES,
     num_nodes: int = NUM_NODES,
     strategy: str = STRATEGY,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Fine-tune a backbone on band gaps and write a model folder (resumes if interrupted)."""
-    _setup_logging(verbose)
-    from mofbalora.training.config import load_train_config
-    from mofbalora.training.fit import fit as run_fit
+    """Fine-tune a backbone on PBE band gaps, calibrate it on a held-out split, write a model folder.
 
+    A rerun with the same config, data and split resumes; a folder started differently is refused
+    (naming the difference) unless --overwrite.
+    """
+    _setup_logging(verbose)
+    from mofbalora.calibrate import fit_calibrated
+    from mofbalora.training.config import load_train_config
+    from mofbalora.training.fit import FolderMismatchError
+
+    if resume and overwrite:
+        raise typer.BadParameter("--resume and --overwrite exclude each other")
     try:
         train_config = load_train_config(config).with_overrides(method=method, epochs=epochs,
-                                                                 max_structures=max_structures)
+                                                                 max_structures=max_structures, target=target)
     except (OSError, ValueError) as exc:
         typer.echo(f"bad config: {exc}", err=True)
         raise typer.Exit(2)
     overrides = _trainer_kwargs(accelerator, devices, num_nodes, strategy)
     if max_steps is not None:
         overrides["max_steps"] = max_steps
-    result = run_fit(train_config, data=data, out_dir=out, trainer_overrides=overrides)
+    try:
+        result = fit_calibrated(train_config, data=data, out_dir=out, trainer_overrides=overrides, resume=resume,
+                                overwrite=overwrite)
+    except FolderMismatchError as exc:
+        typer.echo(f"refusing to fit: {exc}", err=True)
+        raise typer.Exit(2)
     if result is not None:
         typer.echo(f"model written to {result}")
     elif max_steps is not None:
         typer.echo(f"stopped after {max_steps} steps; rerun without --max-steps to resume", err=True)
 
 
-def _predict_table(model_dir: Path, inputs: List[str], samples: int, seed: int, trainer_kwargs: dict):
+def _predict_table(model_dir: Path, inputs: List[str], samples: int, seed: int, trainer_kwargs: dict,
+                   window_ev: tuple[float, float] | None = None):
     from mofbalora.predict import load_model
 
     try:
@@ -157,7 +174,14 @@ def _predict_table(model_dir: Path, inputs: List[str], samples: int, seed: int, 
     except (OSError, ValueError) as exc:
         typer.echo(f"cannot load model: {exc}", err=True)
         raise typer.Exit(2)
-    table = model.predict(inputs, samples=samples, seed=seed, progress=True, trainer_kwargs=trainer_kwargs)
+    if model.calibrator is None:
+        typer.echo("warning: this model folder is not calibrated; intervals are raw Gaussian ones", err=True)
+    try:
+        table = model.predict(inputs, samples=samples, seed=seed, progress=True, trainer_kwargs=trainer_kwargs,
+                              window_ev=window_ev)
+    except ValueError as exc:
+        typer.echo(f"cannot predict: {exc}", err=True)
+        raise typer.Exit(2)
     return model, table
 
 
@@ -179,9 +203,13 @@ def predict(
     num_nodes: int = NUM_NODES,
     strategy: str = STRATEGY,
 ) -> None:
-    """Predict band gaps (eV) with uncertainty; one row per input, invalid ones marked skipped.
+    """Predict PBE band gaps (eV) with calibrated uncertainty; one row per input, invalid ones marked skipped.
 
-    Deterministic methods (head, full, lora) report bandgap_std_ev as NaN.
+    Columns: id, bandgap_mean_ev, bandgap_std_ev (total: epistemic + data noise, calibrated),
+    bandgap_std_epistemic_ev, lower_95_ev, upper_95_ev (conformal 95% interval),
+    out_of_distribution, ood_reason, status, reason. Deterministic methods (head, full, lora)
+    report both stds as NaN but still get conformal intervals. PBE gaps underestimate
+    experimental ones.
     """
     from mofbalora.data.io import write_table_atomic
 
@@ -213,20 +241,29 @@ def screen(
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(Path("screen.csv"), "--out", help="Ranked table (CSV or parquet)."),
     top: int = typer.Option(10, help="Rows shown in the summary."),
+    accelerator: str = ACCELERATOR,
+    devices: str = DEVICES,
+    num_nodes: int = NUM_NODES,
+    strategy: str = STRATEGY,
 ) -> None:
-    """Rank structures by the probability that their band gap lies in the window.
+    """Rank structures by the calibrated probability that their PBE band gap lies in the window.
 
-    A structure is flagged out_of_distribution when its predictive std exceeds the model's
-    threshold (the 95th percentile of validation-split stds, set at fit time).
+    p_in_window comes from the conformal predictive distribution fitted on the model's held-out
+    calibration split. out_of_distribution flags a structure whose epistemic std or embedding
+    distance to the training structures exceeds the calibration split's 95th percentile, or whose
+    cell is larger than any training cell; ood_reason says which.
     """
     from mofbalora.data.io import write_table_atomic, write_text_atomic
     from mofbalora.uncertainty.screening import rank_by_window, screening_summary
 
     low, high = _parse_window(gap)
-    loaded, table = _predict_table(model, inputs, samples, seed, {})
-    ranked = rank_by_window(table, low, high, ood_std_threshold_ev=loaded.ood_std_threshold_ev)
+    _, table = _predict_table(model, inputs, samples, seed,
+                              _trainer_kwargs(accelerator, devices, num_nodes, strategy), window_ev=(low, high))
+    if not _is_global_zero():
+        return
+    ranked = rank_by_window(table, low, high)
     write_table_atomic(ranked, out)
-    summary = screening_summary(ranked, low, high, ood_std_threshold_ev=loaded.ood_std_threshold_ev, top=top)
+    summary = screening_summary(ranked, low, high, top=top)
     write_text_atomic(Path(str(out) + ".summary.md"), summary)
     typer.echo(summary)
     if not (ranked["status"] == "ok").any():

@@ -24,6 +24,7 @@ from torch import nn
 
 from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, save_adapters
 from mofbalora.backbones import get_backbone
+from mofbalora.backbones.heads import apply_head
 from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
 
 MODEL_FILE = "model.json"
@@ -46,10 +47,15 @@ def member_seeds(method: str, seed: int, ensemble_size: int) -> list[int]:
     return [seed + m for m in range(ensemble_size)] if method == "lora-ensemble" else [seed]
 
 
-def build_member(*, backbone: str, method: str, adapter: dict[str, Any], seed: int) -> nn.Module:
-    """A fresh trainable model for one member: backbone + head (+ adapters), right parts frozen."""
+def bare_member(*, backbone: str, head: str, seed: int) -> nn.Module:
+    """The pretrained backbone with the head variant ``head`` (backbones/heads.py), no adapters."""
     kwargs = {"seed": seed} if backbone == "chgnet" else {}
-    model = get_backbone(backbone, **kwargs)
+    return apply_head(get_backbone(backbone, **kwargs), head)
+
+
+def build_member(*, backbone: str, method: str, adapter: dict[str, Any], seed: int, head: str = "pretrained") -> nn.Module:
+    """A fresh trainable model for one member: backbone + head (+ adapters), right parts frozen."""
+    model = bare_member(backbone=backbone, head=head, seed=seed)
     if method in ("lora", "balora", "lora-ensemble"):
         kind = "balora" if method == "balora" else "lora"
         values = {"modules_to_save": [HEAD_PATTERN], **adapter, "kind": kind, "seed": seed}
@@ -75,17 +81,29 @@ def save_member(model: nn.Module, folder: Path, method: str) -> None:
         save_file(tensors, str(tmp))
 
 
-def load_member(folder: Path, *, backbone: str, method: str, seed: int) -> nn.Module:
+def load_member(folder: Path, *, backbone: str, method: str, seed: int, head: str = "pretrained") -> nn.Module:
     if method in ("lora", "balora", "lora-ensemble"):
-        kwargs = {"seed": seed} if backbone == "chgnet" else {}
-        return load_adapters(get_backbone(backbone, **kwargs), folder / "adapter")
-    model = build_member(backbone=backbone, method=method, adapter={}, seed=seed)
+        return load_adapters(bare_member(backbone=backbone, head=head, seed=seed), folder / "adapter")
+    model = build_member(backbone=backbone, method=method, adapter={}, seed=seed, head=head)
     tensors = load_file(str(folder / "weights.safetensors"))
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != expected:
         raise ValueError(f"{folder}: saved tensors do not match the {method} model's trainable parameters")
     model.load_state_dict(tensors, strict=False)
     return model
+
+
+TRAIN_EMBEDDINGS_FILE = "train_embeddings.safetensors"
+
+
+def save_train_embeddings(folder: Path, embeddings: Any) -> None:
+    """The bare backbone's crystal embeddings of the training structures [n_train, dim] (OOD reference)."""
+    with atomic_path(folder / TRAIN_EMBEDDINGS_FILE) as tmp:
+        save_file({"embeddings": embeddings.detach().float().contiguous()}, str(tmp))
+
+
+def load_train_embeddings(folder: str | os.PathLike) -> Any:
+    return load_file(str(Path(folder) / TRAIN_EMBEDDINGS_FILE))["embeddings"]
 
 
 def write_model_json(folder: Path, meta: dict[str, Any]) -> None:
@@ -112,7 +130,8 @@ def load_members(folder: str | os.PathLike) -> tuple[dict[str, Any], list[nn.Mod
     config = meta["train_config"]
     members = []
     for relative, seed in zip(meta["members"], meta["member_seeds"]):
-        model = load_member(folder / relative, backbone=config["backbone"], method=meta["method"], seed=seed)
+        model = load_member(folder / relative, backbone=config["backbone"], method=meta["method"], seed=seed,
+                            head=config.get("head", "pretrained"))
         check_backbone_identity(meta, model, folder)
         model.eval()
         members.append(model)
@@ -139,6 +158,6 @@ def merge_if_adapted(model: nn.Module) -> None:
 
 
 __all__ = [
-    "build_member", "load_members", "member_seeds", "package_versions", "read_model_json", "save_member",
+    "bare_member", "build_member", "load_members", "load_train_embeddings", "save_train_embeddings", "member_seeds", "package_versions", "read_model_json", "save_member",
     "weights_checksum", "write_model_json",
 ]

@@ -1,9 +1,16 @@
-"""Load a saved model folder and predict band gaps (eV) with uncertainty, sharded over DDP ranks."""
+"""Load a saved model folder and predict PBE band gaps (eV) with calibrated uncertainty, sharded over DDP ranks.
+
+The predictive distribution of a structure has two parts (docs/method.md §7): the epistemic std
+(BaLoRA weight samples or ensemble spread) and the learned data-noise std. Their total is
+calibrated by the conformal calibrator fitted on the model's held-out calibration split
+(``mofbalora.calibrate``), which gives the intervals and window probabilities.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,16 +23,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mofbalora.adapters import forward_in_mode, set_adapter_mode
+from mofbalora.backbones.batching import Collate, GraphDataset, compute_frozen_embeddings, sample_num_atoms
 from mofbalora.data.datasets import default_cache_dir
-from mofbalora.data.structures import expand_inputs
+from mofbalora.data.structures import expand_inputs, unique_structure_ids
+from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths
-from mofbalora.model_folder import load_members, merge_if_adapted
-from mofbalora.training.data import Collate, GraphDataset, TargetNormaliser
-from mofbalora.uncertainty.intervals import gaussian_interval
+from mofbalora.model_folder import bare_member, load_members, load_train_embeddings, merge_if_adapted
+from mofbalora.uncertainty.conformal import ConformalCalibrator
+from mofbalora.uncertainty.intervals import gaussian_interval, window_probability
+from mofbalora.uncertainty.ood import EmbeddingDistance, ood_reasons
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ["id", "bandgap_mean_ev", "bandgap_std_ev", "lower_95_ev", "upper_95_ev", "status", "reason"]
+PREDICTION_COLUMNS = ["id", "bandgap_mean_ev", "bandgap_std_ev", "bandgap_std_epistemic_ev", "lower_95_ev",
+                      "upper_95_ev", "out_of_distribution", "ood_reason", "status", "reason"]
 
 
 class _PredictionStep(L.LightningModule):
@@ -46,22 +57,49 @@ class _PredictionStep(L.LightningModule):
         return {"index": index, "draws": self.normaliser.to_ev(draws).T}  # [G, D] eV
 
 
+@dataclass
+class Predictive:
+    """Per-structure predictive quantities (eV), arrays of length n.
+
+    Attributes:
+        mean: predictive mean.
+        std_epistemic: std of the draws (NaN for one draw: deterministic methods).
+        std_total_raw: sqrt(epistemic² + noise²) before calibration (NaN for deterministic methods).
+        embedding_distance: mean distance to the k nearest training embeddings.
+        n_atoms: atoms per cell.
+    """
+
+    mean: np.ndarray
+    std_epistemic: np.ndarray
+    std_total_raw: np.ndarray
+    embedding_distance: np.ndarray
+    n_atoms: np.ndarray
+
+
 class BandgapModel:
     """A trained model folder.
 
     Attributes:
         method: training method; ``balora`` samples weights, ``lora-ensemble`` uses its members,
-            others are deterministic (std reported as NaN).
+            others are deterministic (epistemic std reported as NaN).
         meta: everything in ``model.json``.
+        calibrator: the conformal calibrator, or None for a folder not yet calibrated.
     """
 
     def __init__(self, folder: Path, meta: dict[str, Any], members: list[nn.Module]) -> None:
         self.folder, self.meta, self.members = folder, meta, members
         self.method: str = meta["method"]
         self.normaliser = TargetNormaliser(**meta["normaliser"])
+        self.noise_std_ev: float | None = meta.get("noise_std_ev")
+        calibration = meta.get("calibration") or {}
+        self.calibrator = (ConformalCalibrator.from_dict(calibration["conformal"])
+                           if calibration.get("conformal") else None)
+        self.ood_thresholds: dict[str, Any] = calibration.get("ood", {})
         for member in members:
             if self.method != "balora":
                 merge_if_adapted(member)  # mean mode at bare-backbone cost
+        self._bare: nn.Module | None = None
+        self._distance: EmbeddingDistance | None = None
 
     @property
     def backbone(self) -> nn.Module:
@@ -69,7 +107,22 @@ class BandgapModel:
 
     @property
     def ood_std_threshold_ev(self) -> float | None:
-        return self.meta.get("ood_std_threshold_ev")
+        return self.ood_thresholds.get("epistemic_std_ev")
+
+    @property
+    def embedding_distance(self) -> EmbeddingDistance:
+        """k-NN distance to the training structures' frozen embeddings (fitted lazily)."""
+        if self._distance is None:
+            k = int(self.meta["train_config"].get("ood_neighbours", 5))
+            self._distance = EmbeddingDistance(k=k).fit(load_train_embeddings(self.folder).numpy())
+        return self._distance
+
+    def frozen_embeddings(self, samples: Sequence[Any]) -> np.ndarray:
+        """The bare pretrained backbone's crystal embeddings [n, dim] (no adapters, no fine-tuning)."""
+        if self._bare is None:
+            config = self.meta["train_config"]
+            self._bare = bare_member(backbone=config["backbone"], head="pretrained", seed=config.get("seed", 0))
+        return compute_frozen_embeddings(self._bare, samples).numpy()
 
     def predict_draws(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0,
                       batch_size: int | None = None, progress: bool = False,
@@ -78,7 +131,8 @@ class BandgapModel:
 
         With ``trainer_kwargs`` (e.g. ``{"devices": 2, "strategy": "ddp"}``) a Lightning Trainer runs
         the prediction, sharded across ranks and gathered back in input order; without, it runs in
-        this process. Sample draws depend on (seed, input position) only, not on batching.
+        this process. A structure's draws depend only on (seed, its content key): not on its
+        position, the batching or the number of ranks.
         """
         if not samples:
             return np.zeros((1, 0))
@@ -105,11 +159,42 @@ class BandgapModel:
         return draws.T
 
     def predict_samples(self, samples: Sequence[Any], **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std (eV) over the draws of :meth:`predict_draws`; std is NaN for one draw."""
+        """Mean and epistemic std (eV) over the draws of :meth:`predict_draws`; std is NaN for one draw."""
         draws = self.predict_draws(samples, **kwargs)
         mean = draws.mean(0)
         std = draws.std(0, ddof=1) if draws.shape[0] > 1 else np.full_like(mean, np.nan)
         return mean, std
+
+    def total_std(self, std_epistemic: np.ndarray) -> np.ndarray:
+        """sqrt(epistemic² + noise²) in eV, uncalibrated; NaN where the epistemic std is NaN."""
+        noise = self.noise_std_ev or 0.0
+        return np.sqrt(np.square(std_epistemic) + noise**2)
+
+    def predictive(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0, progress: bool = False,
+                   trainer_kwargs: dict[str, Any] | None = None) -> Predictive:
+        """Mean, stds, embedding distance and size of every sample (see :class:`Predictive`)."""
+        mean, std = self.predict_samples(samples, n_samples=n_samples, seed=seed, progress=progress,
+                                         trainer_kwargs=trainer_kwargs)
+        distance = self.embedding_distance.score(self.frozen_embeddings(samples)) if len(samples) else np.zeros(0)
+        return Predictive(mean, std, self.total_std(std), distance,
+                          np.array([sample_num_atoms(s) for s in samples], dtype=int))
+
+    def intervals(self, predictive: Predictive, *, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated central interval (eV); Gaussian on the raw total std when uncalibrated."""
+        if self.calibrator is None:
+            return gaussian_interval(predictive.mean, predictive.std_total_raw, coverage=confidence)
+        return self.calibrator.interval(predictive.mean, predictive.std_total_raw, confidence=confidence)
+
+    def calibrated_std(self, predictive: Predictive) -> np.ndarray:
+        if self.calibrator is None:
+            return predictive.std_total_raw
+        return self.calibrator.calibrated_std(predictive.std_total_raw, len(predictive.mean))
+
+    def window_probability(self, predictive: Predictive, low_ev: float, high_ev: float) -> np.ndarray:
+        """P(low ≤ gap ≤ high) from the calibrated predictive CDF (Gaussian when uncalibrated)."""
+        if self.calibrator is None:
+            return window_probability(predictive.mean, predictive.std_total_raw, low_ev, high_ev)
+        return self.calibrator.window_probability(predictive.mean, predictive.std_total_raw, low_ev, high_ev)
 
     @staticmethod
     def _predict_with_trainer(step: L.LightningModule, loader: DataLoader, trainer_kwargs: dict[str, Any],
@@ -128,44 +213,71 @@ class BandgapModel:
 
     def predict(self, inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike, *, samples: int = 32,
                 seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,
-                trainer_kwargs: dict[str, Any] | None = None, workers: int = 0) -> pd.DataFrame:
-        """Predict band gaps for CIF paths (files, folders, globs) or pymatgen Structures.
+                trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
+                window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
+        """Predict PBE band gaps for CIF paths (files, folders, globs) and/or pymatgen Structures.
 
         Returns:
-            One row per input, columns ``id, bandgap_mean_ev, bandgap_std_ev, lower_95_ev,
-            upper_95_ev, status, reason``; invalid inputs get ``status="skipped"`` and the reason.
+            One row per input, columns :data:`PREDICTION_COLUMNS` (plus ``p_in_window`` with
+            ``window_ev``); ``bandgap_std_ev`` and the interval are calibrated, the epistemic std
+            is the raw sample/ensemble spread. Invalid inputs get ``status="skipped"`` and the reason.
         """
-        if isinstance(inputs, (str, os.PathLike)):
+        if isinstance(inputs, (str, os.PathLike, Structure)):
             inputs = [inputs]
-        featuriser = self.backbone.make_featuriser()
-        ids, reasons, feats = [], [], []
-        structures = [x for x in inputs if isinstance(x, Structure)]
-        if structures:
-            for number, structure in enumerate(structures):
-                ids.append(f"structure_{number}")
-                feats.append(featuriser.featurise(structure, ids[-1]))
-                reasons.append("")
-        else:
-            paths = expand_inputs(inputs)
-            result = featurise_paths(paths, featuriser, cache_dir=cache_dir or default_cache_dir(),
-                                     workers=workers, progress=progress)
-            by_path = dict(zip(result.paths, result.samples))
-            skipped = dict(zip(result.skipped["path"], result.skipped["reason"]))
-            for path in paths:
-                ids.append(path.name[:-4] if path.name.lower().endswith(".cif") else path.name)
-                feats.append(by_path.get(str(path)))
-                reasons.append(skipped.get(str(path), ""))
+        ids, feats, reasons = self._featurise_inputs(list(inputs), cache_dir=cache_dir, workers=workers,
+                                                     progress=progress)
         valid = [i for i, f in enumerate(feats) if f is not None]
-        mean, std = self.predict_samples([feats[i] for i in valid], n_samples=samples, seed=seed, progress=progress,
-                                         trainer_kwargs=trainer_kwargs)
+        predictive = self.predictive([feats[i] for i in valid], n_samples=samples, seed=seed, progress=progress,
+                                     trainer_kwargs=trainer_kwargs)
         table = pd.DataFrame({"id": ids, "bandgap_mean_ev": np.nan, "bandgap_std_ev": np.nan,
-                              "status": "skipped", "reason": reasons})
-        table.loc[valid, "bandgap_mean_ev"] = mean
-        table.loc[valid, "bandgap_std_ev"] = std
+                              "bandgap_std_epistemic_ev": np.nan, "lower_95_ev": np.nan, "upper_95_ev": np.nan,
+                              "out_of_distribution": False, "ood_reason": "", "status": "skipped",
+                              "reason": reasons})
+        lower, upper = self.intervals(predictive)
+        values = {"bandgap_mean_ev": predictive.mean, "bandgap_std_ev": self.calibrated_std(predictive),
+                  "bandgap_std_epistemic_ev": predictive.std_epistemic, "lower_95_ev": lower, "upper_95_ev": upper}
+        for column, array in values.items():
+            table.loc[valid, column] = array
+        why = ood_reasons(epistemic_std_ev=predictive.std_epistemic, embedding_distance=predictive.embedding_distance,
+                          n_atoms=predictive.n_atoms, thresholds=self.ood_thresholds)
+        table.loc[valid, "ood_reason"] = why
+        table.loc[valid, "out_of_distribution"] = [bool(w) for w in why]
         table.loc[valid, "status"] = "ok"
-        lower, upper = gaussian_interval(table["bandgap_mean_ev"].to_numpy(), table["bandgap_std_ev"].to_numpy())
-        table["lower_95_ev"], table["upper_95_ev"] = lower, upper
-        return table[PREDICTION_COLUMNS]
+        columns = list(PREDICTION_COLUMNS)
+        if window_ev is not None:
+            table["p_in_window"] = np.nan
+            table.loc[valid, "p_in_window"] = self.window_probability(predictive, *window_ev)
+            columns.insert(columns.index("out_of_distribution"), "p_in_window")
+        return table[columns]
+
+    def _featurise_inputs(self, inputs: list[Any], *, cache_dir: str | os.PathLike | None, workers: int,
+                          progress: bool) -> tuple[list[str], list[Any], list[str]]:
+        """(ids, sample or None, skip reason) per input, in input order; paths and Structures may mix."""
+        featuriser = self.backbone.make_featuriser()
+        slots: list[Any] = []  # a Path, or a Structure
+        for item in inputs:
+            slots.extend([item] if isinstance(item, Structure) else expand_inputs([item]))
+        paths = [slot for slot in slots if not isinstance(slot, Structure)]
+        path_ids = iter(unique_structure_ids(paths))
+        result = featurise_paths(paths, featuriser, cache_dir=cache_dir or default_cache_dir(), workers=workers,
+                                 progress=progress) if paths else None
+        by_path = dict(zip(result.paths, result.samples)) if result else {}
+        skipped = dict(zip(result.skipped["path"], result.skipped["reason"])) if result else {}
+        ids, feats, reasons = [], [], []
+        for number, slot in enumerate(slots):
+            if isinstance(slot, Structure):
+                ids.append(f"structure_{number}")
+                try:
+                    feats.append(featuriser.featurise(slot, ids[-1]))
+                    reasons.append("")
+                except Exception as exc:  # one bad structure never loses the others
+                    feats.append(None)
+                    reasons.append(f"featurisation failed: {type(exc).__name__}: {exc}"[:300])
+                continue
+            ids.append(next(path_ids))
+            feats.append(by_path.get(str(slot)))
+            reasons.append(skipped.get(str(slot), ""))
+        return ids, feats, reasons
 
 
 def load_model(path: str | os.PathLike) -> BandgapModel:

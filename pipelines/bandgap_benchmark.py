@@ -1,5 +1,11 @@
 """The band-gap uncertainty study: full fine-tuning, LoRA, a LoRA ensemble and BaLoRA on one split.
 
+Steps: choose the regression head on validation (LoRA, pretrained vs residual head); fit every
+method with it; choose BaLoRA's KL weight on validation; calibrate each method on the held-out
+calibration split; draw test predictions once; score accuracy, uncertainty (epistemic std, for
+the paper's claims) and calibration (raw, recalibrated, conformal), the prediction floor and the
+OOD flags.
+
     python pipelines/bandgap_benchmark.py --profile cpu|gpu|smoke [--fresh] [--data PATH]
 
 Method runs and predictions live in results/runs/<profile>/ and are reused by a rerun
@@ -29,14 +35,17 @@ sys.path.insert(0, str(ROOT))
 
 from mofbalora.analysis import figures, study  # noqa: E402
 from mofbalora.analysis.report import accuracy_table, render_report  # noqa: E402
+from mofbalora.calibrate import fit_calibrated  # noqa: E402
 from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.io import write_text_atomic  # noqa: E402
 from mofbalora.data.splits import Split, make_split  # noqa: E402
 from mofbalora.model_folder import package_versions  # noqa: E402
-from mofbalora.predict import load_model  # noqa: E402
+from mofbalora.predict import BandgapModel, load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402
-from mofbalora.training.fit import fit, prepare_data, select_subset  # noqa: E402
-from mofbalora.uncertainty.metrics import gaussian_nll  # noqa: E402
+from mofbalora.training.fit import prepare_data, select_subset  # noqa: E402
+from mofbalora.uncertainty import metrics as um  # noqa: E402
+from mofbalora.uncertainty.intervals import gaussian_interval  # noqa: E402
+from mofbalora.uncertainty.ood import ood_reasons  # noqa: E402
 
 logger = logging.getLogger("bandgap_benchmark")
 CONFIG_DIR = ROOT / "pipelines" / "configs"
@@ -51,6 +60,7 @@ def load_profile(name: str) -> dict[str, Any]:
 
 def base_config(profile: dict[str, Any], method: str, **extra: Any) -> TrainConfig:
     values = {**profile["train"], "backbone": profile["backbone"], "method": method, "adapter": dict(profile["adapter"]),
+              "likelihood": profile["likelihood"], "head": profile["heads"][0],
               "max_structures": profile["max_structures"], "max_atoms": profile["max_atoms"], "split": profile["split"],
               "ensemble_size": profile["ensemble_size"], "seed": profile["seed"]}
     values["adapter"].update(extra.pop("adapter", {}))
@@ -59,14 +69,15 @@ def base_config(profile: dict[str, Any], method: str, **extra: Any) -> TrainConf
 
 
 def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, split: Split) -> Path:
-    """Fit one method unless its model folder is complete; record its training wall time."""
+    """Fit and calibrate one method unless its model folder is complete; record its training wall time."""
     out = run_dir / "methods" / name
     timing_path = out / "timing.json"
-    if (out / "model.json").exists() and timing_path.exists():
+    if (out / "model.json").exists() and timing_path.exists() and json.loads((out / "model.json").read_text())["calibration"]:
         logger.info("reusing finished run %s", out)
         return out
+    logger.info("fitting %s", name)
     start = time.perf_counter()
-    result = fit(config, data=data, out_dir=out, progress=False, split=split)
+    result = fit_calibrated(config, data=data, out_dir=out, progress=False, split=split)
     if result is None:
         raise RuntimeError(f"{name}: training did not finish")
     previous = json.loads(timing_path.read_text())["train_wall_s"] if timing_path.exists() else 0.0
@@ -83,14 +94,16 @@ def epochs_run(model_dir: Path) -> list[int]:
 
 
 def predictions(name: str, model_dir: Path, parts: dict[str, Any], run_dir: Path, *, samples: int,
-                seeds: list[int]) -> dict[str, Any]:
-    """Draws on val and test, cached in run_dir/predictions/<name>.npz, with inference wall time."""
+                seeds: list[int], calibration_samples: int) -> dict[str, Any]:
+    """Draws on val, calibration and test, plus test embedding distances, cached in
+    run_dir/predictions/<name>.npz, with the test inference wall time."""
     cache = run_dir / "predictions" / f"{name}.npz"
     if cache.exists():
         loaded = np.load(cache)
         return {key: loaded[key] for key in loaded.files}
     model = load_model(model_dir)
     out: dict[str, Any] = {}
+    logger.info("predicting with %s", name)
     start = time.perf_counter()
     if model.method == "balora":
         for seed in seeds:
@@ -98,15 +111,85 @@ def predictions(name: str, model_dir: Path, parts: dict[str, Any], run_dir: Path
     else:
         out["test"] = model.predict_draws(parts["test"][1])
     out["inference_wall_s"] = np.array(time.perf_counter() - start)
-    out["val"] = model.predict_draws(parts["val"][1], n_samples=32, seed=seeds[0])
+    for part in ("val", "calibration"):
+        out[part] = model.predict_draws(parts[part][1], n_samples=calibration_samples, seed=seeds[0])
+    out["test_embedding_distance"] = model.embedding_distance.score(model.frozen_embeddings(parts["test"][1]))
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
+    return out
+
+
+def spread(draws: np.ndarray) -> np.ndarray:
+    """Std over draws [D, n] -> [n]; NaN for a single draw (deterministic methods)."""
+    return draws.std(0, ddof=1) if draws.shape[0] > 1 else np.full(draws.shape[1], np.nan)
+
+
+def calibration_comparison(model: BandgapModel, test_draws: np.ndarray, cal_draws: np.ndarray,
+                           truth: np.ndarray, cal_truth: np.ndarray) -> dict[str, Any]:
+    """Test coverage at 68/95% of four interval kinds, side by side, with mean 95% widths (eV).
+
+    raw_epistemic: Gaussian on the epistemic std alone (what the paper's std claims);
+    raw_total: Gaussian on sqrt(epistemic² + learned noise²); recalibrated: raw_total times one
+    factor fitted on the calibration split (uncertainty-toolbox, diagnostic); conformal: the
+    model's stored crepes calibrator. ``test_draws`` must use the calibration's S.
+    """
+    mean, epistemic = test_draws.mean(0), spread(test_draws)
+    total = model.total_std(np.nan_to_num(epistemic, nan=0.0))
+    cal_total = model.total_std(np.nan_to_num(spread(cal_draws), nan=0.0))
+    kinds: dict[str, Any] = {}
+    if np.isfinite(epistemic).all():
+        kinds["raw_epistemic"] = lambda level: gaussian_interval(mean, epistemic, coverage=level)
+    if (total > 0).all():
+        kinds["raw_total"] = lambda level: gaussian_interval(mean, total, coverage=level)
+        recalibrator = um.ScalarVarianceRecalibrator().fit(cal_draws.mean(0), cal_total, cal_truth)
+        kinds["recalibrated"] = lambda level: gaussian_interval(mean, recalibrator.predict(total), coverage=level)
+    sigma = total if np.isfinite(epistemic).all() else np.full_like(mean, np.nan)
+    kinds["conformal"] = lambda level: model.calibrator.interval(mean, sigma, confidence=level)
+    out: dict[str, Any] = {}
+    for kind, bounds in kinds.items():
+        low68, high68 = bounds(0.68)
+        low95, high95 = bounds(0.95)
+        out[kind] = {"coverage_68": um.interval_share(low68, high68, truth),
+                     "coverage_95": um.interval_share(low95, high95, truth),
+                     "mean_width_95_ev": float(np.mean(high95 - low95))}
+    if "recalibrated" in kinds:
+        out["recalibration_scale"] = recalibrator.scale_
+    out["noise_std_ev"] = model.noise_std_ev
+    return out
+
+
+def ood_summary(model: BandgapModel, test_draws: np.ndarray, distance: np.ndarray, n_atoms: np.ndarray,
+                truth: np.ndarray) -> dict[str, Any]:
+    """Flag rate on the test split and MAE of flagged vs unflagged structures, per flag kind."""
+    mean, epistemic = test_draws.mean(0), spread(test_draws)
+    reasons = ood_reasons(epistemic_std_ev=epistemic, embedding_distance=distance, n_atoms=n_atoms,
+                          thresholds=model.ood_thresholds)
+    errors = np.abs(mean - truth)
+    out: dict[str, Any] = {"thresholds": model.ood_thresholds}
+    for kind, needle in (("any", ""), ("epistemic_std", "epistemic std"), ("embedding", "embedding far")):
+        flagged = np.array([bool(r) and needle in r for r in reasons])
+        out[kind] = {"flag_rate": float(flagged.mean()), "n_flagged": int(flagged.sum()),
+                     "mae_flagged_ev": float(errors[flagged].mean()) if flagged.any() else None,
+                     "mae_unflagged_ev": float(errors[~flagged].mean()) if (~flagged).any() else None}
     return out
 
 
 def method_predictions(name: str, draws: np.ndarray, val_draws: np.ndarray) -> study.MethodPredictions:
     spread = lambda d: d.std(0, ddof=1) if d.shape[0] > 1 else np.full(d.shape[1], np.nan)  # noqa: E731
     return study.MethodPredictions(name, draws.mean(0), spread(draws), val_draws.mean(0), spread(val_draws))
+
+
+def git_commit() -> str:
+    """The commit of the code producing the report, '+dirty' when the tree has changes."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def publish(report_dir: Path, metrics: dict[str, Any]) -> None:
@@ -158,38 +241,54 @@ def main(argv: list[str] | None = None) -> Path:
         seed=profile["split"]["seed"], method=profile["split"]["method"])
     split.save(split_path)
 
-    model_dirs = {"full": run_method("full", base_config(profile, "full", lr=profile["full_lr"]), data=args.data,
-                                     run_dir=run_dir, split=split),
-                  "lora-ensemble": run_method("lora-ensemble", base_config(profile, "lora-ensemble"), data=args.data,
-                                              run_dir=run_dir, split=split)}
-    # The same featurised parts (through the shared cache) that every fit above used.
+    # Step 1: the regression head, chosen by LoRA's validation MAE (docs/method.md §8).
     parts = prepare_data(base_config(profile, "lora"), dataset, run_dir, progress=False, split=split).parts
-    truth, val_truth = parts["test"][2], parts["val"][2]
-    sizes, seeds = profile["sample_sizes"], list(range(profile["sampling_seeds"]))
+    truth, val_truth, cal_truth = parts["test"][2], parts["val"][2], parts["calibration"][2]
+    head_runs = {head: run_method(f"lora-head-{head}", base_config(profile, "lora", head=head), data=args.data,
+                                  run_dir=run_dir, split=split) for head in profile["heads"]}
+    head_val_mae = {head: float(np.mean(np.abs(load_model(folder).predict_samples(parts["val"][1])[0] - val_truth)))
+                    for head, folder in head_runs.items()}
+    head = min(head_val_mae, key=head_val_mae.get)
+    logger.info("head chosen on validation: %s (val MAE %s)", head, head_val_mae)
 
-    # BaLoRA's KL weight is chosen on the validation split only (Gaussian NLL of S=32 predictions).
+    # Step 2: every method with that head.
+    model_dirs = {"full": run_method("full", base_config(profile, "full", lr=profile["full_lr"], head=head),
+                                     data=args.data, run_dir=run_dir, split=split),
+                  "lora": head_runs[head],
+                  "lora-ensemble": run_method(f"lora-ensemble-head-{head}", base_config(profile, "lora-ensemble", head=head),
+                                              data=args.data, run_dir=run_dir, split=split)}
+    sizes, seeds = profile["sample_sizes"], list(range(profile["sampling_seeds"]))
+    cal_samples = profile["train"]["calibration_samples"]
+
+    # Step 3: BaLoRA's KL weight, chosen on validation only (mean Gaussian NLL with the total std).
     candidates = {}
     for beta in profile["balora_kl_weights"]:
-        name = f"balora-beta{beta:g}"
-        candidates[name] = run_method(name, base_config(profile, "balora", adapter={"kl_weight": beta}),
+        name = f"balora-beta{beta:g}-head-{head}"
+        candidates[name] = run_method(name, base_config(profile, "balora", adapter={"kl_weight": beta}, head=head),
                                       data=args.data, run_dir=run_dir, split=split)
     val_nll = {}
     for name, folder in candidates.items():
-        val = load_model(folder).predict_draws(parts["val"][1], n_samples=32, seed=0)
-        val_nll[name] = gaussian_nll(val.mean(0), np.maximum(val.std(0, ddof=1), 1e-9), val_truth)
+        model = load_model(folder)
+        val = model.predict_draws(parts["val"][1], n_samples=cal_samples, seed=0)
+        val_nll[name] = um.gaussian_nll(val.mean(0), model.total_std(val.std(0, ddof=1)), val_truth)
     chosen = min(val_nll, key=val_nll.get)
     model_dirs["balora"] = candidates[chosen]
 
-    raw = {name: predictions(name if name != "balora" else chosen, folder, parts, run_dir, samples=max(sizes), seeds=seeds)
+    # Step 4: predictions, drawn once.
+    raw = {name: predictions(name if name != "balora" else chosen, folder, parts, run_dir, samples=max(sizes),
+                             seeds=seeds, calibration_samples=cal_samples)
            for name, folder in model_dirs.items()}
+    before = predictions("lora-head-pretrained", head_runs["pretrained"], parts, run_dir, samples=max(sizes),
+                         seeds=seeds, calibration_samples=cal_samples)
     members = raw["lora-ensemble"]["test"]
     balora_draws = [raw["balora"][f"test_seed{s}"] for s in seeds]
-    preds = {
-        "full": method_predictions("full", raw["full"]["test"], raw["full"]["val"]),
-        "lora": method_predictions("lora", members[:1], raw["lora-ensemble"]["val"][:1]),
-        "lora-ensemble": method_predictions("lora-ensemble", members, raw["lora-ensemble"]["val"]),
-        "balora": method_predictions("balora", balora_draws[0], raw["balora"]["val"]),
-    }
+    tests = {"full": raw["full"]["test"], "lora": raw["lora"]["test"], "lora-ensemble": members,
+             "balora": balora_draws[0]}
+    preds = {name: study.MethodPredictions(name, draws.mean(0), spread(draws), raw[name]["val"].mean(0),
+                                           spread(raw[name]["val"]))
+             for name, draws in tests.items()}
+
+    # Step 5: scores.
     rng = np.random.default_rng(profile["seed"])
     n_boot = profile["bootstrap"]
     train_ids = parts["train"][0]
@@ -204,15 +303,25 @@ def main(argv: list[str] | None = None) -> Path:
     metrics["claims"] = study.claims(balora=preds["balora"], balora_draws=balora_draws[0], ensemble=preds["lora-ensemble"],
                                      lora=preds["lora"], full=preds["full"], truth=truth,
                                      sweep=metrics["balora_sample_sweep"], rng=rng, n_boot=n_boot)
+    loaded = {name: load_model(model_dirs[name]) for name in ("balora", "lora-ensemble", "lora")}
+    calibration_draws = {"balora": balora_draws[0][:cal_samples], "lora-ensemble": members, "lora": raw["lora"]["test"]}
+    metrics["calibration"] = {name: calibration_comparison(model, calibration_draws[name], raw[name]["calibration"],
+                                                           truth, cal_truth) for name, model in loaded.items()}
+    metrics["floor"] = {"before: lora, pretrained head": um.floor_statistics(before["test"].mean(0), truth),
+                        **{name: um.floor_statistics(p.mean, truth) for name, p in preds.items()}}
+    n_atoms = np.array([len(sample.atomic_number) for sample in parts["test"][1]])
+    metrics["ood"] = {name: ood_summary(model, calibration_draws[name], raw[name]["test_embedding_distance"], n_atoms,
+                                        truth) for name, model in loaded.items()}
+    metrics["head_selection"] = {"val_mae_ev": head_val_mae, "chosen": head}
     n_train, n_val, n_test = len(train_ids), len(val_truth), len(truth)
     timing = {n: json.loads((d / "timing.json").read_text())["train_wall_s"] for n, d in model_dirs.items()}
+    lora_epochs = epochs_run(model_dirs["lora"])
     ensemble_epochs = epochs_run(model_dirs["lora-ensemble"])
     metrics["cost"] = {
         "full": {"training_runs": 1, "train_wall_s": timing["full"], "train_passes": epochs_run(model_dirs["full"])[0] * n_train,
                  "inference_wall_s": float(raw["full"]["inference_wall_s"]), "inference_passes_per_structure": 1},
-        "lora": {"training_runs": 1, "train_wall_s": timing["lora-ensemble"] / len(ensemble_epochs),
-                 "train_passes": ensemble_epochs[0] * n_train,
-                 "inference_wall_s": float(raw["lora-ensemble"]["inference_wall_s"]) / members.shape[0],
+        "lora": {"training_runs": 1, "train_wall_s": timing["lora"], "train_passes": lora_epochs[0] * n_train,
+                 "inference_wall_s": float(raw["lora"]["inference_wall_s"]),
                  "inference_passes_per_structure": 1},
         "lora-ensemble": {"training_runs": len(ensemble_epochs), "train_wall_s": timing["lora-ensemble"],
                           "train_passes": sum(ensemble_epochs) * n_train,
@@ -227,8 +336,11 @@ def main(argv: list[str] | None = None) -> Path:
     metrics["setup"] = {
         "profile": args.profile, "backbone": profile["backbone"], "n_train": n_train, "n_val": n_val, "n_test": n_test,
         "subset_note": profile["subset_note"], "finished": stamp,
-        "selection_note": f"BaLoRA KL weight from {profile['balora_kl_weights']} by validation NLL: {chosen} "
+        "selection_note": f"head from {profile['heads']} by LoRA's validation MAE: {head} "
+                          f"({', '.join(f'{k}: {v:.3f} eV' for k, v in head_val_mae.items())}); "
+                          f"BaLoRA KL weight from {profile['balora_kl_weights']} by validation NLL: {chosen} "
                           f"(NLLs {', '.join(f'{k}: {v:.3f}' for k, v in val_nll.items())})",
+        "n_calibration": len(cal_truth), "split_sha256": split.fingerprint(), "git_commit": git_commit(),
         "sample_sizes": sizes, "sampling_seeds": seeds, "bootstrap": n_boot, "wall_s": time.perf_counter() - started,
         "config": profile, "versions": package_versions(), "labels_sha256": dataset.labels_sha256,
         "data_source": str(dataset.source),
@@ -244,7 +356,7 @@ def main(argv: list[str] | None = None) -> Path:
     figures.rho_vs_samples(metrics["balora_sample_sweep"], metrics["ensemble_size_sweep"], report_dir / "rho_vs_S.png")
     for name in ("balora", "lora-ensemble"):
         figures.parity(preds[name], truth, report_dir / f"parity_{name}.png")
-    recalibrated = {name: np.maximum(preds[name].std, 1e-9) * metrics["uncertainty"][name]["recalibration_scale"]
+    recalibrated = {name: loaded[name].total_std(spread(calibration_draws[name])) * metrics["calibration"][name]["recalibration_scale"]
                     for name in ("balora", "lora-ensemble")}
     figures.calibration([preds["balora"], preds["lora-ensemble"]], truth, recalibrated, report_dir / "calibration.png")
     figures.error_retention([preds["balora"], preds["lora-ensemble"]], truth, report_dir / "error_retention.png")

@@ -1,10 +1,14 @@
-"""Deterministic train/val/test splits by seed, saved as id lists so every method sees the same one."""
+"""Deterministic train/val/calibration/test splits by seed, saved as id lists so every method sees the same one.
+
+The calibration part is used only to fit the conformal calibrator and the OOD thresholds after
+training: never for early stopping nor for choosing hyperparameters (those use val).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +27,21 @@ class Split:
     test: list[str]
     seed: int
     method: str
+    calibration: list[str] = field(default_factory=list)
+
+    PARTS = ("train", "val", "calibration", "test")
+
+    def part(self, name: str) -> list[str]:
+        if name not in self.PARTS:
+            raise ValueError(f"split part must be one of {self.PARTS}, got {name!r}")
+        return getattr(self, name)
+
+    def fingerprint(self) -> str:
+        """sha256 of the id lists, recorded with every model and report."""
+        import hashlib
+
+        payload = json.dumps({p: self.part(p) for p in self.PARTS}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
 
     def save(self, path: str | os.PathLike) -> None:
         write_text_atomic(path, json.dumps(self.__dict__, indent=1))
@@ -36,19 +55,21 @@ def make_split(
     ids: list[str],
     targets: np.ndarray | pd.Series | None = None,
     *,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    fractions: tuple[float, ...] = (0.8, 0.1, 0.1),
     seed: int = 0,
     method: Literal["random", "stratified"] = "random",
     n_strata: int = 10,
 ) -> Split:
-    """Split ids into train/val/test.
+    """Split ids into train/val/test, or train/val/calibration/test with four fractions.
 
     Args:
         ids: structure ids; the result does not depend on their order.
         targets: band gaps (eV), needed for ``method="stratified"`` (quantile strata).
-        fractions: train, val, test; must sum to 1.
+        fractions: train, val, test (three) or train, val, calibration, test (four); must sum to 1.
         seed: the split is a pure function of (sorted ids, targets, fractions, seed, method).
     """
+    if len(fractions) not in (3, 4):
+        raise ValueError(f"fractions must have 3 (train, val, test) or 4 (train, val, calibration, test) values, got {fractions}")
     if not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
         raise ValueError(f"fractions must be non-negative and sum to 1, got {fractions}")
     if method not in ("random", "stratified"):
@@ -67,13 +88,16 @@ def make_split(
         edges = np.quantile(values, np.linspace(0, 1, n_strata + 1)[1:-1])
         strata = np.searchsorted(edges, values, side="right")
         groups = [np.flatnonzero(strata == s) for s in range(n_strata)]
-    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    names = ("train", "val", "test") if len(fractions) == 3 else ("train", "val", "calibration", "test")
+    parts: dict[str, list[int]] = {name: [] for name in names}
     for group in groups:
         shuffled = rng.permutation(group)
-        n_train = int(round(fractions[0] * len(shuffled)))
-        n_val = int(round(fractions[1] * len(shuffled)))
-        parts["train"] += shuffled[:n_train].tolist()
-        parts["val"] += shuffled[n_train : n_train + n_val].tolist()
-        parts["test"] += shuffled[n_train + n_val :].tolist()
+        start = 0
+        for name, fraction in zip(names[:-1], fractions[:-1]):
+            count = int(round(fraction * len(shuffled)))
+            parts[name] += shuffled[start : start + count].tolist()
+            start += count
+        parts[names[-1]] += shuffled[start:].tolist()
     pick = lambda idx: sorted(sorted_ids[i] for i in idx)  # noqa: E731
-    return Split(pick(parts["train"]), pick(parts["val"]), pick(parts["test"]), seed, method)
+    return Split(pick(parts["train"]), pick(parts["val"]), pick(parts["test"]), seed, method,
+                 calibration=pick(parts.get("calibration", [])))

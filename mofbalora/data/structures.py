@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -157,6 +158,51 @@ def structure_id(path: str | os.PathLike) -> str:
     """The id of a structure file: its name without the .cif suffix."""
     name = Path(path).name
     return name[:-4] if name.lower().endswith(".cif") else name
+
+
+def structure_content_key(structure: Structure) -> int:
+    """A 63-bit key of the parsed structure's content: lattice, species and wrapped positions.
+
+    Rounded to 1e-4 (Å, fractional) so the same CIF re-read gives the same key; BaLoRA seeds
+    each structure's noise stream from it (docs/method.md §6), so a prediction depends on the
+    structure, the model and the seed only.
+    """
+    digest = hashlib.sha256()
+    digest.update(np.round(structure.lattice.matrix, 4).astype(np.float64).tobytes())
+    digest.update(np.asarray(structure.atomic_numbers, dtype=np.int64).tobytes())
+    fractional = np.round(np.mod(structure.frac_coords, 1.0), 4) % 1.0
+    digest.update(fractional.astype(np.float64).tobytes())
+    return int.from_bytes(digest.digest()[:8], "little") >> 1
+
+
+def unique_structure_ids(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """File-stem ids, made unique by the parent folders where two files share a stem.
+
+    ``a/x.cif`` and ``b/x.cif`` become ``a/x`` and ``b/x``; a path given twice raises, since
+    the same file would get two rows.
+
+    Raises:
+        ValueError: when the same file is listed more than once.
+    """
+    paths = [Path(p) for p in paths]
+    resolved = [str(p.resolve()) for p in paths]
+    seen: dict[str, str] = {}
+    for path, real in zip(paths, resolved):
+        if real in seen:
+            raise ValueError(f"{path}: listed more than once (also as {seen[real]})")
+        seen[real] = str(path)
+    ids = [structure_id(p) for p in paths]
+    depth = 1
+    while len(set(ids)) < len(ids):
+        counts: dict[str, int] = {}
+        for value in ids:
+            counts[value] = counts.get(value, 0) + 1
+        depth += 1
+        ids = [
+            "/".join([*Path(real).parts[-depth:-1], structure_id(real)]) if counts[value] > 1 else value
+            for value, real in zip(ids, resolved)
+        ]
+    return ids
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:

@@ -10,6 +10,10 @@ from typing import Any
 from pymatgen.core import Structure
 
 
+#: bumped when samples gain or change fields, so older cache entries are rebuilt (2: content_key)
+SAMPLE_FORMAT = 2
+
+
 class Featuriser(ABC):
     """Turns one pymatgen ``Structure`` into one backbone-ready graph sample (CPU tensors)."""
 
@@ -29,7 +33,13 @@ class Featuriser(ABC):
     def cache_tag(self) -> str:
         """Featuriser config plus package versions, as a stable string."""
         versions = {pkg: version(pkg) for pkg in ("mofbalora", *self.upstream_packages)}
-        return json.dumps({"name": self.name, "config": self.config(), "versions": versions}, sort_keys=True)
+        return json.dumps({"name": self.name, "config": self.config(), "versions": versions,
+                           "sample_format": SAMPLE_FORMAT}, sort_keys=True)
+
+
+def sample_num_atoms(sample: Any) -> int:
+    """Atoms in the cell of a featurised sample (every featuriser keeps ``atomic_number``)."""
+    return int(len(sample.atomic_number))
 
 
 def get_featuriser(name: str, **kwargs: Any) -> Featuriser:

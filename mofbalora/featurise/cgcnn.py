@@ -17,6 +17,7 @@ import torch
 from pymatgen.core import Structure
 from torch_geometric.data import Data
 
+from mofbalora.data.structures import structure_content_key
 from mofbalora.featurise.base import Featuriser
 
 logger = logging.getLogger(__name__)
@@ -88,4 +89,5 @@ class CGCNNFeaturiser(Featuriser):
             atomic_number=numbers,
             num_nodes=n_atoms,
             structure_id=structure_id,
+            content_key=structure_content_key(structure),
         )

@@ -7,6 +7,7 @@ from typing import Any
 from chgnet.graph import CrystalGraph, CrystalGraphConverter
 from pymatgen.core import Structure
 
+from mofbalora.data.structures import structure_content_key
 from mofbalora.featurise.base import Featuriser
 
 
@@ -41,4 +42,6 @@ class CHGNetFeaturiser(Featuriser):
         return {**self.__dict__, "_converter": None}
 
     def featurise(self, structure: Structure, structure_id: str) -> CrystalGraph:
-        return self.converter(structure, graph_id=structure_id)
+        graph = self.converter(structure, graph_id=structure_id)
+        graph.content_key = structure_content_key(structure)
+        return graph

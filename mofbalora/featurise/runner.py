@@ -16,8 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mofbalora.data.io import write_table_atomic
-from mofbalora.data.structures import DEFAULT_MAX_ATOMS, InvalidStructureError, read_structure, structure_id
-from mofbalora.featurise.base import Featuriser
+from mofbalora.data.structures import (
+    DEFAULT_MAX_ATOMS, InvalidReason, InvalidStructureError, read_structure, structure_id,
+)
+from mofbalora.featurise.base import Featuriser, sample_num_atoms
 from mofbalora.featurise.cache import FeatureCache
 
 logger = logging.getLogger(__name__)
@@ -90,7 +92,10 @@ def featurise_paths(
             results[path] = (None, "unreadable or not a CIF: cannot read file")
             continue
         sample = cache.load(sha) if cache is not None else None
-        if sample is not None:
+        if sample is not None and sample_num_atoms(sample) > max_atoms:
+            # the cache holds the featurised cell whatever the limit; the limit applies on every hit
+            results[path] = (None, f"{InvalidReason.TOO_MANY_ATOMS.value}: {sample_num_atoms(sample)} > {max_atoms}")
+        elif sample is not None:
             results[path] = (sample, "")
             out.n_cache_hits += 1
         else:

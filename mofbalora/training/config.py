@@ -9,6 +9,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from mofbalora.backbones.heads import HeadKind
+
 Method = Literal["head", "full", "lora", "balora", "lora-ensemble"]
 Likelihood = Literal["mse", "gaussian"]
 ADAPTER_METHODS = ("lora", "balora", "lora-ensemble")
@@ -16,7 +18,9 @@ ADAPTER_METHODS = ("lora", "balora", "lora-ensemble")
 
 @dataclass
 class SplitConfig:
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """train, val, calibration, test fractions (three values: no calibration part)."""
+
+    fractions: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1)
     method: Literal["random", "stratified"] = "random"
     seed: int = 0
 
@@ -33,9 +37,14 @@ class TrainConfig:
         epochs, batch_size, lr, weight_decay: AdamW with linear warm-up then cosine decay.
         warmup_fraction: share of all steps spent warming up.
         patience: early-stopping patience (epochs) on validation MAE.
-        likelihood: data term of the loss (docs/method.md eq. 6).
-        calibration_samples: samples S used on the validation split to set the OOD threshold.
-        ood_quantile: the std quantile on validation above which a prediction is flagged.
+        head: regression head variant (``backbones/heads.py``; docs/method.md §8).
+        likelihood: data term of the loss (docs/method.md eq. 6); ``gaussian`` learns the
+            data-noise scale that predictions add to the epistemic std.
+        calibration_samples: samples S used on the calibration split (conformal fit, OOD thresholds).
+        ood_quantile: quantile on the calibration split of the epistemic std and of the embedding
+            distance above which a prediction is flagged out of distribution.
+        ood_neighbours: k of the k-nearest-training-structures embedding distance.
+        target: label column of the dataset CSV (None: its only non-id column).
         max_structures: use a seeded random subset of the data (None = all).
         max_atoms: structures with more atoms are skipped.
     """
@@ -51,9 +60,12 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     patience: int = 5
     seed: int = 0
-    likelihood: Likelihood = "mse"
+    head: HeadKind = "residual"
+    likelihood: Likelihood = "gaussian"
     calibration_samples: int = 32
     ood_quantile: float = 0.95
+    ood_neighbours: int = 5
+    target: str | None = None
     max_structures: int | None = None
     max_atoms: int = 1000
     num_workers: int = 0
@@ -61,12 +73,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.split, dict):
-            self.split = SplitConfig(**{**self.split, "fractions": tuple(self.split.get("fractions", (0.8, 0.1, 0.1)))})
+            self.split = SplitConfig(**{**self.split, "fractions": tuple(self.split.get("fractions", SplitConfig.fractions))})
+        if self.head not in get_args(HeadKind):
+            raise ValueError(f"head must be one of {get_args(HeadKind)}, got {self.head!r}")
         if self.method not in get_args(Method):
             raise ValueError(f"method must be one of {get_args(Method)}, got {self.method!r}")
         if self.likelihood not in get_args(Likelihood):
             raise ValueError(f"likelihood must be one of {get_args(Likelihood)}, got {self.likelihood!r}")
-        for name in ("epochs", "batch_size", "ensemble_size", "calibration_samples"):
+        for name in ("epochs", "batch_size", "ensemble_size", "calibration_samples", "ood_neighbours"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.ood_quantile < 1:

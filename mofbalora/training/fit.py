@@ -1,7 +1,9 @@
-"""Fit one method end to end: data, split, features, Lightning training per member, the model folder.
+"""Train one method: data, split, features, Lightning training per member, the (uncalibrated) model folder.
 
-A rerun resumes: finished members are kept, an interrupted member continues from its last
-checkpoint, and the model folder's ``model.json`` is written last.
+A rerun with the same config, data and split resumes: finished members are kept, an interrupted
+member continues from its last checkpoint, and ``model.json`` is written last. A folder that was
+started with anything different is refused, naming the difference, unless ``overwrite``.
+Calibration on the held-out calibration split is the next step (``mofbalora.calibrate``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,23 +23,34 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from mofbalora.backbones.batching import GraphDataset, compute_frozen_embeddings, sample_num_atoms
 from mofbalora.data.datasets import LabelledDataset, default_cache_dir, load_labelled_dataset
 from mofbalora.data.io import write_table_atomic, write_text_atomic
 from mofbalora.data.splits import Split, make_split
 from mofbalora.featurise import featurise_paths, get_featuriser
+from mofbalora.data.targets import TargetNormaliser
 from mofbalora.model_folder import (
-    build_member, load_member, member_seeds, package_versions, save_member, weights_checksum, write_model_json,
+    MODEL_FILE, bare_member, build_member, load_member, member_seeds, package_versions, save_member, save_train_embeddings,
+    weights_checksum, write_model_json,
 )
 from mofbalora.training.config import TrainConfig
-from mofbalora.training.data import BandgapDataModule, GraphDataset, TargetNormaliser, compute_frozen_embeddings
+from mofbalora.training.data import BandgapDataModule
 from mofbalora.training.module import BandgapRegressor
 
 logger = logging.getLogger(__name__)
 
 
+IDENTITY_FILE = "fit_identity.json"
+NOISE_FILE = "noise.json"
+
+
+class FolderMismatchError(ValueError):
+    """A model folder was started with another config, data or split."""
+
+
 @dataclass
 class PreparedData:
-    """Featurised train/val/test parts of one split (ids, samples, gaps eV)."""
+    """Featurised parts of one split (ids, samples, gaps eV): train, val, calibration (may be empty), test."""
 
     split: Split
     parts: dict[str, tuple[list[str], list[Any], np.ndarray]]
@@ -55,19 +69,13 @@ def select_subset(dataset: LabelledDataset, config: TrainConfig) -> pd.DataFrame
 def prepare_data(config: TrainConfig, dataset: LabelledDataset, out_dir: Path, *, progress: bool = True,
                  split: Split | None = None) -> PreparedData:
     """Split (or reuse ``split`` / the saved one), featurise through the shared cache, drop failures."""
-    table = select_subset(dataset, config)
-    split_path = out_dir / "split.json"
-    if split is None and split_path.exists():
-        split = Split.load(split_path)
-    if split is None:
-        split = make_split(list(table["id"]), table[dataset.target].to_numpy(), fractions=config.split.fractions,
-                           seed=config.split.seed, method=config.split.method)
-    split.save(split_path)
+    split = resolve_split(config, dataset, out_dir, split)
+    split.save(out_dir / "split.json")
     featuriser = get_featuriser(config.backbone)
     indexed = dataset.table.set_index("id")
     parts, skipped = {}, []
-    for part in ("train", "val", "test"):
-        ids = getattr(split, part)
+    for part in Split.PARTS:
+        ids = split.part(part)
         result = featurise_paths(list(indexed.loc[ids, "path"]), featuriser, cache_dir=default_cache_dir(),
                                  max_atoms=config.max_atoms, progress=progress)
         kept = result.ids
@@ -94,7 +102,8 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
                  trainer_overrides: dict[str, Any]) -> tuple[torch.nn.Module, bool]:
     """Train one member; returns (model with the best weights, whether training finished)."""
     L.seed_everything(seed, workers=True, verbose=False)
-    model = build_member(backbone=config.backbone, method=config.method, adapter=config.adapter, seed=seed)
+    model = build_member(backbone=config.backbone, method=config.method, adapter=config.adapter, seed=seed,
+                         head=config.head)
     train_ids, train_samples, train_gaps = data.parts["train"]
     _, val_samples, val_gaps = data.parts["val"]
     datamodule = BandgapDataModule(
@@ -113,77 +122,133 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
     if finished and best and Path(best).exists():
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
+    if finished and trainer.is_global_zero:
+        write_text_atomic(member_dir / NOISE_FILE, json.dumps({"noise_std_ev": module.noise_std_ev}))
     if trainer.world_size > 1:
         # Every rank records what it holds, so DDP consistency can be checked after the run.
         write_text_atomic(member_dir / "rank_checksums" / f"rank{trainer.global_rank}.txt", weights_checksum(model))
     return model, finished and trainer.is_global_zero
 
 
+def fit_identity(config: TrainConfig, dataset: LabelledDataset, split: Split) -> dict[str, Any]:
+    """What a model folder was started with: config, data and split. A rerun must match it."""
+    return {"train_config": config.to_dict(), "data_source": str(dataset.source),
+            "labels_sha256": dataset.labels_sha256, "split_sha256": split.fingerprint()}
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            out += _differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == current else [f"{prefix.rstrip('.')}: folder has {saved!r}, this run {current!r}"]
+
+
+def check_model_folder(out_dir: Path, identity: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder started with a different identity; wipe it with ``overwrite``.
+
+    Raises:
+        FolderMismatchError: naming every difference (or, with ``resume``, that there is nothing
+            to resume).
+    """
+    path = out_dir / IDENTITY_FILE
+    if overwrite and out_dir.exists():
+        for child in out_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if not path.exists():
+        if resume:
+            raise FolderMismatchError(f"{out_dir}: nothing to resume (no {IDENTITY_FILE})")
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FolderMismatchError(f"{out_dir}: not empty and not a mofbalora fit folder; "
+                                      "choose another --out or pass --overwrite")
+        return
+    saved = json.loads(path.read_text())
+    differences = _differences(saved, json.loads(json.dumps(identity)))
+    if differences:
+        raise FolderMismatchError(f"{out_dir} was started with a different setup: " + "; ".join(differences)
+                                  + ". Use another --out, or --overwrite to start again.")
+
+
+def resolve_split(config: TrainConfig, dataset: LabelledDataset, out_dir: Path, split: Split | None) -> Split:
+    """The given split, else the one saved in ``out_dir``, else a new one from the config."""
+    if split is not None:
+        return split
+    if (out_dir / "split.json").exists():
+        return Split.load(out_dir / "split.json")
+    table = select_subset(dataset, config)
+    return make_split(list(table["id"]), table[dataset.target].to_numpy(), fractions=config.split.fractions,
+                      seed=config.split.seed, method=config.split.method)
+
+
 def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: str | os.PathLike,
         progress: bool = True, trainer_overrides: dict[str, Any] | None = None,
-        split: Split | None = None) -> Path | None:
-    """Train ``config.method`` and write the model folder ``out_dir``.
+        split: Split | None = None, resume: bool = False, overwrite: bool = False) -> Path | None:
+    """Train ``config.method`` and write the model folder ``out_dir`` (calibrate it next).
 
     Returns:
         ``out_dir`` once the model is complete, or None if training stopped early (e.g. a
         ``max_steps`` override) or this is not the global-zero rank; rerun to resume.
+
+    Raises:
+        FolderMismatchError: ``out_dir`` holds a fit with another config, data or split.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     overrides = dict(trainer_overrides or {})
+    dataset = load_labelled_dataset(data, target=config.target)
+    if overwrite and (out_dir / "split.json").exists() and split is None:
+        (out_dir / "split.json").unlink()
+    split = resolve_split(config, dataset, out_dir, split)
+    identity = fit_identity(config, dataset, split)
+    check_model_folder(out_dir, identity, resume=resume, overwrite=overwrite)
+    if (out_dir / MODEL_FILE).exists():
+        logger.info("%s is complete", out_dir)
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / IDENTITY_FILE, json.dumps(identity, indent=1))
     write_text_atomic(out_dir / "train_config.json", json.dumps(config.to_dict(), indent=1))
-    dataset = load_labelled_dataset(data)
     prepared = prepare_data(config, dataset, out_dir, progress=progress, split=split)
     write_table_atomic(prepared.skipped, out_dir / "skipped.csv")
-    train_gaps = prepared.parts["train"][2]
-    normaliser = TargetNormaliser.fit(train_gaps)
-    frozen = None
-    if config.method == "balora":
-        # z(x) does not change during training: compute it once per structure (docs/method.md §2).
-        from mofbalora.backbones import get_backbone
-
-        bare = get_backbone(config.backbone)
-        frozen = {part: compute_frozen_embeddings(bare, prepared.parts[part][1]) for part in ("train", "val")}
-    members, seeds, complete = [], member_seeds(config.method, config.seed, config.ensemble_size), True
+    normaliser = TargetNormaliser.fit(prepared.parts["train"][2])
+    bare = bare_member(backbone=config.backbone, head="pretrained", seed=config.seed)
+    # z(x) does not change during training: computed once per structure (docs/method.md §2); the
+    # training embeddings also anchor the embedding-distance OOD flag (§9).
+    frozen = {part: compute_frozen_embeddings(bare, prepared.parts[part][1]) for part in ("train", "val")}
+    members, seeds, noise_std_ev = [], member_seeds(config.method, config.seed, config.ensemble_size), []
     for number, seed in enumerate(seeds):
         member_dir = out_dir / "members" / str(number)
-        if (member_dir / "done").exists():
-            members.append(load_member(member_dir, backbone=config.backbone, method=config.method, seed=seed))
-            continue
-        model, finished = train_member(config, prepared, seed=seed, member_dir=member_dir, normaliser=normaliser,
-                                       frozen=frozen, progress=progress, trainer_overrides=overrides)
-        if not finished:
-            complete = False
-            break
-        save_member(model, member_dir, config.method)
-        write_text_atomic(member_dir / "done", "finished\n")
-        members.append(model)
-    if not complete:
-        logger.warning("training stopped before the end; rerun the same command to resume")
-        return None
-    from mofbalora.predict import BandgapModel
-
+        if not (member_dir / "done").exists():
+            model, finished = train_member(config, prepared, seed=seed, member_dir=member_dir, normaliser=normaliser,
+                                           frozen=frozen if config.method == "balora" else None, progress=progress,
+                                           trainer_overrides=overrides)
+            if not finished:
+                logger.warning("training stopped before the end; rerun the same command to resume")
+                return None
+            save_member(model, member_dir, config.method)
+            write_text_atomic(member_dir / "done", "finished\n")
+        members.append(load_member(member_dir, backbone=config.backbone, method=config.method, seed=seed,
+                                   head=config.head))
+        noise_std_ev.append(json.loads((member_dir / NOISE_FILE).read_text())["noise_std_ev"])
+    train_atoms = [sample_num_atoms(s) for s in prepared.parts["train"][1]]
+    save_train_embeddings(out_dir, frozen["train"])
     meta = {
         "method": config.method,
         "backbone": {"name": members[0].name, "version": members[0].version},
         "members": [f"members/{n}" for n in range(len(members))],
         "member_seeds": seeds,
         "normaliser": {"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev},
+        # Members' noise variances are averaged: the ensemble's aleatoric part (docs/method.md §7).
+        "noise_std_ev": (float(np.sqrt(np.mean(np.square(noise_std_ev))))
+                         if all(v is not None for v in noise_std_ev) else None),
         "train_config": config.to_dict(),
-        "data": {"source": str(dataset.source), "labels_sha256": prepared.labels_sha256,
-                 "n_train": len(prepared.parts["train"][0]), "n_val": len(prepared.parts["val"][0]),
-                 "n_test": len(prepared.parts["test"][0]), "n_skipped": len(prepared.skipped)},
+        "data": {"source": str(dataset.source), "target": dataset.target, "labels_sha256": prepared.labels_sha256,
+                 "split_sha256": split.fingerprint(),
+                 **{f"n_{part}": len(prepared.parts[part][0]) for part in Split.PARTS},
+                 "n_skipped": len(prepared.skipped), "train_n_atoms_max": int(max(train_atoms))},
         "split_file": "split.json",
         "versions": package_versions(),
+        "calibration": None,
     }
-    predictor = BandgapModel(out_dir, meta, members)
-    val_ids, val_samples, val_gaps = prepared.parts["val"]
-    val_mean, val_std = predictor.predict_samples(val_samples, n_samples=config.calibration_samples, seed=config.seed)
-    finite_std = val_std[np.isfinite(val_std)]
-    # OOD threshold: the ood_quantile of validation stds (None for deterministic methods).
-    meta["ood_std_threshold_ev"] = float(np.quantile(finite_std, config.ood_quantile)) if len(finite_std) else None
-    meta["metrics"] = {"val_mae_ev": float(np.mean(np.abs(val_mean - val_gaps))),
-                       "val_mean_std_ev": float(np.mean(finite_std)) if len(finite_std) else None}
     write_model_json(out_dir, meta)
-    logger.info("wrote %s (val MAE %.3f eV)", out_dir, meta["metrics"]["val_mae_ev"])
+    logger.info("wrote %s; calibrate it next", out_dir)
     return out_dir

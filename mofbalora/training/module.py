@@ -11,7 +11,7 @@ from torch import nn
 
 from mofbalora.adapters.model import adapter_kl_per_graph, adapter_state, forward_in_mode, has_adapters
 from mofbalora.training.config import TrainConfig
-from mofbalora.training.data import TargetNormaliser
+from mofbalora.data.targets import TargetNormaliser
 
 
 def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int) -> float:
@@ -45,6 +45,13 @@ class BandgapRegressor(L.LightningModule):
         # Homoscedastic noise scale for likelihood="gaussian" (standardised units).
         self.log_noise_std = nn.Parameter(torch.zeros(()), requires_grad=config.likelihood == "gaussian")
 
+    @property
+    def noise_std_ev(self) -> float | None:
+        """The learned data-noise std (eV) for ``likelihood="gaussian"``, else None."""
+        if self.config.likelihood != "gaussian":
+            return None
+        return float(torch.exp(self.log_noise_std.detach())) * self.normaliser.std_ev
+
     def data_term(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.config.likelihood == "mse":
             return nn.functional.mse_loss(prediction, target)
@@ -75,6 +82,9 @@ class BandgapRegressor(L.LightningModule):
         self.log("train_data_term", data, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         if self.is_balora:
             self.log("train_kl_term", kl, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        if self.config.likelihood == "gaussian":
+            self.log("train_noise_std", torch.exp(self.log_noise_std.detach()), on_step=False, on_epoch=True,
+                     batch_size=size, sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[Any, torch.Tensor, torch.Tensor], batch_index: int) -> None:

@@ -1,0 +1,48 @@
+"""Regression-head variants put on a pretrained backbone before fine-tuning.
+
+``pretrained``: the backbone's own head, unchanged (CGCNN: softplus MLP).
+``residual``: the pretrained head plus a linear path from the crystal embedding, started at zero,
+so the model begins exactly at the pretrained one but its output cannot go flat when the head's
+softplus units saturate (the 0.65 eV floor; docs/method.md §8). **(ours)**, chosen on validation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+from mofbalora.backbones.base import GraphBackbone
+
+HeadKind = Literal["pretrained", "residual"]
+
+
+class ResidualLinearHead(nn.Module):
+    """``pretrained(z) + linear(z)``; the linear path starts at zero weight and bias. [G, F] -> [G, 1]."""
+
+    def __init__(self, pretrained: nn.Module, *, embedding_dim: int) -> None:
+        super().__init__()
+        self.pretrained = pretrained
+        self.linear = nn.Linear(embedding_dim, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, crystal_fea: torch.Tensor) -> torch.Tensor:
+        return self.pretrained(crystal_fea) + self.linear(crystal_fea)
+
+
+def apply_head(backbone: GraphBackbone, kind: HeadKind) -> GraphBackbone:
+    """Give ``backbone`` the head ``kind`` in place (before adapters are injected or loaded).
+
+    Raises:
+        ValueError: for an unknown kind, listing the valid ones.
+    """
+    if kind not in get_args(HeadKind):
+        raise ValueError(f"head must be one of {get_args(HeadKind)}, got {kind!r}")
+    if kind == "residual":
+        backbone.head = ResidualLinearHead(backbone.head, embedding_dim=backbone.embedding_dim)
+    return backbone
