@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> Path:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     profile = load_profile(args.profile)
     started = time.perf_counter()
+    code_commit = git_commit()  # at the start: the code that runs, whatever changes meanwhile
     results = Path(args.results)
     run_dir = results / "runs" / args.profile
     if args.fresh and run_dir.exists():
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> Path:
                           f"({', '.join(f'{k}: {v:.3f} eV' for k, v in head_val_mae.items())}); "
                           f"BaLoRA KL weight from {profile['balora_kl_weights']} by validation NLL: {chosen} "
                           f"(NLLs {', '.join(f'{k}: {v:.3f}' for k, v in val_nll.items())})",
-        "n_calibration": len(cal_truth), "split_sha256": split.fingerprint(), "git_commit": git_commit(),
+        "n_calibration": len(cal_truth), "split_sha256": split.fingerprint(), "git_commit": code_commit,
         "sample_sizes": sizes, "sampling_seeds": seeds, "bootstrap": n_boot, "wall_s": time.perf_counter() - started,
         "config": profile, "versions": package_versions(), "labels_sha256": dataset.labels_sha256,
         "data_source": str(dataset.source),
