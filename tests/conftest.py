@@ -27,10 +27,10 @@ def qmof_dataset():
 
 @pytest.fixture(scope="session")
 def small_qmof(qmof_dataset):
-    """The 40 smallest QMOF CIFs by file size (deterministic), as (ids, paths, gaps_ev)."""
+    """The 110 smallest QMOF CIFs by file size (deterministic), as (ids, paths, gaps_ev)."""
     table = qmof_dataset.table.copy()
     table["size"] = table["path"].map(lambda p: os.path.getsize(p))
-    table = table.sort_values(["size", "id"]).head(40)
+    table = table.sort_values(["size", "id"]).head(110)
     return list(table["id"]), [Path(p) for p in table["path"]], table[qmof_dataset.target].to_numpy()
 
 

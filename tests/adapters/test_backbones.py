@@ -131,8 +131,10 @@ def test_save_load_round_trip_is_exact(tmp_path, backbone_batches, backbone, kin
     save_adapters(model, tmp_path / "adapter")
     factory, _ = backbone_batches[backbone]
     loaded = load_adapters(factory(), tmp_path / "adapter")
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), name
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert list(saved_state) == list(loaded_state)  # same names, same order: nothing dropped or extra
+    for name, value in saved_state.items():
+        assert torch.equal(value, loaded_state[name]), name
     with torch.no_grad(), set_adapter_mode(model, "sample", samples=4), set_adapter_mode(loaded, "sample", samples=4):
         assert torch.equal(model(batch), loaded(batch))
     saved_names = __import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "adapter" / "adapter_model.safetensors")

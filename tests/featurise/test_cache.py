@@ -41,3 +41,38 @@ def test_cache_key_changes_with_featuriser_config(tmp_path):
     a = FeatureCache(tmp_path, get_featuriser("cgcnn"))
     b = FeatureCache(tmp_path, get_featuriser("cgcnn", max_neighbours=8))
     assert a.directory != b.directory
+
+
+def test_cache_hit_still_applies_max_atoms(tmp_path, small_qmof):
+    """A structure cached under a generous limit is rejected on a hit under a tighter one."""
+    from mofbalora.featurise.base import sample_num_atoms
+
+    _, paths, _ = small_qmof
+    featuriser = get_featuriser("cgcnn")
+    first = featurise_paths(paths[:3], featuriser, cache_dir=tmp_path / "c", workers=1, progress=False)
+    sizes = [sample_num_atoms(s) for s in first.samples]
+    limit = min(sizes)
+    second = featurise_paths(paths[:3], featuriser, cache_dir=tmp_path / "c", workers=1, progress=False,
+                             max_atoms=limit)
+    too_big = [i for i, n in zip(first.ids, sizes) if n > limit]
+    assert too_big and sorted(second.skipped["id"]) == sorted(too_big)
+    assert all(r.startswith("more atoms than max_atoms") for r in second.skipped["reason"])
+    assert second.n_cache_hits == len(paths[:3]) - len(too_big)
+
+
+def test_samples_carry_a_content_key(tmp_path, small_qmof):
+    """The key depends on the structure only: same file elsewhere, same key; other structure, other key."""
+    from mofbalora.data import read_structure
+    from mofbalora.data.structures import structure_content_key
+
+    _, paths, _ = small_qmof
+    copy = tmp_path / "renamed.cif"
+    copy.write_bytes(paths[0].read_bytes())
+    result = featurise_paths([paths[0], copy, *paths[1:6]], get_featuriser("cgcnn"), cache_dir=None, workers=1,
+                             progress=False)
+    keys = [s.content_key for s in result.samples]
+    assert keys[0] == keys[1] and len(set(keys[1:])) == 6
+    assert keys[0] == structure_content_key(read_structure(paths[0]))
+    shifted = read_structure(paths[0])
+    shifted.translate_sites([0], [0.01, 0, 0], frac_coords=False)
+    assert structure_content_key(shifted) != keys[0]

@@ -7,10 +7,10 @@ from mofbalora.training.config import TrainConfig
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, small_qmof):
-    """30 small real QMOF structures with their PBE band gaps, as a labelled folder (never committed)."""
+    """100 small real QMOF structures with their PBE band gaps, as a labelled folder (never committed)."""
     ids, paths, gaps = small_qmof
-    folder = copy_cifs(paths[:30], tmp_path_factory.mktemp("tiny_qmof"))
-    write_labels(folder, ids[:30], gaps[:30])
+    folder = copy_cifs(paths[:100], tmp_path_factory.mktemp("tiny_qmof"))
+    write_labels(folder, ids[:100], gaps[:100])
     return folder
 
 
@@ -18,6 +18,6 @@ def tiny_config(method: str, **overrides) -> TrainConfig:
     values = dict(backbone="cgcnn", method=method, epochs=4, batch_size=6, lr=0.001 if method == "full" else 0.01, warmup_fraction=0.1,
                   patience=10, ensemble_size=2, calibration_samples=8,
                   adapter={"rank": 4, "alpha": 8, "target_modules": ["^embedding$", "fc_full"]},
-                  split={"fractions": [0.6, 0.2, 0.2], "method": "random", "seed": 0})
+                  split={"fractions": [0.3, 0.1, 0.45, 0.15], "method": "random", "seed": 0})
     values.update(overrides)
     return TrainConfig.from_dict(values)

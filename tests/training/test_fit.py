@@ -1,4 +1,4 @@
-"""End-to-end fits on real QMOF structures for every method (CGCNN, a few epochs)."""
+"""End-to-end fits and calibration on real QMOF structures for every method (CGCNN, a few epochs)."""
 
 import json
 
@@ -8,9 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mofbalora.data.splits import Split
-from mofbalora.predict import load_model
-from mofbalora.training.fit import fit
+from mofbalora.calibrate import fit_calibrated
+from mofbalora.data import read_structure
+from mofbalora.data.splits import Split, make_split
+from mofbalora.predict import PREDICTION_COLUMNS, load_model
+from mofbalora.training.fit import FolderMismatchError, fit
 
 from .conftest import tiny_config
 
@@ -22,7 +24,7 @@ def fitted(tmp_path_factory, tiny_dataset):
     out = {}
     for method in METHODS:
         folder = tmp_path_factory.mktemp(method.replace("-", "_"))
-        assert fit(tiny_config(method), data=tiny_dataset, out_dir=folder, progress=False) == folder
+        assert fit_calibrated(tiny_config(method), data=tiny_dataset, out_dir=folder, progress=False) == folder
         out[method] = folder
     return out
 
@@ -39,18 +41,94 @@ def test_loss_decreases_and_folder_reloads(fitted, tiny_dataset, method):
     split = Split.load(folder / "split.json")
     model = load_model(folder)
     table = model.predict([tiny_dataset / f"{i}.cif" for i in split.test], samples=8)
+    assert list(table.columns) == PREDICTION_COLUMNS
     assert (table["status"] == "ok").all() and np.isfinite(table["bandgap_mean_ev"]).all()
+    # the interval's lower end is clipped at 0 eV, the mean is not (a 4-epoch model may undershoot)
+    assert (table["lower_95_ev"] <= table["bandgap_mean_ev"].clip(lower=0)).all()
+    assert (table["upper_95_ev"] > table["bandgap_mean_ev"]).all() and (table["lower_95_ev"] >= 0).all()
+    assert meta["noise_std_ev"] > 0  # the learned data-noise term (likelihood: gaussian)
+    ood = meta["calibration"]["ood"]
+    assert ood["embedding_distance"] > 0 and ood["train_n_atoms_max"] == meta["data"]["train_n_atoms_max"]
     if method in ("balora", "lora-ensemble"):
-        assert (table["bandgap_std_ev"] > 0).all()
-        assert (table["lower_95_ev"] <= table["bandgap_mean_ev"]).all()
-        assert meta["ood_std_threshold_ev"] > 0
+        # total = epistemic + noise, then calibrated: strictly above the raw epistemic std
+        assert (table["bandgap_std_ev"] > 0).all() and (table["bandgap_std_epistemic_ev"] > 0).all()
+        assert ood["epistemic_std_ev"] > 0 and meta["calibration"]["conformal"]["normalised"]
     else:
-        assert table["bandgap_std_ev"].isna().all() and meta["ood_std_threshold_ev"] is None
+        assert table["bandgap_std_ev"].isna().all() and table["bandgap_std_epistemic_ev"].isna().all()
+        assert ood["epistemic_std_ev"] is None and not meta["calibration"]["conformal"]["normalised"]
+        widths = (table["upper_95_ev"] - table["lower_95_ev"])[table["lower_95_ev"] > 0]
+        assert np.ptp(widths) < 1e-9  # constant-width conformal interval where not clipped at 0 eV
 
 
-def test_all_methods_share_one_split(fitted):
-    splits = {m: Split.load(f / "split.json") for m, f in fitted.items()}
-    assert len({(tuple(s.train), tuple(s.val), tuple(s.test)) for s in splits.values()}) == 1
+def test_all_methods_share_the_configured_split(fitted, tiny_dataset):
+    """Every method's saved split is the one the config defines, recomputed independently here."""
+    from mofbalora.data.datasets import load_labelled_dataset
+
+    config = tiny_config("lora")
+    table = load_labelled_dataset(tiny_dataset).table
+    expected = make_split(list(table["id"]), fractions=config.split.fractions, seed=config.split.seed)
+    other_seed = make_split(list(table["id"]), fractions=config.split.fractions, seed=config.split.seed + 1)
+    assert expected.fingerprint() != other_seed.fingerprint()
+    for method, folder in fitted.items():
+        split = Split.load(folder / "split.json")
+        assert split.fingerprint() == expected.fingerprint(), method
+        assert not set(split.calibration) & (set(split.train) | set(split.val) | set(split.test))
+        assert json.loads((folder / "model.json").read_text())["data"]["split_sha256"] == expected.fingerprint()
+
+
+def test_calibrator_is_saved_loaded_and_applied(fitted, tiny_dataset):
+    from mofbalora.uncertainty.conformal import ConformalCalibrator
+
+    folder = fitted["balora"]
+    meta = json.loads((folder / "model.json").read_text())
+    state = meta["calibration"]["conformal"]
+    split = Split.load(folder / "split.json")
+    assert len(state["residuals_ev"]) == meta["calibration"]["n_calibration"] == len(split.calibration)
+    model = load_model(folder)
+    paths = [tiny_dataset / f"{i}.cif" for i in split.test]
+    table = model.predict(paths, samples=8)
+    samples = [model.backbone.make_featuriser().featurise(read_structure(p), p.stem) for p in paths]
+    predictive = model.predictive(samples, n_samples=8)
+    lower, upper = ConformalCalibrator.from_dict(state).interval(predictive.mean, predictive.std_total_raw)
+    np.testing.assert_allclose(table["lower_95_ev"], lower)
+    np.testing.assert_allclose(table["upper_95_ev"], upper)
+    # without the calibrator the interval is the raw Gaussian one, and differs
+    meta["calibration"] = None
+    (folder.parent / "uncal").mkdir(exist_ok=True)
+    import shutil
+
+    uncal = folder.parent / "uncal" / "model"
+    shutil.copytree(folder, uncal, dirs_exist_ok=True)
+    (uncal / "model.json").write_text(json.dumps(meta))
+    raw = load_model(uncal).predict(paths, samples=8)
+    assert load_model(uncal).calibrator is None
+    assert not np.allclose(raw["upper_95_ev"], table["upper_95_ev"])
+
+
+def test_conformal_coverage_on_held_out_qmof(fitted, tiny_dataset, small_qmof):
+    """Loose bounds (smoke scale): structures neither trained, validated nor calibrated on."""
+    ids, paths, gaps = small_qmof
+    held_out = list(range(100, len(ids)))  # not in the tiny dataset at all
+    for method in ("balora", "lora"):
+        table = load_model(fitted[method]).predict([paths[i] for i in held_out], samples=8)
+        inside = (gaps[held_out] >= table["lower_95_ev"]) & (gaps[held_out] <= table["upper_95_ev"])
+        assert inside.mean() >= 0.6, (method, inside.mean())
+        assert (table["upper_95_ev"] - table["lower_95_ev"]).mean() < 6.0  # not vacuous
+
+
+def test_refit_into_a_folder_with_another_setup_is_refused(fitted, tiny_dataset, tmp_path):
+    import shutil
+
+    folder = tmp_path / "lora"
+    shutil.copytree(fitted["lora"], folder)
+    with pytest.raises(FolderMismatchError, match=r"train_config\.epochs: folder has 4, this run 3"):
+        fit(tiny_config("lora", epochs=3), data=tiny_dataset, out_dir=folder, progress=False)
+    with pytest.raises(FolderMismatchError, match="train_config.method"):
+        fit(tiny_config("head"), data=tiny_dataset, out_dir=folder, progress=False)
+    # the same setup is accepted (complete: nothing retrained), and --overwrite starts again
+    assert fit(tiny_config("lora"), data=tiny_dataset, out_dir=folder, progress=False, resume=True) == folder
+    assert fit(tiny_config("lora", epochs=1), data=tiny_dataset, out_dir=folder, progress=False, overwrite=True) == folder
+    assert json.loads((folder / "model.json").read_text())["train_config"]["epochs"] == 1
 
 
 def test_ensemble_members_differ(fitted):
@@ -80,7 +158,7 @@ def test_backbone_version_mismatch_is_a_clear_error(fitted, tmp_path):
 def test_resume_after_interruption_is_reproducible(tmp_path, tiny_dataset):
     config = tiny_config("lora", epochs=2)
     reference = fit(config, data=tiny_dataset, out_dir=tmp_path / "a", progress=False)
-    steps_per_epoch = int(np.ceil(18 / config.batch_size))
+    steps_per_epoch = int(np.ceil(len(Split.load(reference / "split.json").train) / config.batch_size))
     assert fit(config, data=tiny_dataset, out_dir=tmp_path / "b", progress=False,
                trainer_overrides={"max_steps": steps_per_epoch}) is None
     assert (tmp_path / "b/members/0/checkpoints/last.ckpt").exists()
@@ -90,3 +168,36 @@ def test_resume_after_interruption_is_reproducible(tmp_path, tiny_dataset):
     b = load_file(resumed / "members/0/adapter/adapter_model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_one_structure_one_answer(fitted, tiny_dataset):
+    """BaLoRA's numbers for a CIF depend on the structure, model and seed only: not on its position,
+    its neighbours in the list, the batch size, or whether it came as a path or a Structure."""
+    model = load_model(fitted["balora"])
+    paths = [tiny_dataset / f"{i}.cif" for i in Split.load(fitted["balora"] / "split.json").test[:6]]
+    target = paths[2]
+    columns = ["bandgap_mean_ev", "bandgap_std_epistemic_ev", "bandgap_std_ev", "lower_95_ev", "upper_95_ev"]
+    row = lambda table, key: table.set_index("id").loc[key, columns].to_numpy(dtype=float)  # noqa: E731
+    alone = row(model.predict([target], samples=8), target.stem)
+    np.testing.assert_array_equal(row(model.predict(paths, samples=8), target.stem), alone)
+    np.testing.assert_array_equal(row(model.predict(paths[::-1], samples=8), target.stem), alone)
+    np.testing.assert_array_equal(row(model.predict([read_structure(target)], samples=8), "structure_0"), alone)
+    samples = [model.backbone.make_featuriser().featurise(read_structure(p), p.stem) for p in paths]
+    by_one = model.predict_draws(samples, n_samples=8, batch_size=1)
+    by_four = model.predict_draws(samples, n_samples=8, batch_size=4)
+    np.testing.assert_array_equal(by_one, by_four)
+    other_seed = model.predict_draws(samples, n_samples=8, seed=1)
+    assert not np.array_equal(other_seed, by_one)
+    # two different structures never share a stream: their standardised draws differ
+    z = (by_one - by_one.mean(0)) / by_one.std(0)
+    assert all(not np.allclose(z[:, i], z[:, j]) for i in range(len(paths)) for j in range(i))
+
+
+def test_gaussian_likelihood_learns_the_noise_scale(fitted):
+    """The noise std saved in the model equals exp(log_noise_std) of the trained module, in eV."""
+    folder = fitted["lora"]
+    meta = json.loads((folder / "model.json").read_text())
+    checkpoint = torch.load(folder / "members/0/checkpoints/best.ckpt", map_location="cpu", weights_only=False)
+    log_noise = float(checkpoint["state_dict"]["log_noise_std"])
+    assert log_noise != 0.0  # it was trained, not left at its initial value
+    assert meta["noise_std_ev"] == pytest.approx(np.exp(log_noise) * meta["normaliser"]["std_ev"], rel=1e-6)

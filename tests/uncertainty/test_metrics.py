@@ -61,8 +61,30 @@ def test_window_probability_and_ranking():
     assert probability[0] > 0.99 and 0.2 < probability[1] < 0.4 and probability[2] < 1e-6 and probability[3] == 1.0
     lower, upper = gaussian_interval(mean, std)
     assert lower[1] == 0.0 and upper[0] == pytest.approx(2.0 + 1.96 * 0.1, abs=1e-3)
-    table = pd.DataFrame({"id": list("abcde"), "bandgap_mean_ev": [*mean, np.nan], "bandgap_std_ev": [*std, np.nan],
+    table = pd.DataFrame({"id": list("abcde"), "bandgap_mean_ev": [*mean, np.nan], "p_in_window": [*probability, np.nan],
                           "status": ["ok"] * 4 + ["skipped"]})
-    ranked = rank_by_window(table, 1.5, 3.0, ood_std_threshold_ev=1.0)
-    assert list(ranked["id"]) == ["d", "a", "b", "c", "e"]
-    assert list(ranked["out_of_distribution"]) == [False, False, True, False, False]
+    ranked = rank_by_window(table, 1.5, 3.0)
+    assert list(ranked["id"]) == ["d", "a", "b", "c", "e"] and list(ranked["rank"]) == [1, 2, 3, 4, 0]
+    with pytest.raises(ValueError, match="p_in_window"):
+        rank_by_window(table.drop(columns="p_in_window"), 1.5, 3.0)
+
+
+def test_recalibrator_ignores_a_few_near_zero_stds(gaussian_data):
+    """Maximum likelihood would inflate the scale by orders of magnitude; miscalibration area does not."""
+    pred, std, truth = gaussian_data
+    spoiled = std.copy()
+    spoiled[:40] = 1e-4  # 1% of points claim near-certainty
+    ml_scale = np.sqrt(np.mean(((truth - pred) / spoiled) ** 2))
+    scale = um.ScalarVarianceRecalibrator().fit(pred, spoiled, truth).scale_
+    assert ml_scale > 100 and scale == pytest.approx(1.0, abs=0.15)
+
+
+def test_floor_statistics_find_a_pile_up():
+    truth = np.linspace(0.0, 3.0, 200)
+    floored = np.maximum(truth, 0.65)
+    stats = um.floor_statistics(floored, truth)
+    assert stats["min_prediction_ev"] == pytest.approx(0.65)
+    assert stats["share_within_tolerance_of_min"] == pytest.approx(np.mean(truth <= 0.67), abs=0.01)
+    assert stats["mae_gap_below_ev"] > 0.2
+    assert um.floor_statistics(truth + 0.01, truth)["share_within_tolerance_of_min"] < 0.02
+    assert um.interval_share(truth - 0.1, truth + 0.1, floored) == pytest.approx(np.mean(np.abs(floored - truth) <= 0.1))
