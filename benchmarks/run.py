@@ -115,8 +115,8 @@ def _train_step_timer(model: Any, batch: Any, target: Any) -> Callable[[], None]
 def group_train(backbone_name: str, batch_size: int, max_atoms: int) -> dict[str, Any]:
     import torch
 
+    from mofbalora.backbones.batching import compute_frozen_embeddings
     from mofbalora.model_folder import build_member
-    from mofbalora.training.data import compute_frozen_embeddings
 
     from mofbalora.backbones import get_backbone
 
@@ -204,16 +204,17 @@ def group_screening(n: int, samples: int) -> dict[str, Any]:
 
     from mofbalora.data.coremof import extract_coremof
     from mofbalora.predict import load_model
+    from mofbalora.calibrate import fit_calibrated
     from mofbalora.training.config import TrainConfig
-    from mofbalora.training.fit import fit
 
     work = Path(tempfile.mkdtemp(prefix="mofbalora-screen-"))
     try:
         os.environ["MOFBALORA_CACHE"] = str(work / "cache")
-        config = TrainConfig.from_dict({"backbone": "cgcnn", "method": "balora", "epochs": 1, "max_structures": 60,
+        config = TrainConfig.from_dict({"backbone": "cgcnn", "method": "balora", "epochs": 1, "max_structures": 240,
                                         "max_atoms": 100, "calibration_samples": 8,
+                                        "split": {"fractions": [0.4, 0.1, 0.4, 0.1]},
                                         "adapter": {"rank": 8, "alpha": 16, "target_modules": ["^embedding$", "fc_full"]}})
-        folder = fit(config, out_dir=work / "model", progress=False)
+        folder = fit_calibrated(config, out_dir=work / "model", progress=False)
         model = load_model(folder)
         cifs = extract_coremof(work / "cifs", limit=n)
         start = time.perf_counter()

@@ -119,6 +119,22 @@ def predictions(name: str, model_dir: Path, parts: dict[str, Any], run_dir: Path
     return out
 
 
+def choose_head(head_runs: dict[str, Path], val_samples: list[Any], val_truth: np.ndarray, *,
+                max_floor_share: float) -> tuple[str, dict[str, Any]]:
+    """The head with the lowest LoRA validation MAE among those whose validation predictions do not
+    pile up at their minimum (share within 0.02 eV of it <= ``max_floor_share``); rule declared in
+    the profile before the run. Falls back to the lowest MAE if no head qualifies."""
+    mae, floor = {}, {}
+    for head, folder in head_runs.items():
+        mean = load_model(folder).predict_samples(val_samples)[0]
+        mae[head] = float(np.mean(np.abs(mean - val_truth)))
+        floor[head] = um.floor_statistics(mean, val_truth)["share_within_tolerance_of_min"]
+    eligible = [h for h in head_runs if floor[h] <= max_floor_share] or list(head_runs)
+    chosen = min(eligible, key=mae.get)
+    return chosen, {"val_mae_ev": mae, "val_floor_share": floor, "max_floor_share": max_floor_share,
+                    "eligible": eligible, "chosen": chosen}
+
+
 def spread(draws: np.ndarray) -> np.ndarray:
     """Std over draws [D, n] -> [n]; NaN for a single draw (deterministic methods)."""
     return draws.std(0, ddof=1) if draws.shape[0] > 1 else np.full(draws.shape[1], np.nan)
@@ -247,10 +263,10 @@ def main(argv: list[str] | None = None) -> Path:
     truth, val_truth, cal_truth = parts["test"][2], parts["val"][2], parts["calibration"][2]
     head_runs = {head: run_method(f"lora-head-{head}", base_config(profile, "lora", head=head), data=args.data,
                                   run_dir=run_dir, split=split) for head in profile["heads"]}
-    head_val_mae = {head: float(np.mean(np.abs(load_model(folder).predict_samples(parts["val"][1])[0] - val_truth)))
-                    for head, folder in head_runs.items()}
-    head = min(head_val_mae, key=head_val_mae.get)
-    logger.info("head chosen on validation: %s (val MAE %s)", head, head_val_mae)
+    head, head_selection = choose_head(head_runs, parts["val"][1], val_truth,
+                                       max_floor_share=profile["head_max_floor_share"])
+    head_val_mae = head_selection["val_mae_ev"]
+    logger.info("head chosen on validation: %s (%s)", head, head_selection)
 
     # Step 2: every method with that head.
     model_dirs = {"full": run_method("full", base_config(profile, "full", lr=profile["full_lr"], head=head),
@@ -313,7 +329,7 @@ def main(argv: list[str] | None = None) -> Path:
     n_atoms = np.array([len(sample.atomic_number) for sample in parts["test"][1]])
     metrics["ood"] = {name: ood_summary(model, calibration_draws[name], raw[name]["test_embedding_distance"], n_atoms,
                                         truth) for name, model in loaded.items()}
-    metrics["head_selection"] = {"val_mae_ev": head_val_mae, "chosen": head}
+    metrics["head_selection"] = head_selection
     n_train, n_val, n_test = len(train_ids), len(val_truth), len(truth)
     timing = {n: json.loads((d / "timing.json").read_text())["train_wall_s"] for n, d in model_dirs.items()}
     lora_epochs = epochs_run(model_dirs["lora"])
@@ -337,8 +353,10 @@ def main(argv: list[str] | None = None) -> Path:
     metrics["setup"] = {
         "profile": args.profile, "backbone": profile["backbone"], "n_train": n_train, "n_val": n_val, "n_test": n_test,
         "subset_note": profile["subset_note"], "finished": stamp,
-        "selection_note": f"head from {profile['heads']} by LoRA's validation MAE: {head} "
-                          f"({', '.join(f'{k}: {v:.3f} eV' for k, v in head_val_mae.items())}); "
+        "selection_note": f"head from {profile['heads']}: the lowest LoRA validation MAE among heads with at most "
+                          f"{profile['head_max_floor_share']:.0%} of validation predictions within 0.02 eV of their minimum: "
+                          f"{head} (MAE {', '.join(f'{k}: {v:.3f} eV' for k, v in head_val_mae.items())}; floor share "
+                          f"{', '.join(f'{k}: {v:.3f}' for k, v in head_selection['val_floor_share'].items())}); "
                           f"BaLoRA KL weight from {profile['balora_kl_weights']} by validation NLL: {chosen} "
                           f"(NLLs {', '.join(f'{k}: {v:.3f}' for k, v in val_nll.items())})",
         "n_calibration": len(cal_truth), "split_sha256": split.fingerprint(), "git_commit": code_commit,

@@ -26,12 +26,23 @@ def qmof_dataset():
 
 
 @pytest.fixture(scope="session")
-def small_qmof(qmof_dataset):
-    """The 110 smallest QMOF CIFs by file size (deterministic), as (ids, paths, gaps_ev)."""
+def smallest_qmof(qmof_dataset):
+    """n -> the n smallest QMOF CIFs by file size (deterministic), as (ids, paths, gaps_ev)."""
     table = qmof_dataset.table.copy()
     table["size"] = table["path"].map(lambda p: os.path.getsize(p))
-    table = table.sort_values(["size", "id"]).head(110)
-    return list(table["id"]), [Path(p) for p in table["path"]], table[qmof_dataset.target].to_numpy()
+    table = table.sort_values(["size", "id"])
+
+    def first(n: int):
+        head = table.head(n)
+        return list(head["id"]), [Path(p) for p in head["path"]], head[qmof_dataset.target].to_numpy()
+
+    return first
+
+
+@pytest.fixture(scope="session")
+def small_qmof(smallest_qmof):
+    """The 110 smallest QMOF CIFs by file size (deterministic), as (ids, paths, gaps_ev)."""
+    return smallest_qmof(110)
 
 
 def copy_cifs(paths, folder: Path) -> Path:

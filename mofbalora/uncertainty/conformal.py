@@ -133,7 +133,7 @@ def _sigmas(y_std: np.ndarray | None, n: int) -> np.ndarray | None:
     std = np.asarray(y_std, dtype=float)
     if std.shape != (n,):
         raise ValueError(f"y_std must have shape ({n},), got {std.shape}")
-    if np.isnan(std).all():
+    if n and np.isnan(std).all():
         return None
     if not np.isfinite(std).all() or (std <= 0).any():
         raise ValueError("y_std must be positive and finite (or all NaN for a deterministic model)")

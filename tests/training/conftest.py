@@ -21,3 +21,14 @@ def tiny_config(method: str, **overrides) -> TrainConfig:
                   split={"fractions": [0.3, 0.1, 0.45, 0.15], "method": "random", "seed": 0})
     values.update(overrides)
     return TrainConfig.from_dict(values)
+
+
+@pytest.fixture(scope="session")
+def cgcnn_samples(small_qmof):
+    """Three real small MOFs featurised for CGCNN."""
+    from mofbalora.data import read_structure
+    from mofbalora.featurise import get_featuriser
+
+    _, paths, _ = small_qmof
+    featuriser = get_featuriser("cgcnn")
+    return [featuriser.featurise(read_structure(p), p.stem) for p in paths[:3]]

@@ -61,8 +61,8 @@ def test_predict_one_row_per_input_with_status(tmp_path, cli_model, mixed_inputs
                                       str(folder)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out)
-    assert list(table.columns) == ["id", "bandgap_mean_ev", "bandgap_std_ev", "lower_95_ev", "upper_95_ev",
-                                   "status", "reason"]
+    assert list(table.columns) == ["id", "bandgap_mean_ev", "bandgap_std_ev", "bandgap_std_epistemic_ev", "lower_95_ev",
+                                   "upper_95_ev", "out_of_distribution", "ood_reason", "status", "reason"]
     assert len(table) == len(test_ids) + 4
     status = dict(zip(table["id"], table["status"]))
     assert all(status[i] == "ok" for i in test_ids)
@@ -90,12 +90,52 @@ def test_screen_ranks_by_window_probability(tmp_path, cli_model, mixed_inputs):
     assert len(table) == len(test_ids) + 4
     ok = table[table["status"] == "ok"]
     assert (np.diff(ok["p_in_window"].to_numpy()) <= 1e-12).all()
+    assert ok["p_in_window"].between(0, 1).all() and ok["p_in_window"].max() < 1.0  # calibrated: never certain
     assert list(table["status"]).index("skipped") == len(ok)  # skipped rows last
     assert "out_of_distribution" in table and (tmp_path / "screen.csv.summary.md").exists()
     assert CliRunner().invoke(app, ["screen", "--model", str(cli_model), "--gap", "3:1", str(folder)]).exit_code != 0
+    assert "--accelerator" in CliRunner().invoke(app, ["screen", "--help"]).output
+
+
+def test_same_named_files_in_two_folders_get_distinct_ids(tmp_path, cli_model, tiny_dataset):
+    test_ids = Split.load(cli_model / "split.json").test
+    for folder, source in (("a", test_ids[0]), ("b", test_ids[1])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(tiny_dataset / f"{source}.cif", tmp_path / folder / "mof.cif")
+    out = tmp_path / "pred.csv"
+    result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", "4", "--out", str(out),
+                                      str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert list(table["id"]) == ["a/mof", "b/mof"] and table["bandgap_mean_ev"].nunique() == 2
+
+
+def test_fit_refuses_a_folder_with_another_config(tmp_path, config_file, cli_model, tiny_dataset):
+    other = tmp_path / "other.yaml"
+    values = yaml.safe_load(config_file.read_text())
+    values["lr"] = 0.5
+    other.write_text(yaml.safe_dump(values))
+    target = tmp_path / "model"
+    shutil.copytree(cli_model, target)
+    result = CliRunner().invoke(app, ["fit", str(other), "--data", str(tiny_dataset), "--out", str(target)])
+    assert result.exit_code == 2 and "train_config.lr" in result.output
+
+
+def test_larger_cells_than_training_are_flagged(tmp_path, cli_model, tiny_dataset):
+    """A 2x2x2 supercell of a training-size cell exceeds every training cell: flagged, with the reason."""
+    from mofbalora.predict import load_model
+
+    model = load_model(cli_model)
+    limit = model.meta["data"]["train_n_atoms_max"]
+    structure = read_structure(tiny_dataset / f"{Split.load(cli_model / 'split.json').test[0]}.cif")
+    structure.make_supercell([2, 2, 2])
+    assert len(structure) > limit
+    table = model.predict([structure], samples=4)
+    assert table.loc[0, "out_of_distribution"] and f"more than any training structure ({limit})" in table.loc[0, "ood_reason"]
 
 
 def test_every_command_has_help():
+    assert "PBE" in CliRunner().invoke(app, ["predict", "--help"]).output
     for command in ([], ["validate"], ["fit"], ["predict"], ["screen"], ["featurise"], ["data", "download"]):
         result = CliRunner().invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output

@@ -1,0 +1,44 @@
+"""The loss of the LightningModule: KL scaling and the Gaussian likelihood (docs/method.md eq. 6)."""
+
+import math
+
+import pytest
+import torch
+
+from mofbalora.adapters import AdapterConfig, adapter_kl_per_graph, inject_adapters, set_adapter_mode
+from mofbalora.data.targets import TargetNormaliser
+from mofbalora.training.config import TrainConfig
+from mofbalora.training.module import BandgapRegressor
+
+
+def _module(backbone_factory, samples, *, kl_scaling, likelihood="gaussian", kl_weight=0.5, n_train=40):
+    model = backbone_factory()
+    inject_adapters(model, AdapterConfig(kind="balora", rank=4, alpha=8, target_modules=["fc_full"], seed=0,
+                                         kl_scaling=kl_scaling, kl_weight=kl_weight))
+    config = TrainConfig(method="balora", likelihood=likelihood)
+    module = BandgapRegressor(model, config=config, normaliser=TargetNormaliser(2.0, 1.0), n_train=n_train,
+                              steps_per_epoch=1)
+    with set_adapter_mode(model, "train"):
+        model(model.collate(samples))
+    return module, model
+
+
+def test_kl_scaling_dataset_divides_by_n(cgcnn_backbone_factory, cgcnn_samples):
+    per_dataset, model = _module(cgcnn_backbone_factory, cgcnn_samples, kl_scaling="dataset", n_train=40)
+    per_point, _ = _module(cgcnn_backbone_factory, cgcnn_samples, kl_scaling="datapoint", n_train=40)
+    kl = adapter_kl_per_graph(model).mean()
+    assert float(per_dataset.kl_term()) == pytest.approx(0.5 * float(kl) / 40, rel=1e-5)
+    assert float(per_point.kl_term()) == pytest.approx(0.5 * float(kl), rel=1e-5)
+
+
+def test_gaussian_likelihood_is_the_normal_nll(cgcnn_backbone_factory, cgcnn_samples):
+    module, _ = _module(cgcnn_backbone_factory, cgcnn_samples, kl_scaling="dataset")
+    with torch.no_grad():
+        module.log_noise_std.fill_(math.log(0.5))
+    prediction, target = torch.tensor([0.0, 1.0, -1.0]), torch.tensor([0.5, 1.0, 0.0])
+    expected = -torch.distributions.Normal(prediction, 0.5).log_prob(target).mean()
+    torch.testing.assert_close(module.data_term(prediction, target), expected)
+    assert module.noise_std_ev == pytest.approx(0.5 * 1.0)
+    mse, _ = _module(cgcnn_backbone_factory, cgcnn_samples, kl_scaling="dataset", likelihood="mse")
+    torch.testing.assert_close(mse.data_term(prediction, target), ((prediction - target) ** 2).mean())
+    assert mse.noise_std_ev is None and not mse.log_noise_std.requires_grad
