@@ -60,7 +60,7 @@ def parity(pred: MethodPredictions, truth: np.ndarray, path: Path) -> Path:
 def calibration(preds: list[MethodPredictions], truth: np.ndarray, recalibrated: dict[str, np.ndarray], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for pred in preds:
-        expected, observed = um.calibration_curve(pred.mean, np.maximum(pred.std, 1e-9), truth)
+        expected, observed = um.calibration_curve(pred.mean, um.positive_std(pred.std), truth)
         line = ax.plot(expected, observed, label=f"{pred.name} (raw)")[0]
         if pred.name in recalibrated:
             expected, observed = um.calibration_curve(pred.mean, recalibrated[pred.name], truth)
@@ -76,7 +76,7 @@ def calibration(preds: list[MethodPredictions], truth: np.ndarray, recalibrated:
 def error_retention(preds: list[MethodPredictions], truth: np.ndarray, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for pred in preds:
-        fractions, model, oracle = um.error_retention_curve(pred.mean, np.maximum(pred.std, 1e-9), truth)
+        fractions, model, oracle = um.error_retention_curve(pred.mean, um.positive_std(pred.std), truth)
         line = ax.plot(fractions, model, label=f"{pred.name} (AUSE {np.mean(model - oracle):.3f} eV)")[0]
         ax.plot(fractions, oracle, ":", color=line.get_color(), label=f"{pred.name} oracle")
     ax.set_xlabel("fraction of test structures kept (most certain first)")

@@ -55,40 +55,52 @@ def cost_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table from a header and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _optional(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def calibration_table(metrics: dict[str, Any]) -> str:
-    lines = ["| method | learned noise std (eV) | interval | coverage 68% | coverage 95% | mean 95% width (eV) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for method, c in metrics["calibration"].items():
-        noise = "–" if c.get("noise_std_ev") is None else f"{c['noise_std_ev']:.3f}"
         for kind in ("raw_epistemic", "raw_total", "recalibrated", "conformal"):
-            if kind not in c:
-                continue
-            label = kind.replace("_", " ") + (f" (×{c['recalibration_scale']:.2f})" if kind == "recalibrated" else "")
-            v = c[kind]
-            lines.append(f"| {method} | {noise} | {label} | {v['coverage_68']:.3f} | {v['coverage_95']:.3f} | "
-                         f"{v['mean_width_95_ev']:.2f} |")
-    return "\n".join(lines)
+            if kind in c:
+                label = kind.replace("_", " ") + (f" (×{c['recalibration_scale']:.2f})" if kind == "recalibrated" else "")
+                v = c[kind]
+                rows.append([method, _optional(c.get("noise_std_ev")), label, f"{v['coverage_68']:.3f}",
+                             f"{v['coverage_95']:.3f}", f"{v['mean_width_95_ev']:.2f}"])
+    return _table(["method", "learned noise std (eV)", "interval", "coverage 68%", "coverage 95%",
+                   "mean 95% width (eV)"], rows)
+
+
+def coverage_summary(metrics: dict[str, Any]) -> str:
+    """Test coverage of the calibrated (conformal) intervals next to the raw epistemic ones."""
+    rows = []
+    for method, c in metrics["calibration"].items():
+        raw = c.get("raw_epistemic")
+        rows.append([method, f"{c['conformal']['coverage_68']:.2f}", f"{c['conformal']['coverage_95']:.2f}",
+                     f"{c['conformal']['mean_width_95_ev']:.2f}", "–" if raw is None else f"{raw['coverage_95']:.2f}"])
+    return _table(["method", "calibrated 68% coverage", "calibrated 95% coverage", "mean 95% width (eV)",
+                   "raw epistemic 95% coverage"], rows)
 
 
 def floor_table(metrics: dict[str, Any]) -> str:
-    lines = ["| predictions | smallest prediction (eV) | share within 0.02 eV of it | MAE on gap < 1 eV (eV) | n gap < 1 eV |",
-             "| --- | --- | --- | --- | --- |"]
-    for name, f in metrics["floor"].items():
-        lines.append(f"| {name} | {f['min_prediction_ev']:.3f} | {f['share_within_tolerance_of_min']:.3f} | "
-                     f"{f['mae_gap_below_ev']:.3f} | {f['n_gap_below']} |")
-    return "\n".join(lines)
+    rows = [[name, f"{f['min_prediction_ev']:.3f}", f"{f['share_within_tolerance_of_min']:.3f}",
+             f"{f['mae_gap_below_ev']:.3f}", str(f["n_gap_below"])] for name, f in metrics["floor"].items()]
+    return _table(["predictions", "smallest prediction (eV)", "share within 0.02 eV of it", "MAE on gap < 1 eV (eV)",
+                   "n gap < 1 eV"], rows)
 
 
 def ood_table(metrics: dict[str, Any]) -> str:
-    lines = ["| method | flag | test flag rate | n flagged | MAE flagged (eV) | MAE unflagged (eV) |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for method, o in metrics["ood"].items():
-        for kind in ("epistemic_std", "embedding", "any"):
-            v = o[kind]
-            fmt = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
-            lines.append(f"| {method} | {kind.replace('_', ' ')} | {v['flag_rate']:.3f} | {v['n_flagged']} | "
-                         f"{fmt(v['mae_flagged_ev'])} | {fmt(v['mae_unflagged_ev'])} |")
-    return "\n".join(lines)
+    rows = [[method, kind.replace("_", " "), f"{o[kind]['flag_rate']:.3f}", str(o[kind]["n_flagged"]),
+             _optional(o[kind]["mae_flagged_ev"]), _optional(o[kind]["mae_unflagged_ev"])]
+            for method, o in metrics["ood"].items() for kind in ("epistemic_std", "embedding", "any")]
+    return _table(["method", "flag", "test flag rate", "n flagged", "MAE flagged (eV)", "MAE unflagged (eV)"], rows)
 
 
 def claims_section(metrics: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ def accuracy(pred: MethodPredictions, truth: np.ndarray, rng: np.random.Generato
 def uncertainty(pred: MethodPredictions, truth: np.ndarray, val_truth: np.ndarray | None, rng: np.random.Generator,
                 n_boot: int) -> dict[str, Any]:
     """Correlations, sparsification, calibration (raw and after scalar recalibration on val)."""
-    std = np.maximum(pred.std, 1e-9)
+    std = um.positive_std(pred.std)
     out: dict[str, Any] = {
         "spearman": _ci(um.bootstrap_ci(um.spearman_std_error, pred.mean, std, truth, rng=rng, n_boot=n_boot)),
         "pearson": _ci(um.bootstrap_ci(um.pearson_std_error, pred.mean, std, truth, rng=rng, n_boot=n_boot)),
@@ -52,7 +52,7 @@ def uncertainty(pred: MethodPredictions, truth: np.ndarray, val_truth: np.ndarra
     }
     variants = {"raw": std}
     if pred.val_mean is not None and val_truth is not None:
-        recalibrator = um.ScalarVarianceRecalibrator().fit(pred.val_mean, np.maximum(pred.val_std, 1e-9), val_truth)
+        recalibrator = um.ScalarVarianceRecalibrator().fit(pred.val_mean, um.positive_std(pred.val_std), val_truth)
         variants["recalibrated"] = recalibrator.predict(std)
         out["recalibration_scale"] = recalibrator.scale_
     for label, values in variants.items():
@@ -89,7 +89,7 @@ def ensemble_size_sweep(member_draws: np.ndarray, truth: np.ndarray, rng: np.ran
     rows = {}
     for size in range(2, member_draws.shape[0] + 1):
         subset = member_draws[:size]
-        mean, std = subset.mean(0), np.maximum(subset.std(0, ddof=1), 1e-9)
+        mean, std = subset.mean(0), um.positive_std(subset.std(0, ddof=1))
         rows[str(size)] = {
             "spearman": _ci(um.bootstrap_ci(um.spearman_std_error, mean, std, truth, rng=rng, n_boot=n_boot)),
             "pearson": um.pearson_std_error(mean, std, truth),
@@ -125,7 +125,7 @@ def claims(*, balora: MethodPredictions, balora_draws: np.ndarray, ensemble: Met
            full: MethodPredictions, truth: np.ndarray, sweep: dict[str, Any], rng: np.random.Generator,
            n_boot: int) -> dict[str, Any]:
     """Verdicts on the paper's three claims, each with the numbers that decide it."""
-    std = lambda p: np.maximum(p.std, 1e-9)  # noqa: E731
+    std = lambda p: um.positive_std(p.std)  # noqa: E731
     rho_diff = paired_difference(um.spearman_std_error, (balora.mean, std(balora), truth),
                                  (ensemble.mean, std(ensemble), truth), rng, n_boot)
     claim1 = {
@@ -137,7 +137,7 @@ def claims(*, balora: MethodPredictions, balora_draws: np.ndarray, ensemble: Met
     sizes = sorted(int(s) for s in sweep)
     means = [sweep[str(s)]["spearman_mean"] for s in sizes]
     smallest, largest = sizes[0], sizes[-1]
-    mean_s, std_s = balora_draws[:smallest].mean(0), np.maximum(balora_draws[:smallest].std(0, ddof=1), 1e-9)
+    mean_s, std_s = balora_draws[:smallest].mean(0), um.positive_std(balora_draws[:smallest].std(0, ddof=1))
     growth = paired_difference(um.spearman_std_error, (balora.mean, std(balora), truth), (mean_s, std_s, truth), rng, n_boot)
     steps = np.diff(means)
     monotone = bool((steps >= 0).all())

@@ -14,6 +14,15 @@ from scipy.stats import norm
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 
+#: the one clipping rule: metrics that need a positive std (NLL, Gaussian intervals) see at least this
+STD_FLOOR_EV = 1e-9
+
+
+def positive_std(std: np.ndarray) -> np.ndarray:
+    """``std`` clipped at :data:`STD_FLOOR_EV`, for metrics only; near-zero stds are reported, not hidden."""
+    return np.maximum(np.asarray(std, dtype=float), STD_FLOOR_EV)
+
+
 def _check(*arrays: np.ndarray, allow_nan_std: bool = False) -> list[np.ndarray]:
     out = [np.asarray(a, dtype=float) for a in arrays]
     n = len(out[0])

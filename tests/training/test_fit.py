@@ -182,6 +182,9 @@ def test_one_structure_one_answer(fitted, tiny_dataset):
     np.testing.assert_array_equal(row(model.predict(paths, samples=8), target.stem), alone)
     np.testing.assert_array_equal(row(model.predict(paths[::-1], samples=8), target.stem), alone)
     np.testing.assert_array_equal(row(model.predict([read_structure(target)], samples=8), "structure_0"), alone)
+    mixed = model.predict([paths[0], read_structure(target), paths[1]], samples=8)  # paths and Structures together
+    assert list(mixed["id"]) == [paths[0].stem, "structure_1", paths[1].stem] and (mixed["status"] == "ok").all()
+    np.testing.assert_array_equal(row(mixed, "structure_1"), alone)
     samples = [model.backbone.make_featuriser().featurise(read_structure(p), p.stem) for p in paths]
     by_one = model.predict_draws(samples, n_samples=8, batch_size=1)
     by_four = model.predict_draws(samples, n_samples=8, batch_size=4)
