@@ -159,6 +159,9 @@ def fit(
     except FolderMismatchError as exc:
         typer.echo(f"refusing to fit: {exc}", err=True)
         raise typer.Exit(2)
+    except ValueError as exc:  # trained, but the calibration split cannot calibrate it (e.g. too small)
+        typer.echo(f"model in {out} is trained but NOT calibrated: {exc}", err=True)
+        raise typer.Exit(1)
     if result is not None:
         typer.echo(f"model written to {result}")
     elif max_steps is not None:

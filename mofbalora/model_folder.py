@@ -2,9 +2,13 @@
 
 Layout::
 
-    model.json           format version, method, backbone identity, normaliser, config, metrics,
-                         data checksum, package versions, OOD threshold
-    split.json           the train/val/test id lists
+    model.json           format version, method, backbone identity, normaliser, learned noise std,
+                         config, data and split checksums, package versions, and ``calibration``
+                         (conformal residuals and OOD thresholds; written by mofbalora.calibrate)
+    fit_identity.json    config, data and split a fit was started with (a rerun must match)
+    split.json           the train/val/calibration/test id lists
+    train_embeddings.safetensors  frozen crystal embeddings of the training structures (OOD)
+    members/<m>/noise.json        the member's learned noise std (eV)
     members/<m>/adapter/ adapter_model.safetensors + adapter_config.json   (lora, balora, ensemble)
     members/<m>/weights.safetensors                                      (head, full)
 """

@@ -164,3 +164,15 @@ def test_ddp_two_processes_train_identically_and_predict_like_one(tmp_path, conf
     assert list(one["id"]) == list(two["id"]) == [Path(p).stem for p in inputs]
     np.testing.assert_allclose(two["bandgap_mean_ev"], one["bandgap_mean_ev"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(two["bandgap_std_ev"], one["bandgap_std_ev"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_too_small_calibration_split_is_reported_not_hidden(tmp_path, tiny_dataset):
+    config = tmp_path / "small_cal.yaml"
+    values = tiny_config("lora", epochs=1, split={"fractions": [0.6, 0.2, 0.1, 0.1], "method": "random", "seed": 0})
+    config.write_text(yaml.safe_dump(values.to_dict()))
+    out = tmp_path / "model"
+    result = CliRunner().invoke(app, ["fit", str(config), "--data", str(tiny_dataset), "--out", str(out)])
+    assert result.exit_code == 1 and "NOT calibrated" in result.output and "at least 39" in result.output
+    one = str(next(tiny_dataset.glob("*.cif")))
+    predicted = CliRunner().invoke(app, ["predict", "--model", str(out), "--out", str(tmp_path / "p.csv"), one])
+    assert predicted.exit_code == 0 and "not calibrated" in predicted.output
