@@ -28,7 +28,9 @@ from mofbalora.data.datasets import default_cache_dir
 from mofbalora.data.structures import expand_inputs, unique_structure_ids
 from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths
-from mofbalora.model_folder import bare_member, load_members, load_train_embeddings, merge_if_adapted
+from mofbalora.model_folder import (
+    TRAIN_EMBEDDINGS_FILE, bare_member, load_members, load_train_embeddings, merge_if_adapted,
+)
 from mofbalora.uncertainty.conformal import ConformalCalibrator
 from mofbalora.uncertainty.intervals import gaussian_interval, window_probability
 from mofbalora.uncertainty.ood import EmbeddingDistance, ood_reasons
@@ -175,7 +177,11 @@ class BandgapModel:
         """Mean, stds, embedding distance and size of every sample (see :class:`Predictive`)."""
         mean, std = self.predict_samples(samples, n_samples=n_samples, seed=seed, progress=progress,
                                          trainer_kwargs=trainer_kwargs)
-        distance = self.embedding_distance.score(self.frozen_embeddings(samples)) if len(samples) else np.zeros(0)
+        if not len(samples) or not (self.folder / TRAIN_EMBEDDINGS_FILE).exists():
+            # a folder from before the embedding-distance flag has no reference set: no such flag
+            distance = np.full(len(samples), np.nan)
+        else:
+            distance = self.embedding_distance.score(self.frozen_embeddings(samples))
         return Predictive(mean, std, self.total_std(std), distance,
                           np.array([sample_num_atoms(s) for s in samples], dtype=int))
 
