@@ -162,6 +162,6 @@ def merge_if_adapted(model: nn.Module) -> None:
 
 
 __all__ = [
-    "bare_member", "build_member", "load_members", "load_train_embeddings", "save_train_embeddings", "member_seeds", "package_versions", "read_model_json", "save_member",
-    "weights_checksum", "write_model_json",
+    "bare_member", "build_member", "load_members", "load_train_embeddings", "member_seeds", "package_versions",
+    "read_model_json", "save_member", "save_train_embeddings", "weights_checksum", "write_model_json",
 ]

@@ -23,11 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mofbalora.adapters import forward_in_mode, set_adapter_mode
-from mofbalora.backbones.batching import Collate, GraphDataset, compute_frozen_embeddings, sample_num_atoms
+from mofbalora.backbones.batching import Collate, GraphDataset, compute_frozen_embeddings
 from mofbalora.data.datasets import default_cache_dir
 from mofbalora.data.structures import expand_inputs, unique_structure_ids
 from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths
+from mofbalora.featurise.base import sample_num_atoms
 from mofbalora.model_folder import (
     TRAIN_EMBEDDINGS_FILE, bare_member, load_members, load_train_embeddings, merge_if_adapted,
 )

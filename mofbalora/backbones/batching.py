@@ -14,9 +14,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mofbalora.backbones.base import GraphBackbone
-from mofbalora.featurise.base import sample_num_atoms
 
-__all__ = ["Collate", "GraphDataset", "compute_frozen_embeddings", "sample_content_key", "sample_num_atoms"]
+__all__ = ["Collate", "GraphDataset", "compute_frozen_embeddings", "sample_content_key"]
 
 
 def sample_content_key(sample: Any) -> int:

@@ -6,6 +6,7 @@ training: never for early stopping nor for choosing hyperparameters (those use v
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -38,8 +39,6 @@ class Split:
 
     def fingerprint(self) -> str:
         """sha256 of the id lists, recorded with every model and report."""
-        import hashlib
-
         payload = json.dumps({p: self.part(p) for p in self.PARTS}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -23,14 +23,15 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from mofbalora.backbones.batching import GraphDataset, compute_frozen_embeddings, sample_num_atoms
+from mofbalora.backbones.batching import GraphDataset, compute_frozen_embeddings
 from mofbalora.data.datasets import LabelledDataset, default_cache_dir, load_labelled_dataset
 from mofbalora.data.io import write_table_atomic, write_text_atomic
 from mofbalora.data.splits import Split, make_split
-from mofbalora.featurise import featurise_paths, get_featuriser
 from mofbalora.data.targets import TargetNormaliser
+from mofbalora.featurise import featurise_paths, get_featuriser
+from mofbalora.featurise.base import sample_num_atoms
 from mofbalora.model_folder import (
-    MODEL_FILE, bare_member, build_member, load_member, member_seeds, package_versions, save_member, save_train_embeddings,
+    MODEL_FILE, bare_member, build_member, member_seeds, package_versions, save_member, save_train_embeddings,
     weights_checksum, write_model_json,
 )
 from mofbalora.training.config import TrainConfig
@@ -145,17 +146,21 @@ def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix.rstrip('.')}: folder has {saved!r}, this run {current!r}"]
 
 
-def check_model_folder(out_dir: Path, identity: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder started with a different identity; wipe it with ``overwrite``.
+def clear_folder(out_dir: Path) -> None:
+    """Delete everything ``out_dir`` holds (``--overwrite``), keeping the folder."""
+    if out_dir.exists():
+        for child in out_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def check_model_folder(out_dir: Path, identity: dict[str, Any], *, resume: bool) -> None:
+    """Refuse a folder started with a different identity.
 
     Raises:
         FolderMismatchError: naming every difference (or, with ``resume``, that there is nothing
             to resume).
     """
     path = out_dir / IDENTITY_FILE
-    if overwrite and out_dir.exists():
-        for child in out_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
     if not path.exists():
         if resume:
             raise FolderMismatchError(f"{out_dir}: nothing to resume (no {IDENTITY_FILE})")
@@ -196,11 +201,11 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     out_dir = Path(out_dir)
     overrides = dict(trainer_overrides or {})
     dataset = load_labelled_dataset(data, target=config.target)
-    if overwrite and (out_dir / "split.json").exists() and split is None:
-        (out_dir / "split.json").unlink()
+    if overwrite:
+        clear_folder(out_dir)
     split = resolve_split(config, dataset, out_dir, split)
     identity = fit_identity(config, dataset, split)
-    check_model_folder(out_dir, identity, resume=resume, overwrite=overwrite)
+    check_model_folder(out_dir, identity, resume=resume)
     if (out_dir / MODEL_FILE).exists():
         logger.info("%s is complete", out_dir)
         return out_dir
@@ -213,8 +218,9 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     bare = bare_member(backbone=config.backbone, head="pretrained", seed=config.seed)
     # z(x) does not change during training: computed once per structure (docs/method.md §2); the
     # training embeddings also anchor the embedding-distance OOD flag (§9).
-    frozen = {part: compute_frozen_embeddings(bare, prepared.parts[part][1]) for part in ("train", "val")}
-    members, seeds, noise_std_ev = [], member_seeds(config.method, config.seed, config.ensemble_size), []
+    parts = ("train", "val") if config.method == "balora" else ("train",)
+    frozen = {part: compute_frozen_embeddings(bare, prepared.parts[part][1]) for part in parts}
+    seeds, noise_std_ev = member_seeds(config.method, config.seed, config.ensemble_size), []
     for number, seed in enumerate(seeds):
         member_dir = out_dir / "members" / str(number)
         if not (member_dir / "done").exists():
@@ -226,15 +232,13 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
                 return None
             save_member(model, member_dir, config.method)
             write_text_atomic(member_dir / "done", "finished\n")
-        members.append(load_member(member_dir, backbone=config.backbone, method=config.method, seed=seed,
-                                   head=config.head))
         noise_std_ev.append(json.loads((member_dir / NOISE_FILE).read_text())["noise_std_ev"])
     train_atoms = [sample_num_atoms(s) for s in prepared.parts["train"][1]]
     save_train_embeddings(out_dir, frozen["train"])
     meta = {
         "method": config.method,
-        "backbone": {"name": members[0].name, "version": members[0].version},
-        "members": [f"members/{n}" for n in range(len(members))],
+        "backbone": {"name": bare.name, "version": bare.version},  # checked again on every load
+        "members": [f"members/{n}" for n in range(len(seeds))],
         "member_seeds": seeds,
         "normaliser": {"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev},
         # Members' noise variances are averaged: the ensemble's aleatoric part (docs/method.md §7).
