@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mofbalora-installed
 PROFILE ?= cpu
 BENCHMARK_ARGS ?=
+ABLATION_ARGS ?=
 EXTRAS ?= dev,notebooks
 
-.PHONY: install test bandgap-benchmark bench data notebooks docs clean-cache
+.PHONY: install test bandgap-benchmark balora-ablation bench data notebooks docs clean-cache
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +42,6 @@ docs: $(STAMP)
 
 clean-cache:
 	rm -rf .cache
+
+balora-ablation: $(STAMP)
+	$(PY) pipelines/balora_ablation.py --profile $(PROFILE) $(ABLATION_ARGS)

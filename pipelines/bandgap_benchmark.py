@@ -41,8 +41,10 @@ from mofbalora.data.io import write_text_atomic  # noqa: E402
 from mofbalora.data.splits import Split, make_split  # noqa: E402
 from mofbalora.model_folder import package_versions  # noqa: E402
 from mofbalora.predict import BandgapModel, load_model  # noqa: E402
-from mofbalora.training.config import TrainConfig  # noqa: E402
-from mofbalora.training.fit import prepare_data, select_subset  # noqa: E402
+from mofbalora.adapters.config import AdapterConfig  # noqa: E402
+from mofbalora.model_folder import HEAD_PATTERN  # noqa: E402
+from mofbalora.training.config import ADAPTER_METHODS, TrainConfig  # noqa: E402
+from mofbalora.training.fit import FolderMismatchError, prepare_data, select_subset  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
 from mofbalora.uncertainty.intervals import gaussian_interval  # noqa: E402
 from mofbalora.uncertainty.ood import ood_reasons  # noqa: E402
@@ -68,13 +70,52 @@ def base_config(profile: dict[str, Any], method: str, **extra: Any) -> TrainConf
     return TrainConfig.from_dict(values)
 
 
+def comparable_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A training config with its adapter settings completed by their defaults, so that two
+    configs that train the same model compare equal however they were spelt."""
+    out = TrainConfig.from_dict(values).to_dict()
+    if out["method"] in ADAPTER_METHODS:
+        adapter = {"modules_to_save": [HEAD_PATTERN], **out["adapter"], "kind": "lora", "seed": 0}
+        out["adapter"] = {**AdapterConfig.from_dict(adapter).to_dict(), "kind": None, "seed": None}
+    return out
+
+
+def finished_run(folder: Path) -> bool:
+    model = folder / "model.json"
+    return model.exists() and (folder / "timing.json").exists() and bool(json.loads(model.read_text())["calibration"])
+
+
+def study_data(profile: dict[str, Any], data: str | None, run_dir: Path) -> tuple[Any, Split, dict[str, Any]]:
+    """The profile's dataset, its split (saved in run_dir/split.json and reused) and the featurised
+    parts ``{part: (ids, samples, gaps_ev)}``."""
+    dataset = load_labelled_dataset(data)
+    subset = select_subset(dataset, base_config(profile, "lora"))
+    split_path = run_dir / "split.json"
+    split = Split.load(split_path) if split_path.exists() else make_split(
+        list(subset["id"]), subset[dataset.target].to_numpy(), fractions=tuple(profile["split"]["fractions"]),
+        seed=profile["split"]["seed"], method=profile["split"]["method"])
+    split.save(split_path)
+    parts = prepare_data(base_config(profile, "lora"), dataset, run_dir, progress=False, split=split).parts
+    return dataset, split, parts
+
+
 def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, split: Split) -> Path:
-    """Fit and calibrate one method unless its model folder is complete; record its training wall time."""
+    """Fit and calibrate one method unless a finished run with the same training config exists
+    (under this name or another: the study reuses the design study's runs); record its training
+    wall time.
+
+    Raises:
+        FolderMismatchError: when ``name``'s folder holds a run with another config.
+    """
     out = run_dir / "methods" / name
+    wanted = comparable_config(config.to_dict())
+    for folder in [out, *sorted((run_dir / "methods").glob("*"))]:
+        if finished_run(folder) and comparable_config(json.loads((folder / "train_config.json").read_text())) == wanted:
+            logger.info("reusing finished run %s for %s", folder, name)
+            return folder
+    if finished_run(out):
+        raise FolderMismatchError(f"{out}: holds a finished run with another training config; remove it or rename {name}")
     timing_path = out / "timing.json"
-    if (out / "model.json").exists() and timing_path.exists() and json.loads((out / "model.json").read_text())["calibration"]:
-        logger.info("reusing finished run %s", out)
-        return out
     logger.info("fitting %s", name)
     start = time.perf_counter()
     result = fit_calibrated(config, data=data, out_dir=out, progress=False, split=split)
@@ -96,7 +137,7 @@ def epochs_run(model_dir: Path) -> list[int]:
 def predictions(name: str, model_dir: Path, parts: dict[str, Any], run_dir: Path, *, samples: int,
                 seeds: list[int], calibration_samples: int) -> dict[str, Any]:
     """Draws on val, calibration and test, plus test embedding distances, cached in
-    run_dir/predictions/<name>.npz, with the test inference wall time."""
+    run_dir/predictions/<name>.npz (name: the model folder's), with the test inference wall time."""
     cache = run_dir / "predictions" / f"{name}.npz"
     if cache.exists():
         loaded = np.load(cache)
@@ -210,10 +251,8 @@ def git_commit() -> str:
 
 def publish(report_dir: Path, metrics: dict[str, Any]) -> None:
     """Copy the report to docs/results/ and refresh the README's generated section."""
-    target = ROOT / "docs" / "results"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(report_dir, target, ignore=shutil.ignore_patterns("predictions"))
+    target = ROOT / "docs" / "results"  # also holds the design study's ablation.* files: overwrite, never wipe
+    shutil.copytree(report_dir, target, ignore=shutil.ignore_patterns("predictions"), dirs_exist_ok=True)
     readme = ROOT / "README.md"
     if not readme.exists():
         return
@@ -264,16 +303,10 @@ def main(argv: list[str] | None = None) -> Path:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    dataset = load_labelled_dataset(args.data)
-    subset = select_subset(dataset, base_config(profile, "lora"))
+    dataset, split, parts = study_data(profile, args.data, run_dir)
     split_path = run_dir / "split.json"
-    split = Split.load(split_path) if split_path.exists() else make_split(
-        list(subset["id"]), subset[dataset.target].to_numpy(), fractions=tuple(profile["split"]["fractions"]),
-        seed=profile["split"]["seed"], method=profile["split"]["method"])
-    split.save(split_path)
 
     # Step 1: the regression head, chosen by LoRA's validation MAE (docs/method.md §8).
-    parts = prepare_data(base_config(profile, "lora"), dataset, run_dir, progress=False, split=split).parts
     truth, val_truth, cal_truth = parts["test"][2], parts["val"][2], parts["calibration"][2]
     head_runs = {head: run_method(f"lora-head-{head}", base_config(profile, "lora", head=head), data=args.data,
                                   run_dir=run_dir, split=split) for head in profile["heads"]}
@@ -291,22 +324,14 @@ def main(argv: list[str] | None = None) -> Path:
     sizes, seeds = profile["sample_sizes"], list(range(profile["sampling_seeds"]))
     cal_samples = profile["train"]["calibration_samples"]
 
-    # Step 3: BaLoRA's KL weight, chosen on validation only (mean Gaussian NLL with the total std).
-    candidates = {}
-    for beta in profile["balora_kl_weights"]:
-        name = f"balora-beta{beta:g}-head-{head}"
-        candidates[name] = run_method(name, base_config(profile, "balora", adapter={"kl_weight": beta}, head=head),
+    # Step 3: BaLoRA in the configuration the design study chose on validation (docs/results/ablation.md).
+    balora = profile["balora"]
+    chosen = f"balora-{balora['variant']}-head-{head}"
+    model_dirs["balora"] = run_method(chosen, base_config(profile, "balora", adapter=balora["adapter"], head=head),
                                       data=args.data, run_dir=run_dir, split=split)
-    val_nll = {}
-    for name, folder in candidates.items():
-        model = load_model(folder)
-        val = model.predict_draws(parts["val"][1], n_samples=cal_samples, seed=0)
-        val_nll[name] = um.gaussian_nll(val.mean(0), model.total_std(val.std(0, ddof=1)), val_truth)
-    chosen = min(val_nll, key=val_nll.get)
-    model_dirs["balora"] = candidates[chosen]
 
     # Step 4: predictions, drawn once.
-    raw = {name: predictions(name if name != "balora" else chosen, folder, parts, run_dir, samples=max(sizes),
+    raw = {name: predictions(folder.name, folder, parts, run_dir, samples=max(sizes),
                              seeds=seeds, calibration_samples=cal_samples)
            for name, folder in model_dirs.items()}
     before = predictions("lora-head-pretrained", head_runs["pretrained"], parts, run_dir, samples=max(sizes),
@@ -371,8 +396,7 @@ def main(argv: list[str] | None = None) -> Path:
                           f"{profile['head_max_floor_share']:.0%} of validation predictions within 0.02 eV of their minimum: "
                           f"{head} (MAE {', '.join(f'{k}: {v:.3f} eV' for k, v in head_val_mae.items())}; floor share "
                           f"{', '.join(f'{k}: {v:.3f}' for k, v in head_selection['val_floor_share'].items())}); "
-                          f"BaLoRA KL weight from {profile['balora_kl_weights']} by validation NLL: {chosen} "
-                          f"(NLLs {', '.join(f'{k}: {v:.3f}' for k, v in val_nll.items())})",
+                          f"BaLoRA: `{balora['variant']}` {balora['adapter']}, {balora['chosen_by']}",
         "n_calibration": len(cal_truth), "split_sha256": split.fingerprint(), "git_commit": code_commit,
         "sample_sizes": sizes, "sampling_seeds": seeds, "bootstrap": n_boot, "wall_s": time.perf_counter() - started,
         "config": profile, "versions": package_versions(), "labels_sha256": dataset.labels_sha256,

@@ -10,6 +10,7 @@ NoiseOn = Literal["A", "AB"]
 AlphaGranularity = Literal["layer", "rank"]
 AlphaNetInput = Literal["frozen_embedding", "constant"]
 KLScaling = Literal["dataset", "datapoint"]
+NoiseSampling = Literal["structure", "row"]
 
 
 def _check_choice(name: str, value: Any, kind: Any) -> None:
@@ -39,6 +40,9 @@ class AdapterConfig:
         alpha_init: alpha(x) at initialisation; None means the prior's c.
         kl_scaling: ``"dataset"`` divides the mean per-structure KL by the training-set size,
             ``"datapoint"`` does not (eq. 6).
+        noise_sampling: ``"structure"`` draws one A~ per structure, shared by all of its rows
+            (ours, method.md §3); ``"row"`` draws independent noise for every row at the rank-r
+            bottleneck (the local reparameterisation, eq. 2b); only with ``noise_on="A"``.
     """
 
     kind: AdapterKind = "lora"
@@ -55,6 +59,7 @@ class AdapterConfig:
     alpha_net_input: AlphaNetInput = "frozen_embedding"
     alpha_init: float | None = None
     kl_scaling: KLScaling = "dataset"
+    noise_sampling: NoiseSampling = "structure"
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, AdapterKind)
@@ -62,6 +67,9 @@ class AdapterConfig:
         _check_choice("alpha_granularity", self.alpha_granularity, AlphaGranularity)
         _check_choice("alpha_net_input", self.alpha_net_input, AlphaNetInput)
         _check_choice("kl_scaling", self.kl_scaling, KLScaling)
+        _check_choice("noise_sampling", self.noise_sampling, NoiseSampling)
+        if self.noise_sampling == "row" and self.noise_on != "A":
+            raise ValueError("noise_sampling='row' (local reparameterisation) needs noise_on='A'")
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.alpha <= 0:

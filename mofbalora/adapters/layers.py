@@ -85,7 +85,8 @@ class BaLoRALinear(LoRALinear):
     """LoRA whose A is sampled per structure: A~ = A + sqrt(alpha_l(x)) |A| ⊙ eps (eq. 2).
 
     One A~ is drawn per structure in the batch and shared by all of its rows (atoms, bonds,
-    ...). With ``noise_on="AB"`` B gets the same kind of noise. In mean mode it is plain LoRA.
+    ...). With ``noise_on="AB"`` B gets the same kind of noise. With ``per_row`` every row draws
+    its own noise at the rank-r bottleneck instead (eq. 2b). In mean mode it is plain LoRA.
 
     Args:
         entity: which rows the input holds (``atom``, ``bond``, ...), used to find each row's structure.
@@ -95,8 +96,9 @@ class BaLoRALinear(LoRALinear):
 
     def __init__(self, base_layer: nn.Linear, *, rank: int, scaling: float, generator: torch.Generator,
                  entity: str, slot: int, noise_on: str, per_rank: bool, context: NoiseContext,
-                 module_name: str) -> None:
+                 module_name: str, per_row: bool = False) -> None:
         super().__init__(base_layer, rank=rank, scaling=scaling, generator=generator)
+        self.per_row = per_row
         self.entity = entity
         self.slot = slot
         self.noise_on = noise_on
@@ -133,6 +135,8 @@ class BaLoRALinear(LoRALinear):
             return super().forward(x)
         leading = x.shape[0]
         rows = x.reshape(-1, x.shape[-1])
+        if self.per_row:
+            return self._forward_per_row(x, rows, leading).reshape(*x.shape[:-1], -1)
         layout = ctx.layout(self.entity, leading, rows.shape[0] // max(leading, 1), self.module_name)
         scale = self.noise_scale(ctx.noise_alpha)  # [G, 1] or [G, r]
         n_graphs = ctx.num_graphs
@@ -149,6 +153,18 @@ class BaLoRALinear(LoRALinear):
             noise_b = scale.unsqueeze(1) * self.lora_B.abs().unsqueeze(0) * eps_b  # [G, k, r]
             out = out.add(per_graph_matmul(xa, noise_b, layout), alpha=self.scaling)
         return out.reshape(*x.shape[:-1], -1)
+
+    def _forward_per_row(self, x: torch.Tensor, rows: torch.Tensor, leading: int) -> torch.Tensor:
+        """Local reparameterisation (eq. 2b): A~x = Ax + sqrt(alpha (A²)(x²)) ⊙ eps, eps [n_rows, r] per row."""
+        ctx = self.context
+        row_graph = ctx.row_graph(self.entity, leading, rows.shape[0] // max(leading, 1), self.module_name)
+        scale = self.noise_scale(ctx.noise_alpha).index_select(0, row_graph)  # [n_rows, 1] or [n_rows, r]
+        # clamp: a zero row (padding, zero features) would give sqrt'(0) = inf in the backward pass
+        spread = F.linear(rows.square(), self.lora_A.square()).clamp_min(1e-12).sqrt()  # [n_rows, r]
+        xa = scale * spread * ctx.row_normal(row_graph, self.rank, rows)
+        if not self.merged:  # merged: W0 already holds s·B·A
+            xa = xa + F.linear(rows, self.lora_A)
+        return torch.addmm(self._base(rows), xa, self.lora_B.t(), alpha=self.scaling)
 
 
 class AlphaNet(nn.Module):

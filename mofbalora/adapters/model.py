@@ -112,6 +112,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
                 base, rank=config.rank, scaling=config.scaling, generator=generator,
                 entity=model.entity_of(name), slot=slot, noise_on=config.noise_on,
                 per_rank=config.alpha_granularity == "rank", context=context, module_name=name,
+                per_row=config.noise_sampling == "row",
             )
         _set_submodule(model, name, wrapper)
     if config.kind == "balora":

@@ -104,8 +104,13 @@ class NoiseContext:
     def layout(self, entity: str, leading_rows: int, rows_per_leading: int, module_name: str) -> RowLayout:
         """Layout for an input whose first dim holds ``leading_rows`` rows of type ``entity``."""
         key = (entity, rows_per_leading)
-        if key in self._layouts:
-            return self._layouts[key]
+        if key not in self._layouts:
+            index = self.row_graph(entity, leading_rows, rows_per_leading, module_name)
+            self._layouts[key] = row_layout(index, self.num_graphs)
+        return self._layouts[key]
+
+    def row_graph(self, entity: str, leading_rows: int, rows_per_leading: int, module_name: str) -> torch.Tensor:
+        """The structure of every flattened row, [leading_rows * rows_per_leading]."""
         if entity not in self.graph_index:
             raise RuntimeError(f"{module_name}: the backbone gives no structure index for entity {entity!r}")
         index = self.graph_index[entity]
@@ -114,10 +119,7 @@ class NoiseContext:
                 f"{module_name}: input has {leading_rows} rows but the batch has {index.shape[0]} "
                 f"{entity} rows; the module's entity mapping in the backbone is wrong"
             )
-        if rows_per_leading > 1:
-            index = index.repeat_interleave(rows_per_leading)
-        self._layouts[key] = row_layout(index, self.num_graphs)
-        return self._layouts[key]
+        return index.repeat_interleave(rows_per_leading) if rows_per_leading > 1 else index
 
     def standard_normal(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """N(0, 1) noise of ``shape`` = (num_graphs, ...), one slice per (tiled) structure."""
@@ -127,6 +129,33 @@ class NoiseContext:
         if self.generator is None:
             return torch.randn(shape, dtype=like.dtype, device=like.device)
         noise = torch.randn(shape, generator=self.generator, dtype=like.dtype, device=self.generator.device)
+        return noise.to(like.device)
+
+    def row_normal(self, row_graph: torch.Tensor, width: int, like: torch.Tensor) -> torch.Tensor:
+        """N(0, 1) noise [n_rows, width], independent for every row (the local reparameterisation).
+
+        With ``noise_keys`` each structure's rows draw from its own stream, so a row's noise depends
+        on (seed, structure key, layer draw, row position within the structure), not on the batch.
+        """
+        self._draws += 1
+        n_rows = row_graph.shape[0]
+        if self.noise_keys is None:
+            if self.generator is None:
+                return torch.randn((n_rows, width), dtype=like.dtype, device=like.device)
+            noise = torch.randn((n_rows, width), generator=self.generator, dtype=like.dtype, device=self.generator.device)
+            return noise.to(like.device)
+        keys = self.noise_keys.tolist()
+        copies = self.num_graphs // len(keys)
+        counts = torch.bincount(row_graph, minlength=self.num_graphs).tolist()
+        per_structure = [
+            torch.randn((copies, counts[g], width), dtype=like.dtype,
+                        generator=torch.Generator().manual_seed(_stream_seed(self.noise_seed, key, self._draws)))
+            for g, key in enumerate(keys)
+        ]
+        # rows sorted by structure; tiled structure j is copy j // G0 of structure j % G0
+        in_graph_order = torch.cat([per_structure[j % len(keys)][j // len(keys)] for j in range(self.num_graphs)])
+        noise = torch.empty_like(in_graph_order)
+        noise[torch.argsort(row_graph.cpu(), stable=True)] = in_graph_order
         return noise.to(like.device)
 
     def _keyed_normal(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:

@@ -96,3 +96,26 @@ def cost_bars(cost: dict[str, dict[str, float]], path: Path) -> Path:
         ax.set_title(label.split(" (")[0].capitalize())
         ax.tick_params(axis="x", rotation=30)
     return _save(fig, path)
+
+
+def ablation_rho_vs_mae(results: dict[str, Any], path: Path) -> Path:
+    """Validation ρ(std, |error|) vs validation MAE, one point per BaLoRA variant, the winner marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, entry in results["variants"].items():
+        s = entry["scores"]
+        rho = s["spearman"]
+        is_winner = name == results["winner"]
+        ax.errorbar(s["mae_ev"], rho["value"], yerr=[[rho["value"] - rho["ci_low"]], [rho["ci_high"] - rho["value"]]],
+                    fmt="*" if is_winner else "o", markersize=14 if is_winner else 5, capsize=2,
+                    color="tab:red" if is_winner else "tab:blue", alpha=1.0 if is_winner else 0.7)
+        ax.annotate(name, (s["mae_ev"], rho["value"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axvline(results["mae_limit_ev"], color="grey", linestyle="--", label="MAE limit (LoRA + margin)")
+    ensemble = results["references"].get("lora-ensemble")
+    if ensemble:
+        ax.axhline(ensemble["spearman"]["value"], color="tab:orange", label="LoRA ensemble val ρ")
+    ax.plot([], [], "*", color="tab:red", markersize=12, label=f"winner: {results['winner']}")
+    ax.set_xlabel("validation MAE (eV)")
+    ax.set_ylabel("validation Spearman ρ(epistemic std, |error|)")
+    ax.set_title("BaLoRA design study (error bars: bootstrap 95% CI)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -62,7 +63,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _optional(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    """A number, or "–" when it is missing or not finite."""
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def calibration_table(metrics: dict[str, Any]) -> str:

@@ -155,7 +155,8 @@ def test_loading_onto_wrong_backbone_raises(tmp_path, backbone_batches):
         load_adapters(other_version, tmp_path / "adapter")
 
 
-@pytest.mark.parametrize("overrides", [{"noise_on": "AB"}, {"alpha_granularity": "rank"}, {"alpha_net_input": "constant"}])
+@pytest.mark.parametrize("overrides", [{"noise_on": "AB"}, {"alpha_granularity": "rank"}, {"alpha_net_input": "constant"},
+                                       {"noise_sampling": "row"}, {"noise_sampling": "row", "alpha_granularity": "rank"}])
 def test_alternative_choices_run_and_have_kl(backbone_batches, overrides):
     model, batch = adapted(backbone_batches, "cgcnn", "balora", **overrides)
     randomise_b(model)
@@ -165,3 +166,35 @@ def test_alternative_choices_run_and_have_kl(backbone_batches, overrides):
     assert out.shape == (3,) and kl.shape == (3,) and torch.isfinite(kl).all()
     with torch.no_grad(), set_adapter_mode(model, "sample", samples=8):
         assert (model(batch).std(0) > 0).all()
+
+
+def test_per_row_noise_is_independent_per_row_and_keyed_per_structure(backbone_batches, small_qmof):
+    """The local reparameterisation draws noise per row, so a 2x1x1 supercell averages it out
+    (its std shrinks); with noise keys a structure's draws do not depend on its batch."""
+    factory, samples = backbone_batches["cgcnn"]
+    model = inject_adapters(factory(), AdapterConfig(kind="balora", rank=4, alpha=8, target_modules=TARGETS["cgcnn"],
+                                                     noise_sampling="row", seed=2))
+    randomise_b(model, std=0.3)
+    featuriser = model.make_featuriser()
+    structure = read_structure(small_qmof[1][0])
+    supercell = structure.copy()
+    supercell.make_supercell([2, 1, 1])
+    with torch.no_grad():
+        with set_adapter_mode(model, "sample", samples=400, seed=11):
+            cell = model(model.collate([featuriser.featurise(structure, "cell")]))[:, 0]
+        with set_adapter_mode(model, "sample", samples=400, seed=11):
+            big = model(model.collate([featuriser.featurise(supercell, "super")]))[:, 0]
+    assert cell.std() > 1e-3 and float(big.std() / cell.std()) < 0.9
+
+    def keyed(batch_samples, keys):
+        batch = model.collate(batch_samples)
+        batch.noise_keys = torch.tensor(keys)
+        with torch.no_grad(), set_adapter_mode(model, "sample", samples=8, seed=5):
+            return model(batch)
+
+    together = keyed(samples, [10, 11, 12])
+    alone = keyed(samples[1:2], [11])
+    reordered = keyed([samples[2], samples[1]], [12, 11])
+    torch.testing.assert_close(alone[:, 0], together[:, 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reordered[:, 1], together[:, 1], atol=1e-5, rtol=1e-5)
+    assert together.std(0).min() > 0

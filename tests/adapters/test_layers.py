@@ -54,19 +54,21 @@ def test_closed_form_kl_matches_torch():
                                    torch.distributions.kl_divergence(q, prior), atol=1e-5, rtol=1e-5)
 
 
-def balora_layer(noise_on="A", per_rank=False):
+def balora_layer(noise_on="A", per_rank=False, per_row=False):
     torch.manual_seed(0)
     base = nn.Linear(6, 3)
     layer = BaLoRALinear(base, rank=4, scaling=0.5, generator=torch.Generator().manual_seed(0), entity="crystal",
-                         slot=0, noise_on=noise_on, per_rank=per_rank, context=NoiseContext(), module_name="test")
+                         slot=0, noise_on=noise_on, per_rank=per_rank, context=NoiseContext(), module_name="test",
+                         per_row=per_row)
     with torch.no_grad():
         layer.lora_B.copy_(torch.randn(3, 4))
     return layer
 
 
-@pytest.mark.parametrize("per_rank", [False, True])
-def test_monte_carlo_moments_match_analytic(per_rank):
-    layer = balora_layer(per_rank=per_rank)
+@pytest.mark.parametrize("per_rank,per_row", [(False, False), (True, False), (False, True), (True, True)])
+def test_monte_carlo_moments_match_analytic(per_rank, per_row):
+    """Per-structure and per-row (local reparameterisation) sampling have the same marginal moments."""
+    layer = balora_layer(per_rank=per_rank, per_row=per_row)
     x = torch.randn(6)
     n = 10_000
     noise_alpha = torch.tensor([0.3, 0.1, 0.5, 0.2]) if per_rank else torch.tensor(0.3)

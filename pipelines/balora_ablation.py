@@ -1,0 +1,248 @@
+"""The BaLoRA design study: staged, pre-declared variants scored on the validation split only.
+
+Every variant is BaLoRA trained with the benchmark profile's data, split, head and settings, with
+some adapter fields changed (pipelines/configs/ablation_<profile>.yaml declares the stages, the
+variants and the selection rule before the run). Each is scored on validation at S samples:
+ρ(epistemic std, |error|), MAE, coverage, calibrated NLL and collapse diagnostics (α(x)/c per
+layer, std quantiles, size and gap confounds). The winner is chosen by the declared rule; the
+test split is never touched.
+
+    python pipelines/balora_ablation.py --profile cpu|smoke [--data PATH] [--results DIR] [--no-publish]
+
+Runs live in results/runs/<benchmark profile>/ (shared with the study, which reuses the winner's
+run) and per-variant scores in results/runs/<benchmark profile>/ablation_scores/, so a rerun
+resumes. The report goes to results/<timestamp>-ablation-<profile>/; the cpu profile's is also
+published as docs/results/ablation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "pipelines"))
+
+from bandgap_benchmark import (  # noqa: E402
+    CONFIG_DIR, base_config, epochs_run, git_commit, load_profile, run_method, study_data,
+)
+from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_state  # noqa: E402
+from mofbalora.analysis import ablation, figures  # noqa: E402
+from mofbalora.data.io import write_text_atomic  # noqa: E402
+from mofbalora.model_folder import package_versions  # noqa: E402
+from mofbalora.predict import BandgapModel, load_model  # noqa: E402
+from mofbalora.uncertainty import metrics as um  # noqa: E402
+
+logger = logging.getLogger("balora_ablation")
+PUBLISHED = ("ablation.md", "ablation_rho_vs_mae.png", "ablation_metrics.json")
+
+
+def load_design(name: str) -> dict[str, Any]:
+    path = CONFIG_DIR / f"ablation_{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"unknown ablation profile {name!r}: no {path}")
+    design = yaml.safe_load(path.read_text())
+    for stage in design["stages"]:
+        if stage["mode"] not in ("sequential", "parallel"):
+            raise SystemExit(f"{path}: stage {stage['name']!r} has mode {stage['mode']!r}; use sequential or parallel")
+    return design
+
+
+class Study:
+    """Trains (or reuses) and scores variants; remembers every score for the report."""
+
+    def __init__(self, design: dict[str, Any], profile: dict[str, Any], *, data: str | None, run_dir: Path,
+                 split: Any, parts: dict[str, Any]) -> None:
+        self.design, self.profile, self.data, self.run_dir = design, profile, data, run_dir
+        self.split, self.parts = split, parts
+        self.val_ids, self.val_samples, self.val_truth = parts["val"]
+        self.n_atoms = np.array([len(sample.atomic_number) for sample in self.val_samples])
+        self.variants: dict[str, dict[str, Any]] = {}
+        self.rng = np.random.default_rng(design["sampling_seed"])
+
+    def draws(self, model: BandgapModel) -> np.ndarray:
+        return model.predict_draws(self.val_samples, n_samples=self.design["samples"], seed=self.design["sampling_seed"])
+
+    def scores_of(self, model: BandgapModel, draws: np.ndarray) -> dict[str, Any]:
+        mean, std = draws.mean(0), draws.std(0, ddof=1)
+        total = model.total_std(std)
+        return ablation.validation_scores(
+            draws, self.val_truth, self.n_atoms, total_std=total,
+            calibrated_interval=model.calibrator.interval(mean, total, confidence=0.95),
+            calibrated_std=model.calibrator.calibrated_std(total, len(mean)),
+            rng=self.rng, n_boot=self.design["bootstrap"])
+
+    def alpha_over_c(self, model: BandgapModel) -> dict[str, dict[str, float]]:
+        member = model.members[0]
+        state = adapter_state(member)
+        z = torch.as_tensor(model.frozen_embeddings(self.val_samples), dtype=torch.float32)
+        with torch.no_grad():
+            alpha = getattr(member, ALPHA_NET_NAME)(z).numpy()
+        return ablation.alpha_quantiles(alpha / state.config.prior_c, state.target_names)
+
+    def evaluate(self, factors: dict[str, dict[str, Any]], stage: str) -> str:
+        """Train (or reuse) and score the variant made of ``factors`` (factor -> level); returns its name."""
+        name = "+".join(level["name"] for level in factors.values())
+        if name in self.variants:
+            return name
+        adapter: dict[str, Any] = {}
+        for level in factors.values():
+            adapter.update(level["adapter"])
+        config = base_config(self.profile, "balora", adapter=adapter, head=self.design["head"])
+        folder = run_method(f"balora-{name}-head-{self.design['head']}", config, data=self.data,
+                            run_dir=self.run_dir, split=self.split)
+        cache = self.run_dir / "ablation_scores" / f"{folder.name}.json"
+        key = {"samples": self.design["samples"], "sampling_seed": self.design["sampling_seed"],
+               "bootstrap": self.design["bootstrap"], "split_sha256": self.split.fingerprint()}
+        cached = json.loads(cache.read_text()) if cache.exists() else None
+        if cached is None or cached["key"] != key:
+            model = load_model(folder)
+            logger.info("scoring %s on validation", name)
+            cached = {"key": key, "scores": self.scores_of(model, self.draws(model)),
+                      "alpha_over_c": self.alpha_over_c(model), "noise_std_ev": model.noise_std_ev}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cache, json.dumps(cached, indent=1))
+        timing = json.loads((folder / "timing.json").read_text())
+        self.variants[name] = {"stage": stage, "factors": {f: lv["name"] for f, lv in factors.items()},
+                               "adapter": adapter, "folder": str(folder.relative_to(self.run_dir)),
+                               "epochs": epochs_run(folder)[0], "train_wall_s": timing["train_wall_s"],
+                               **{k: cached[k] for k in ("scores", "alpha_over_c", "noise_std_ev")}}
+        return name
+
+
+def reference(study: Study, method: str) -> dict[str, Any]:
+    """LoRA (or the LoRA ensemble) on the same split, head and settings: val MAE (and ρ)."""
+    head = study.design["head"]
+    folder = run_method(f"{method}-head-{head}", base_config(study.profile, method, head=head), data=study.data,
+                        run_dir=study.run_dir, split=study.split)
+    draws = load_model(folder).predict_draws(study.val_samples)
+    mean = draws.mean(0)
+    out: dict[str, Any] = {"label": f"`{folder.name}`", "folder": str(folder.relative_to(study.run_dir)),
+                           "mae_ev": um.mae(mean, study.val_truth)}
+    if draws.shape[0] > 1:
+        out["spearman"] = dict(zip(("value", "ci_low", "ci_high"), um.bootstrap_ci(
+            um.spearman_std_error, mean, draws.std(0, ddof=1), study.val_truth, rng=study.rng,
+            n_boot=study.design["bootstrap"])))
+    return out
+
+
+def run_stages(study: Study, lora_mae_ev: float) -> tuple[str, list[dict[str, Any]]]:
+    """The declared stages in order; returns the final winner and every comparison made."""
+    design = study.design
+    rule = design["selection"]
+    baseline = design["baseline"]
+    incumbent: dict[str, dict[str, Any]] = {baseline["factor"]: {"name": baseline["name"], "adapter": baseline["adapter"]}}
+    incumbent_name = study.evaluate(incumbent, "baseline")
+    steps = []
+    factor_sets = {incumbent_name: incumbent}
+
+    def compare(stage: str, names: list[str], factor: str | None = None) -> str:
+        choice = ablation.select({n: study.variants[n]["scores"] for n in names}, lora_mae_ev=lora_mae_ev,
+                                 mae_margin_ev=rule["mae_margin_ev"], tie_rho=rule["tie_rho"])
+        steps.append({"stage": stage, "factor": factor, "candidates": names, **choice})
+        for name in names:
+            study.variants[name]["eligible"] = name in choice["eligible"]
+        return choice["winner"]
+
+    for stage in design["stages"]:
+        def variant(levels: dict[str, dict[str, Any]]) -> str:
+            factors = {**factor_sets[incumbent_name], **levels}
+            name = study.evaluate(factors, stage["name"])
+            factor_sets[name] = factors
+            return name
+
+        if stage["mode"] == "sequential":
+            names = [incumbent_name] + [variant({factor: level}) for factor, levels in stage["factors"].items()
+                                        for level in levels]
+            incumbent_name = compare(stage["name"], names)
+            continue
+        winners: dict[str, str] = {}  # factor -> its winning variant, when that is not the incumbent
+        for factor, levels in stage["factors"].items():
+            names = [incumbent_name] + [variant({factor: level}) for level in levels]
+            best = compare(stage["name"], names, factor)
+            if best != incumbent_name:
+                winners[factor] = best
+        finalists = [incumbent_name, *winners.values()]
+        if len(winners) >= 2:
+            levels = {factor: factor_sets[name][factor] for factor, name in winners.items()}
+            ablation.merge_overrides(*(level["adapter"] for level in levels.values()))  # refuses a clash
+            finalists.append(variant(levels))
+        incumbent_name = compare(stage["name"], finalists, "combined") if len(finalists) > 1 else incumbent_name
+    for name in study.variants:
+        study.variants[name].setdefault("eligible", study.variants[name]["scores"]["mae_ev"]
+                                        <= lora_mae_ev + rule["mae_margin_ev"])
+    return incumbent_name, steps
+
+
+def publish(report_dir: Path) -> None:
+    target = ROOT / "docs" / "results"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PUBLISHED:
+        shutil.copy(report_dir / name, target / name)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", help="cpu (default) or smoke")
+    parser.add_argument("--data", default=None, help="dataset folder or archive (default as in the benchmark)")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="where runs and reports go")
+    parser.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
+                        help="copy the report to docs/results (default: cpu profile only)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    started = time.perf_counter()
+    code_commit = git_commit()
+    design = load_design(args.profile)
+    profile = load_profile(design["benchmark_profile"])
+    results = Path(args.results)
+    run_dir = results / "runs" / design["benchmark_profile"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report_dir = results / f"{stamp}-ablation-{args.profile}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    head = design["head"]
+    # The design is on disk before any variant trains.
+    write_text_atomic(report_dir / "design.md", ablation.design_markdown(design, f"`lora-head-{head}`") + "\n")
+    write_text_atomic(report_dir / "config.yaml", yaml.safe_dump({"design": design, "benchmark_profile": profile}))
+
+    dataset, split, parts = study_data(profile, args.data, run_dir)
+    study = Study(design, profile, data=args.data, run_dir=run_dir, split=split, parts=parts)
+    references = {"lora": reference(study, "lora")}
+    winner, steps = run_stages(study, references["lora"]["mae_ev"])
+    references["lora-ensemble"] = reference(study, "lora-ensemble")
+    results_dict: dict[str, Any] = {
+        "design": design, "references": references, "variants": study.variants, "steps": steps, "winner": winner,
+        "winner_adapter": study.variants[winner]["adapter"],
+        "mae_limit_ev": references["lora"]["mae_ev"] + design["selection"]["mae_margin_ev"],
+        "setup": {"profile": args.profile, "backbone": profile["backbone"], "n_train": len(parts["train"][2]),
+                  "n_val": len(study.val_truth), "split_sha256": split.fingerprint(), "git_commit": code_commit,
+                  "finished": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+                  "wall_s": time.perf_counter() - started, "versions": package_versions(),
+                  "labels_sha256": dataset.labels_sha256, "data_source": str(dataset.source)},
+    }
+    write_text_atomic(report_dir / "ablation_metrics.json", json.dumps(results_dict, indent=1, default=float))
+    figures.ablation_rho_vs_mae(results_dict, report_dir / "ablation_rho_vs_mae.png")
+    write_text_atomic(report_dir / "ablation.md", ablation.render(results_dict))
+    if args.publish or (args.publish is None and args.profile == "cpu"):
+        publish(report_dir)
+    logger.info("winner %s; report %s (%.0f s)", winner, report_dir / "ablation.md", results_dict["setup"]["wall_s"])
+    print(report_dir)
+    return report_dir
+
+
+if __name__ == "__main__":
+    main()
