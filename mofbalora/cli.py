@@ -112,6 +112,9 @@ ACCELERATOR = typer.Option("cpu", help="Lightning accelerator: cpu, gpu, auto.")
 DEVICES = typer.Option("1", help="Devices per node (a number or 'auto').")
 NUM_NODES = typer.Option(1, help="Nodes (multi-node DDP; see docs/scaling.md).")
 STRATEGY = typer.Option("auto", help="Lightning strategy, e.g. ddp.")
+CHUNK_SIZE = typer.Option(256, "--chunk-size", help="Inputs per saved chunk (in OUT.parts/ until all are done).")
+RESUME = typer.Option(True, "--resume/--no-resume",
+                      help="Skip inputs an interrupted run with the same settings already saved in OUT.parts/.")
 
 
 @app.command()
@@ -168,9 +171,10 @@ def fit(
         typer.echo(f"stopped after {max_steps} steps; rerun without --max-steps to resume", err=True)
 
 
-def _predict_table(model_dir: Path, inputs: List[str], samples: int, seed: int, trainer_kwargs: dict,
-                   window_ev: tuple[float, float] | None = None):
+def _predict_table(model_dir: Path, inputs: List[str], samples: int, seed: int, trainer_kwargs: dict, out: Path,
+                   chunk_size: int, resume: bool, window_ev: tuple[float, float] | None = None):
     from mofbalora.predict import load_model
+    from mofbalora.streaming import stream_predictions
 
     try:
         model = load_model(model_dir)
@@ -180,8 +184,9 @@ def _predict_table(model_dir: Path, inputs: List[str], samples: int, seed: int, 
     if model.calibrator is None:
         typer.echo("warning: this model folder is not calibrated; intervals are raw Gaussian ones", err=True)
     try:
-        table = model.predict(inputs, samples=samples, seed=seed, progress=True, trainer_kwargs=trainer_kwargs,
-                              window_ev=window_ev)
+        table = stream_predictions(model, inputs, out, samples=samples, seed=seed, window_ev=window_ev,
+                                   chunk_size=chunk_size, resume=resume, write=_is_global_zero(),
+                                   trainer_kwargs=trainer_kwargs)
     except ValueError as exc:
         typer.echo(f"cannot predict: {exc}", err=True)
         raise typer.Exit(2)
@@ -201,6 +206,8 @@ def predict(
     samples: int = typer.Option(32, help="Weight samples S (BaLoRA)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV, or parquet by extension."),
+    chunk_size: int = CHUNK_SIZE,
+    resume: bool = RESUME,
     accelerator: str = ACCELERATOR,
     devices: str = DEVICES,
     num_nodes: int = NUM_NODES,
@@ -208,17 +215,17 @@ def predict(
 ) -> None:
     """Predict PBE band gaps (eV) with calibrated uncertainty; one row per input, invalid ones marked skipped.
 
+    Results are saved chunk by chunk; rerunning an interrupted command resumes where it stopped.
+
     Columns: id, bandgap_mean_ev, bandgap_std_ev (total: epistemic + data noise, calibrated),
     bandgap_std_epistemic_ev, lower_95_ev, upper_95_ev (conformal 95% interval),
     out_of_distribution, ood_reason, status, reason. Deterministic methods (head, full, lora)
     report both stds as NaN but still get conformal intervals. PBE gaps underestimate
     experimental ones.
     """
-    from mofbalora.data.io import write_table_atomic
-
-    _, table = _predict_table(model, inputs, samples, seed, _trainer_kwargs(accelerator, devices, num_nodes, strategy))
+    _, table = _predict_table(model, inputs, samples, seed, _trainer_kwargs(accelerator, devices, num_nodes, strategy),
+                              out, chunk_size, resume)
     if _is_global_zero():
-        write_table_atomic(table, out)
         n_ok = int((table["status"] == "ok").sum())
         typer.echo(f"{n_ok} predicted, {len(table) - n_ok} skipped -> {out}", err=True)
     if not (table["status"] == "ok").any():
@@ -244,12 +251,16 @@ def screen(
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(Path("screen.csv"), "--out", help="Ranked table (CSV or parquet)."),
     top: int = typer.Option(10, help="Rows shown in the summary."),
+    chunk_size: int = CHUNK_SIZE,
+    resume: bool = RESUME,
     accelerator: str = ACCELERATOR,
     devices: str = DEVICES,
     num_nodes: int = NUM_NODES,
     strategy: str = STRATEGY,
 ) -> None:
     """Rank structures by the calibrated probability that their PBE band gap lies in the window.
+
+    Results are saved chunk by chunk; rerunning an interrupted screen resumes where it stopped.
 
     p_in_window comes from the conformal predictive distribution fitted on the model's held-out
     calibration split. out_of_distribution flags a structure whose epistemic std or embedding
@@ -260,8 +271,8 @@ def screen(
     from mofbalora.uncertainty.screening import rank_by_window, screening_summary
 
     low, high = _parse_window(gap)
-    _, table = _predict_table(model, inputs, samples, seed,
-                              _trainer_kwargs(accelerator, devices, num_nodes, strategy), window_ev=(low, high))
+    _, table = _predict_table(model, inputs, samples, seed, _trainer_kwargs(accelerator, devices, num_nodes, strategy),
+                              out, chunk_size, resume, window_ev=(low, high))
     if not _is_global_zero():
         return
     ranked = rank_by_window(table, low, high)

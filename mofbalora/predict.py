@@ -229,10 +229,17 @@ class BandgapModel:
             ``window_ev``); ``bandgap_std_ev`` and the interval are calibrated, the epistemic std
             is the raw sample/ensemble spread. Invalid inputs get ``status="skipped"`` and the reason.
         """
-        if isinstance(inputs, (str, os.PathLike, Structure)):
-            inputs = [inputs]
-        ids, feats, reasons = self._featurise_inputs(list(inputs), cache_dir=cache_dir, workers=workers,
-                                                     progress=progress)
+        slots, ids = resolve_inputs(inputs)
+        return self.predict_resolved(slots, ids, samples=samples, seed=seed, cache_dir=cache_dir, progress=progress,
+                                     trainer_kwargs=trainer_kwargs, workers=workers, window_ev=window_ev)
+
+    def predict_resolved(self, slots: Sequence[Path | Structure], ids: Sequence[str], *, samples: int = 32,
+                         seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,
+                         trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
+                         window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
+        """:meth:`predict` for inputs already expanded by :func:`resolve_inputs` (``ids`` given)."""
+        feats, reasons = self._featurise_inputs(slots, ids, cache_dir=cache_dir, workers=workers, progress=progress)
+        ids = list(ids)
         valid = [i for i, f in enumerate(feats) if f is not None]
         predictive = self.predictive([feats[i] for i in valid], n_samples=samples, seed=seed, progress=progress,
                                      trainer_kwargs=trainer_kwargs)
@@ -257,34 +264,43 @@ class BandgapModel:
             columns.insert(columns.index("out_of_distribution"), "p_in_window")
         return table[columns]
 
-    def _featurise_inputs(self, inputs: list[Any], *, cache_dir: str | os.PathLike | None, workers: int,
-                          progress: bool) -> tuple[list[str], list[Any], list[str]]:
-        """(ids, sample or None, skip reason) per input, in input order; paths and Structures may mix."""
+    def _featurise_inputs(self, slots: Sequence[Path | Structure], ids: Sequence[str], *,
+                          cache_dir: str | os.PathLike | None, workers: int,
+                          progress: bool) -> tuple[list[Any], list[str]]:
+        """(sample or None, skip reason) per input, in input order; paths and Structures may mix."""
         featuriser = self.backbone.make_featuriser()
-        slots: list[Any] = []  # a Path, or a Structure
-        for item in inputs:
-            slots.extend([item] if isinstance(item, Structure) else expand_inputs([item]))
         paths = [slot for slot in slots if not isinstance(slot, Structure)]
-        path_ids = iter(unique_structure_ids(paths))
         result = featurise_paths(paths, featuriser, cache_dir=cache_dir or default_cache_dir(), workers=workers,
                                  progress=progress) if paths else None
         by_path = dict(zip(result.paths, result.samples)) if result else {}
         skipped = dict(zip(result.skipped["path"], result.skipped["reason"])) if result else {}
-        ids, feats, reasons = [], [], []
-        for number, slot in enumerate(slots):
+        feats, reasons = [], []
+        for slot, structure_id in zip(slots, ids):
             if isinstance(slot, Structure):
-                ids.append(f"structure_{number}")
                 try:
-                    feats.append(featuriser.featurise(slot, ids[-1]))
+                    feats.append(featuriser.featurise(slot, structure_id))
                     reasons.append("")
                 except Exception as exc:  # one bad structure never loses the others
                     feats.append(None)
                     reasons.append(f"featurisation failed: {type(exc).__name__}: {exc}"[:300])
                 continue
-            ids.append(next(path_ids))
             feats.append(by_path.get(str(slot)))
             reasons.append(skipped.get(str(slot), ""))
-        return ids, feats, reasons
+        return feats, reasons
+
+
+def resolve_inputs(inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike | Structure
+                   ) -> tuple[list[Path | Structure], list[str]]:
+    """Expand files, folders and globs in input order and give every input its id: the file stem
+    (made unique by parent folders), or ``structure_<position>`` for a pymatgen Structure."""
+    if isinstance(inputs, (str, os.PathLike, Structure)):
+        inputs = [inputs]
+    slots: list[Path | Structure] = []
+    for item in inputs:
+        slots.extend([item] if isinstance(item, Structure) else expand_inputs([item]))
+    path_ids = iter(unique_structure_ids([slot for slot in slots if not isinstance(slot, Structure)]))
+    ids = [f"structure_{number}" if isinstance(slot, Structure) else next(path_ids) for number, slot in enumerate(slots)]
+    return slots, ids
 
 
 def load_model(path: str | os.PathLike) -> BandgapModel:

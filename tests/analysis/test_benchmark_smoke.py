@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import run_smoke_target
+
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ["rho_vs_S.png", "parity_balora.png", "parity_lora-ensemble.png", "calibration.png", "error_retention.png",
            "cost.png"]
@@ -26,13 +28,7 @@ def _finite(value, path="metrics"):
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory, qmof_dataset):
-    results = tmp_path_factory.mktemp("results")
-    command = ["make", "-s", "bandgap-benchmark", "PROFILE=smoke", f"BENCHMARK_ARGS=--results {results} --no-publish"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    reports = sorted(results.glob("*-smoke"))
-    assert len(reports) == 1
-    return reports[0], results, command
+    return run_smoke_target("bandgap-benchmark", "BENCHMARK_ARGS", tmp_path_factory.mktemp("results"), "*-smoke")
 
 
 def test_every_artefact_exists(report_dir):

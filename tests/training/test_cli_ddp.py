@@ -176,3 +176,49 @@ def test_a_too_small_calibration_split_is_reported_not_hidden(tmp_path, tiny_dat
     one = str(next(tiny_dataset.glob("*.cif")))
     predicted = CliRunner().invoke(app, ["predict", "--model", str(out), "--out", str(tmp_path / "p.csv"), one])
     assert predicted.exit_code == 0 and "not calibrated" in predicted.output
+
+
+def test_killed_screen_resumes_to_the_same_table(tmp_path, cli_model, tiny_dataset):
+    """A screen killed midway (SIGKILL, after some chunks were saved) and rerun gives the same
+    final table as an uninterrupted one, and the rerun does not redo saved chunks."""
+    import signal
+    import time
+
+    args = ["screen", "--model", str(cli_model), "--gap", "1.0:3.0", "--samples", "8", "--chunk-size", "8",
+            str(tiny_dataset)]
+    whole = tmp_path / "whole.csv"
+    done = subprocess.run(CLI + args + ["--out", str(whole)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = tmp_path / "killed.csv"
+    parts = tmp_path / "killed.csv.parts"
+    process = subprocess.Popen(CLI + args + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(parts.glob("chunk-*.csv"))) < 3 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = sorted(parts.glob("chunk-*.csv"))
+    assert len(saved) >= 3 and not killed.exists()  # interrupted midway, with chunks on disk
+    stamps = {p: p.stat().st_mtime_ns for p in saved}
+    changed = []
+    rerun = subprocess.Popen(CLI + args + ["--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while rerun.poll() is None:
+        changed += [p for p, t in stamps.items() if p.exists() and p.stat().st_mtime_ns != t]
+        time.sleep(0.2)
+    assert rerun.returncode == 0, rerun.stderr.read()[-2000:]
+    assert not changed and not parts.exists()
+    pd.testing.assert_frame_equal(pd.read_csv(killed), pd.read_csv(whole))
+    assert len(pd.read_csv(whole)) == 100
+
+
+def test_resume_refuses_other_settings(tmp_path, cli_model, tiny_dataset):
+    out = tmp_path / "s.csv"
+    parts = tmp_path / "s.csv.parts"
+    parts.mkdir()
+    (parts / "settings.json").write_text('{"samples": 4}')
+    result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", "8", "--out", str(out),
+                                      str(tiny_dataset / "missing.cif")])
+    assert result.exit_code == 2 and "unfinished run with other" in result.output
+    result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", "8", "--out", str(out),
+                                      "--no-resume", str(tiny_dataset / "missing.cif")])
+    assert result.exit_code == 1 and not parts.exists() and len(pd.read_csv(out)) == 1

@@ -1,0 +1,110 @@
+"""Predict for many inputs chunk by chunk, each chunk saved as it finishes, resuming after an interruption.
+
+While a run is under way its chunks live in ``<out>.parts/`` (one CSV per chunk, each written
+atomically, plus ``settings.json``). A rerun with the same inputs, model and sampling settings
+skips every id already saved, so a killed screen of thousands of CIFs loses at most one chunk.
+When all inputs are done the table is written to ``<out>`` atomically and the folder removed.
+A structure's numbers depend only on the structure, the model and the seed (docs/method.md §6),
+so the chunking never changes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+
+from mofbalora.data.io import write_table_atomic, write_text_atomic
+from mofbalora.predict import BandgapModel, resolve_inputs
+
+#: inputs per chunk by default: a few minutes of work on 2 cores at S = 32
+DEFAULT_CHUNK_SIZE = 256
+_TEXT_COLUMNS = ("id", "ood_reason", "status", "reason")
+
+
+def parts_folder(out: str | os.PathLike) -> Path:
+    return Path(str(out) + ".parts")
+
+
+def _settings(model: BandgapModel, ids: list[str], **sampling: Any) -> dict[str, Any]:
+    model_json = (model.folder / "model.json").read_bytes()
+    return {"model": str(model.folder.resolve()), "model_json_sha256": hashlib.sha256(model_json).hexdigest(),
+            "n_inputs": len(ids), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(), **sampling}
+
+
+def _read_chunks(folder: Path) -> pd.DataFrame | None:
+    files = sorted(folder.glob("chunk-*.csv"))
+    if not files:
+        return None
+    table = pd.concat([pd.read_csv(f, dtype={"id": str}) for f in files], ignore_index=True)
+    for column in _TEXT_COLUMNS:
+        if column in table:
+            table[column] = table[column].fillna("").astype(str)
+    return table
+
+
+def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike,
+                       out: str | os.PathLike, *, samples: int = 32, seed: int = 0,
+                       window_ev: tuple[float, float] | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                       resume: bool = True, write: bool = True, progress: bool = True,
+                       cache_dir: str | os.PathLike | None = None, workers: int = 0,
+                       trainer_kwargs: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Predict every input, saving each chunk of ``chunk_size`` as it finishes; returns the whole
+    table in input order, also written to ``out`` (CSV or parquet) when ``write``.
+
+    Args:
+        resume: skip ids saved by an earlier, interrupted run with the same settings; False starts over.
+        write: False on non-zero DDP ranks: they compute but never touch the files.
+
+    Raises:
+        ValueError: when ``<out>.parts/`` holds an unfinished run with other inputs, model or
+            settings (resuming it would mix two runs), or ``chunk_size`` < 1.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    slots, ids = resolve_inputs(inputs)
+    folder = parts_folder(out)
+    settings = _settings(model, ids, samples=samples, seed=seed, window_ev=list(window_ev) if window_ev else None)
+    done = None
+    if folder.exists() and resume:
+        saved_path = folder / "settings.json"
+        saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
+        if saved != settings:
+            differ = sorted(k for k in settings if saved.get(k) != settings[k])
+            raise ValueError(f"{folder}: an unfinished run with other {', '.join(differ)}; rerun it with the same "
+                             f"inputs and settings to resume, or pass --no-resume to start over")
+        done = _read_chunks(folder)
+    elif folder.exists() and write:
+        shutil.rmtree(folder)
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / "settings.json", json.dumps(settings, indent=1))
+    finished = set(done["id"]) if done is not None else set()
+    todo = [number for number, structure_id in enumerate(ids) if structure_id not in finished]
+    next_chunk = len(list(folder.glob("chunk-*.csv"))) if folder.exists() else 0
+    tables = [done] if done is not None else []
+    with tqdm(total=len(ids), initial=len(ids) - len(todo), unit="MOF", desc="predicting", disable=not progress) as bar:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            table = model.predict_resolved([slots[i] for i in chunk], [ids[i] for i in chunk], samples=samples,
+                                           seed=seed, window_ev=window_ev, cache_dir=cache_dir, workers=workers,
+                                           trainer_kwargs=trainer_kwargs)
+            if write:
+                write_table_atomic(table, folder / f"chunk-{next_chunk:06d}.csv")
+            next_chunk += 1
+            tables.append(table)
+            bar.update(len(chunk))
+    if not tables:  # no inputs at all: an empty table with every column
+        tables = [model.predict_resolved([], [], samples=samples, seed=seed, window_ev=window_ev)]
+    table = pd.concat(tables, ignore_index=True).set_index("id").loc[ids].reset_index()
+    if write:
+        write_table_atomic(table, out)
+        shutil.rmtree(folder)
+    return table
