@@ -17,7 +17,6 @@ published as docs/results/ablation.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pipelines"))
 
 from bandgap_benchmark import (  # noqa: E402
-    CONFIG_DIR, base_config, epochs_run, git_commit, load_profile, run_method, study_data,
+    CONFIG_DIR, base_config, epochs_run, git_commit, load_profile, pipeline_parser, quiet_logging, run_method, study_data,
 )
 from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_state  # noqa: E402
 from mofbalora.analysis import ablation, figures  # noqa: E402
@@ -193,17 +192,29 @@ def publish(report_dir: Path) -> None:
         shutil.copy(report_dir / name, target / name)
 
 
+def render_outputs(report_dir: Path, results_dict: dict[str, Any]) -> None:
+    """ablation.md and the figure, from the results dict (which holds every number)."""
+    figures.ablation_rho_vs_mae(results_dict, report_dir / "ablation_rho_vs_mae.png")
+    write_text_atomic(report_dir / "ablation.md", ablation.render(results_dict))
+
+
+def rerender(report_dir: Path, *, publish_it: bool) -> Path:
+    """The report and figure again from ablation_metrics.json (no number recomputed), e.g. after a
+    change of wording; records the commit that rendered it."""
+    results_dict = json.loads((report_dir / "ablation_metrics.json").read_text())
+    results_dict["setup"]["rendered_by_git_commit"] = git_commit()
+    write_text_atomic(report_dir / "ablation_metrics.json", json.dumps(results_dict, indent=1, default=float))
+    render_outputs(report_dir, results_dict)
+    if publish_it:
+        publish(report_dir)
+    return report_dir
+
+
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="cpu", help="cpu (default) or smoke")
-    parser.add_argument("--data", default=None, help="dataset folder or archive (default as in the benchmark)")
-    parser.add_argument("--results", default=str(ROOT / "results"), help="where runs and reports go")
-    parser.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
-                        help="copy the report to docs/results (default: cpu profile only)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = pipeline_parser(__doc__, profiles="cpu (default) or smoke", publish_to="docs/results").parse_args(argv)
+    if args.rerender:
+        return rerender(Path(args.rerender), publish_it=bool(args.publish))
+    quiet_logging()
     started = time.perf_counter()
     code_commit = git_commit()
     design = load_design(args.profile)
@@ -235,8 +246,7 @@ def main(argv: list[str] | None = None) -> Path:
                   "labels_sha256": dataset.labels_sha256, "data_source": str(dataset.source)},
     }
     write_text_atomic(report_dir / "ablation_metrics.json", json.dumps(results_dict, indent=1, default=float))
-    figures.ablation_rho_vs_mae(results_dict, report_dir / "ablation_rho_vs_mae.png")
-    write_text_atomic(report_dir / "ablation.md", ablation.render(results_dict))
+    render_outputs(report_dir, results_dict)
     if args.publish or (args.publish is None and args.profile == "cpu"):
         publish(report_dir)
     logger.info("winner %s; report %s (%.0f s)", winner, report_dir / "ablation.md", results_dict["setup"]["wall_s"])

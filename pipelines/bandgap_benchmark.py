@@ -278,22 +278,32 @@ def rerender(report_dir: Path, *, publish_it: bool) -> Path:
     return report_dir
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="cpu", help="cpu (default), gpu or smoke")
+def pipeline_parser(doc: str, *, profiles: str, publish_to: str) -> argparse.ArgumentParser:
+    """The options every study pipeline shares: --profile, --data, --results, --publish, --rerender."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", help=profiles)
     parser.add_argument("--data", default=None, help="dataset folder or archive (default: $MOFBALORA_DATA, data/qmof, ../shared/data/qmof)")
     parser.add_argument("--results", default=str(ROOT / "results"), help="where runs and reports go")
-    parser.add_argument("--fresh", action="store_true", help="redo every method run and prediction")
     parser.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
-                        help="copy the report to docs/results and the README (default: cpu profile only)")
+                        help=f"copy the report to {publish_to} (default: cpu profile only)")
     parser.add_argument("--rerender", metavar="REPORT_DIR", default=None,
-                        help="only re-render REPORT_DIR/report.md from its metrics.json (and publish, as above)")
-    args = parser.parse_args(argv)
-    if args.rerender:
-        return rerender(Path(args.rerender), publish_it=bool(args.publish))
+                        help="only re-render REPORT_DIR's report from its metrics (no number recomputed; publish as above)")
+    return parser
+
+
+def quiet_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = pipeline_parser(__doc__, profiles="cpu (default), gpu or smoke", publish_to="docs/results and the README")
+    parser.add_argument("--fresh", action="store_true", help="redo every method run and prediction")
+    args = parser.parse_args(argv)
+    if args.rerender:
+        return rerender(Path(args.rerender), publish_it=bool(args.publish))
+    quiet_logging()
     profile = load_profile(args.profile)
     started = time.perf_counter()
     code_commit = git_commit()  # at the start: the code that runs, whatever changes meanwhile

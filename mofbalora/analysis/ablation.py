@@ -197,7 +197,9 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         "# BaLoRA design study (validation split only)", "",
         f"Profile `{setup['profile']}`, {setup['n_train']} training and {setup['n_val']} validation structures, "
-        f"backbone {setup['backbone']}, git `{setup['git_commit']}`, finished {setup['finished']}, "
+        f"backbone {setup['backbone']}, git `{setup['git_commit']}`"
+        + (f" (report rendered by `{setup['rendered_by_git_commit']}`)" if setup.get("rendered_by_git_commit") else "")
+        + f", finished {setup['finished']}, "
         f"{setup['wall_s'] / 60:.0f} min. Reproduce: `make balora-ablation PROFILE={setup['profile']}`.", "",
         design_markdown(results["design"], results["references"]["lora"]["label"]), "",
         "## Result", "",
