@@ -161,7 +161,7 @@ def diagnostics_table(results: dict[str, Any]) -> str:
                      _fmt(entry.get("noise_std_ev"))])
     gaps = list(next(iter(results["variants"].values()))["scores"]["n_by_gap"].items())
     return _table(["variant", "std q05 / q50 / q95 (eV)", "share std < 1e-3 eV", "ρ(std, n_atoms)",
-                   f"ρ(std, |err|), {gaps[0][0]} eV (n={gaps[0][1]})", f"ρ(std, |err|), {gaps[1][0]} eV (n={gaps[1][1]})",
+                   f"ρ(std, \\|err\\|), {gaps[0][0]} eV (n={gaps[0][1]})", f"ρ(std, \\|err\\|), {gaps[1][0]} eV (n={gaps[1][1]})",
                    "learned noise std (eV)"], rows)
 
 
