@@ -45,7 +45,12 @@ from mofbalora.predict import BandgapModel, load_model  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
 
 logger = logging.getLogger("balora_ablation")
-PUBLISHED = ("ablation.md", "ablation_rho_vs_mae.png", "ablation_metrics.json")
+
+def report_files(design: dict[str, Any]) -> dict[str, str]:
+    """Names of the report, figure and metrics: ``<publish_as>.md`` etc. (default prefix ``ablation``),
+    so that a follow-up design publishes next to the main one instead of over it."""
+    prefix = design.get("publish_as", "ablation")
+    return {"report": f"{prefix}.md", "figure": f"{prefix}_rho_vs_mae.png", "metrics": f"{prefix}_metrics.json"}
 
 
 def load_design(name: str) -> dict[str, Any]:
@@ -185,28 +190,30 @@ def run_stages(study: Study, lora_mae_ev: float) -> tuple[str, list[dict[str, An
     return incumbent_name, steps
 
 
-def publish(report_dir: Path) -> None:
+def publish(report_dir: Path, design: dict[str, Any]) -> None:
     target = ROOT / "docs" / "results"
     target.mkdir(parents=True, exist_ok=True)
-    for name in PUBLISHED:
+    for name in report_files(design).values():
         shutil.copy(report_dir / name, target / name)
 
 
 def render_outputs(report_dir: Path, results_dict: dict[str, Any]) -> None:
-    """ablation.md and the figure, from the results dict (which holds every number)."""
-    figures.ablation_rho_vs_mae(results_dict, report_dir / "ablation_rho_vs_mae.png")
-    write_text_atomic(report_dir / "ablation.md", ablation.render(results_dict))
+    """The report and the figure, from the results dict (which holds every number)."""
+    files = report_files(results_dict["design"])
+    figures.ablation_rho_vs_mae(results_dict, report_dir / files["figure"])
+    write_text_atomic(report_dir / files["report"], ablation.render(results_dict, figure=files["figure"]))
 
 
 def rerender(report_dir: Path, *, publish_it: bool) -> Path:
     """The report and figure again from ablation_metrics.json (no number recomputed), e.g. after a
     change of wording; records the commit that rendered it."""
-    results_dict = json.loads((report_dir / "ablation_metrics.json").read_text())
+    metrics_path = next(report_dir.glob("*_metrics.json"))
+    results_dict = json.loads(metrics_path.read_text())
     results_dict["setup"]["rendered_by_git_commit"] = git_commit()
-    write_text_atomic(report_dir / "ablation_metrics.json", json.dumps(results_dict, indent=1, default=float))
+    write_text_atomic(metrics_path, json.dumps(results_dict, indent=1, default=float))
     render_outputs(report_dir, results_dict)
     if publish_it:
-        publish(report_dir)
+        publish(report_dir, results_dict["design"])
     return report_dir
 
 
@@ -245,11 +252,12 @@ def main(argv: list[str] | None = None) -> Path:
                   "wall_s": time.perf_counter() - started, "versions": package_versions(),
                   "labels_sha256": dataset.labels_sha256, "data_source": str(dataset.source)},
     }
-    write_text_atomic(report_dir / "ablation_metrics.json", json.dumps(results_dict, indent=1, default=float))
+    files = report_files(design)
+    write_text_atomic(report_dir / files["metrics"], json.dumps(results_dict, indent=1, default=float))
     render_outputs(report_dir, results_dict)
-    if args.publish or (args.publish is None and args.profile == "cpu"):
-        publish(report_dir)
-    logger.info("winner %s; report %s (%.0f s)", winner, report_dir / "ablation.md", results_dict["setup"]["wall_s"])
+    if args.publish or (args.publish is None and args.profile.startswith("cpu")):
+        publish(report_dir, design)
+    logger.info("winner %s; report %s (%.0f s)", winner, report_dir / files["report"], results_dict["setup"]["wall_s"])
     print(report_dir)
     return report_dir
 

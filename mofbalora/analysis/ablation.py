@@ -117,7 +117,8 @@ def design_markdown(design: dict[str, Any], lora_reference: str) -> str:
         f"- Data, split and training settings: the `{design['benchmark_profile']}` benchmark profile; head "
         f"`{design['head']}`; every variant is scored on the **validation split only**, with S = {design['samples']} "
         f"weight samples (seed {design['sampling_seed']}).",
-        f"- Baseline (the old default): `{design['baseline']['name']}` = {design['baseline']['adapter']}.",
+        f"- Baseline ({design['baseline'].get('label', 'the old default')}): `{design['baseline']['name']}` = "
+        f"{design['baseline']['adapter']}.",
         f"- Selection rule: among variants whose val MAE is within {rule['mae_margin_ev']} eV of LoRA's "
         f"({lora_reference}), the highest val Spearman ρ(epistemic std, |error|); ρ within {rule['tie_rho']} of "
         "the best ties, broken by the lowest conformally calibrated val NLL; with no eligible variant, the lowest "
@@ -186,7 +187,7 @@ def alpha_summary(results: dict[str, Any]) -> str:
             "near 1 mean α sits at the prior's c.")
 
 
-def render(results: dict[str, Any]) -> str:
+def render(results: dict[str, Any], *, figure: str = "ablation_rho_vs_mae.png") -> str:
     """docs/results/ablation.md from the study's results dict."""
     setup = results["setup"]
     ensemble = results["references"].get("lora-ensemble")
@@ -201,6 +202,7 @@ def render(results: dict[str, Any]) -> str:
         + (f" (report rendered by `{setup['rendered_by_git_commit']}`)" if setup.get("rendered_by_git_commit") else "")
         + f", finished {setup['finished']}, "
         f"{setup['wall_s'] / 60:.0f} min. Reproduce: `make balora-ablation PROFILE={setup['profile']}`.", "",
+        *([f"**Purpose:** {results['design']['purpose'].strip()}", ""] if results["design"].get("purpose") else []),
         design_markdown(results["design"], results["references"]["lora"]["label"]), "",
         "## Result", "",
         f"**Winner: `{winner}`** = {results['winner_adapter']}.", "",
@@ -222,7 +224,7 @@ def render(results: dict[str, Any]) -> str:
         "The validation split is small: ρ's 95% CIs (bootstrap) overlap for most variants, so the ranking among "
         "them is weak evidence. The test split is not used here.", "",
         "## Every variant", "", variant_table(results), "",
-        "![val rho vs val MAE](ablation_rho_vs_mae.png)", "",
+        f"![val rho vs val MAE]({figure})", "",
         "## Diagnostics", "",
         "Std = epistemic std over the S weight samples. ρ(std, n_atoms) measures a size confound.", "",
         diagnostics_table(results), "",
