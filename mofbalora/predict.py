@@ -21,6 +21,7 @@ import torch
 from pymatgen.core import Structure
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from mofbalora.adapters import forward_in_mode, set_adapter_mode
 from mofbalora.backbones.batching import Collate, GraphDataset, compute_frozen_embeddings
@@ -135,7 +136,7 @@ class BandgapModel:
         With ``trainer_kwargs`` (e.g. ``{"devices": 2, "strategy": "ddp"}``) a Lightning Trainer runs
         the prediction, sharded across ranks and gathered back in input order; without, it runs in
         this process. A structure's draws depend only on (seed, its content key): not on its
-        position, the batching or the number of ranks.
+        position, the batching or the number of ranks. ``progress`` shows a bar per batch.
         """
         if not samples:
             return np.zeros((1, 0))
@@ -149,7 +150,9 @@ class BandgapModel:
         if trainer_kwargs is None:
             step.eval()
             with torch.inference_mode():
-                parts = [step.predict_step(batch, number) for number, batch in enumerate(loader)]
+                batches = tqdm(loader, desc=f"{self.method}, S={n_samples}, seed {seed}", unit="batch",
+                               disable=not progress, leave=False)
+                parts = [step.predict_step(batch, number) for number, batch in enumerate(batches)]
         else:
             parts = self._predict_with_trainer(step, loader, trainer_kwargs, progress)
         index = torch.cat([p["index"] for p in parts]).numpy()

@@ -77,7 +77,8 @@ class Study:
         self.rng = np.random.default_rng(design["sampling_seed"])
 
     def draws(self, model: BandgapModel) -> np.ndarray:
-        return model.predict_draws(self.val_samples, n_samples=self.design["samples"], seed=self.design["sampling_seed"])
+        return model.predict_draws(self.val_samples, n_samples=self.design["samples"], seed=self.design["sampling_seed"],
+                                   progress=True)
 
     def scores_of(self, model: BandgapModel, draws: np.ndarray) -> dict[str, Any]:
         mean, std = draws.mean(0), draws.std(0, ddof=1)

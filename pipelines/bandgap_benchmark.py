@@ -146,14 +146,14 @@ def predictions(name: str, model_dir: Path, parts: dict[str, Any], run_dir: Path
     out: dict[str, Any] = {}
     logger.info("predicting with %s", name)
     start = time.perf_counter()
-    if model.method == "balora":
+    if model.method == "balora":  # the study's longest phase: a progress bar per seed
         for seed in seeds:
-            out[f"test_seed{seed}"] = model.predict_draws(parts["test"][1], n_samples=samples, seed=seed)
+            out[f"test_seed{seed}"] = model.predict_draws(parts["test"][1], n_samples=samples, seed=seed, progress=True)
     else:
         out["test"] = model.predict_draws(parts["test"][1])
     out["inference_wall_s"] = np.array(time.perf_counter() - start)
     for part in ("val", "calibration"):
-        out[part] = model.predict_draws(parts[part][1], n_samples=calibration_samples, seed=seeds[0])
+        out[part] = model.predict_draws(parts[part][1], n_samples=calibration_samples, seed=seeds[0], progress=True)
     out["test_embedding_distance"] = model.embedding_distance.score(model.frozen_embeddings(parts["test"][1]))
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
