@@ -57,13 +57,18 @@ def bare_member(*, backbone: str, head: str, seed: int) -> nn.Module:
     return apply_head(get_backbone(backbone, **kwargs), head)
 
 
+def member_adapter_config(*, method: str, adapter: dict[str, Any], seed: int) -> AdapterConfig:
+    """The adapters a member of ``method`` gets: the config's settings, the head trainable unless
+    they say otherwise, the kind from the method and the member's seed."""
+    kind = "balora" if method == "balora" else "lora"
+    return AdapterConfig.from_dict({"modules_to_save": [HEAD_PATTERN], **adapter, "kind": kind, "seed": seed})
+
+
 def build_member(*, backbone: str, method: str, adapter: dict[str, Any], seed: int, head: str = "pretrained") -> nn.Module:
     """A fresh trainable model for one member: backbone + head (+ adapters), right parts frozen."""
     model = bare_member(backbone=backbone, head=head, seed=seed)
     if method in ("lora", "balora", "lora-ensemble"):
-        kind = "balora" if method == "balora" else "lora"
-        values = {"modules_to_save": [HEAD_PATTERN], **adapter, "kind": kind, "seed": seed}
-        inject_adapters(model, AdapterConfig.from_dict(values))
+        inject_adapters(model, member_adapter_config(method=method, adapter=adapter, seed=seed))
     elif method == "head":
         for name, param in model.named_parameters():
             param.requires_grad_(bool(re.search(HEAD_PATTERN, name)))
@@ -162,6 +167,6 @@ def merge_if_adapted(model: nn.Module) -> None:
 
 
 __all__ = [
-    "bare_member", "build_member", "load_members", "load_train_embeddings", "member_seeds", "package_versions",
+    "bare_member", "build_member", "load_members", "member_adapter_config", "load_train_embeddings", "member_seeds", "package_versions",
     "read_model_json", "save_member", "save_train_embeddings", "weights_checksum", "write_model_json",
 ]

@@ -39,10 +39,9 @@ from mofbalora.calibrate import fit_calibrated  # noqa: E402
 from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.io import write_text_atomic  # noqa: E402
 from mofbalora.data.splits import Split, make_split  # noqa: E402
-from mofbalora.model_folder import package_versions  # noqa: E402
+from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
+from mofbalora.model_folder import member_adapter_config, package_versions  # noqa: E402
 from mofbalora.predict import BandgapModel, load_model  # noqa: E402
-from mofbalora.adapters.config import AdapterConfig  # noqa: E402
-from mofbalora.model_folder import HEAD_PATTERN  # noqa: E402
 from mofbalora.training.config import ADAPTER_METHODS, TrainConfig  # noqa: E402
 from mofbalora.training.fit import FolderMismatchError, prepare_data, select_subset  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
@@ -74,9 +73,8 @@ def comparable_config(values: dict[str, Any]) -> dict[str, Any]:
     """A training config with its adapter settings completed by their defaults, so that two
     configs that train the same model compare equal however they were spelt."""
     out = TrainConfig.from_dict(values).to_dict()
-    if out["method"] in ADAPTER_METHODS:
-        adapter = {"modules_to_save": [HEAD_PATTERN], **out["adapter"], "kind": "lora", "seed": 0}
-        out["adapter"] = {**AdapterConfig.from_dict(adapter).to_dict(), "kind": None, "seed": None}
+    if out["method"] in ADAPTER_METHODS:  # the member seed is part of the training config already
+        out["adapter"] = member_adapter_config(method=out["method"], adapter=out["adapter"], seed=out["seed"]).to_dict()
     return out
 
 
@@ -109,11 +107,13 @@ def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, spli
     """
     out = run_dir / "methods" / name
     wanted = comparable_config(config.to_dict())
-    for folder in [out, *sorted((run_dir / "methods").glob("*"))]:
-        if finished_run(folder) and comparable_config(json.loads((folder / "train_config.json").read_text())) == wanted:
+    finished = {folder: comparable_config(json.loads((folder / "train_config.json").read_text()))
+                for folder in sorted((run_dir / "methods").glob("*")) if finished_run(folder)}
+    for folder in sorted(finished, key=lambda f: f != out):  # this name's own folder first
+        if finished[folder] == wanted:
             logger.info("reusing finished run %s for %s", folder, name)
             return folder
-    if finished_run(out):
+    if out in finished:
         raise FolderMismatchError(f"{out}: holds a finished run with another training config; remove it or rename {name}")
     timing_path = out / "timing.json"
     logger.info("fitting %s", name)
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> Path:
                                                            truth, cal_truth) for name, model in loaded.items()}
     metrics["floor"] = {"before: lora, pretrained head": um.floor_statistics(before["test"].mean(0), truth),
                         **{name: um.floor_statistics(p.mean, truth) for name, p in preds.items()}}
-    n_atoms = np.array([len(sample.atomic_number) for sample in parts["test"][1]])
+    n_atoms = np.array([sample_num_atoms(sample) for sample in parts["test"][1]])
     metrics["ood"] = {name: ood_summary(model, calibration_draws[name], raw[name]["test_embedding_distance"], n_atoms,
                                         truth) for name, model in loaded.items()}
     metrics["head_selection"] = head_selection

@@ -126,10 +126,18 @@ class NoiseContext:
         self._draws += 1
         if self.noise_keys is not None:
             return self._keyed_normal(shape, like)
+        return self._unkeyed_normal(shape, like)
+
+    def _unkeyed_normal(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """From the seeded generator (sample mode) or the global RNG (training)."""
         if self.generator is None:
             return torch.randn(shape, dtype=like.dtype, device=like.device)
         noise = torch.randn(shape, generator=self.generator, dtype=like.dtype, device=self.generator.device)
         return noise.to(like.device)
+
+    def _structure_stream(self, key: int) -> torch.Generator:
+        """The generator of one structure for the current layer draw (see :func:`_stream_seed`)."""
+        return torch.Generator().manual_seed(_stream_seed(self.noise_seed, key, self._draws))
 
     def row_normal(self, row_graph: torch.Tensor, width: int, like: torch.Tensor) -> torch.Tensor:
         """N(0, 1) noise [n_rows, width], independent for every row (the local reparameterisation).
@@ -138,20 +146,13 @@ class NoiseContext:
         on (seed, structure key, layer draw, row position within the structure), not on the batch.
         """
         self._draws += 1
-        n_rows = row_graph.shape[0]
         if self.noise_keys is None:
-            if self.generator is None:
-                return torch.randn((n_rows, width), dtype=like.dtype, device=like.device)
-            noise = torch.randn((n_rows, width), generator=self.generator, dtype=like.dtype, device=self.generator.device)
-            return noise.to(like.device)
+            return self._unkeyed_normal((row_graph.shape[0], width), like)
         keys = self.noise_keys.tolist()
         copies = self.num_graphs // len(keys)
         counts = torch.bincount(row_graph, minlength=self.num_graphs).tolist()
-        per_structure = [
-            torch.randn((copies, counts[g], width), dtype=like.dtype,
-                        generator=torch.Generator().manual_seed(_stream_seed(self.noise_seed, key, self._draws)))
-            for g, key in enumerate(keys)
-        ]
+        per_structure = [torch.randn((copies, counts[g], width), dtype=like.dtype, generator=self._structure_stream(key))
+                         for g, key in enumerate(keys)]
         # rows sorted by structure; tiled structure j is copy j // G0 of structure j % G0
         in_graph_order = torch.cat([per_structure[j % len(keys)][j // len(keys)] for j in range(self.num_graphs)])
         noise = torch.empty_like(in_graph_order)
@@ -161,11 +162,8 @@ class NoiseContext:
     def _keyed_normal(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         keys = self.noise_keys.tolist()
         copies = shape[0] // len(keys)
-        per_structure = [
-            torch.randn((copies, *shape[1:]), dtype=like.dtype,
-                        generator=torch.Generator().manual_seed(_stream_seed(self.noise_seed, key, self._draws)))
-            for key in keys
-        ]
+        per_structure = [torch.randn((copies, *shape[1:]), dtype=like.dtype, generator=self._structure_stream(key))
+                         for key in keys]
         # tiled order: copy s of structure g sits at s * G0 + g
         return torch.stack(per_structure, dim=1).reshape(shape).to(like.device)
 

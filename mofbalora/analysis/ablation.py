@@ -43,7 +43,7 @@ def validation_scores(draws: np.ndarray, truth: np.ndarray, n_atoms: np.ndarray,
     """
     mean, std = draws.mean(0), draws.std(0, ddof=1)
     errors = np.abs(mean - truth)
-    rho, rho_low, rho_high = um.bootstrap_ci(lambda s, e: _spearman(s, e) or np.nan, std, errors, rng=rng, n_boot=n_boot)
+    rho, rho_low, rho_high = um.bootstrap_ci(um.spearman_std_error, mean, std, truth, rng=rng, n_boot=n_boot)
     low_gap = truth < GAP_SPLIT_EV
     out: dict[str, Any] = {
         "mae_ev": um.mae(mean, truth),
