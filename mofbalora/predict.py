@@ -130,20 +130,23 @@ class BandgapModel:
 
     def predict_draws(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0,
                       batch_size: int | None = None, progress: bool = False,
-                      trainer_kwargs: dict[str, Any] | None = None) -> np.ndarray:
+                      trainer_kwargs: dict[str, Any] | None = None,
+                      frozen_embeddings: torch.Tensor | None = None) -> np.ndarray:
         """Draws [D, n] in eV, in input order: D = S weight samples (BaLoRA), M members, or 1.
 
         With ``trainer_kwargs`` (e.g. ``{"devices": 2, "strategy": "ddp"}``) a Lightning Trainer runs
         the prediction, sharded across ranks and gathered back in input order; without, it runs in
         this process. A structure's draws depend only on (seed, its content key): not on its
         position, the batching or the number of ranks. ``progress`` shows a bar per batch.
+        ``frozen_embeddings`` [n, dim] (:meth:`frozen_embeddings`) spare BaLoRA the bare pass for z(x).
         """
         if not samples:
             return np.zeros((1, 0))
         # About this many structure-samples per pass keeps tensors cache-friendly on CPU.
         structures_per_pass = 64 if self.backbone.name == "cgcnn" else 16
         batch_size = batch_size or max(1, structures_per_pass // (n_samples if self.method == "balora" else 1))
-        loader = DataLoader(GraphDataset(samples), batch_size=batch_size, shuffle=False,
+        dataset = GraphDataset(samples, frozen_embeddings=frozen_embeddings if self.method == "balora" else None)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                             collate_fn=Collate(self.backbone))
         step = _PredictionStep(self.members, method=self.method, normaliser=self.normaliser,
                                samples=n_samples, seed=seed)
@@ -179,13 +182,18 @@ class BandgapModel:
     def predictive(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0, progress: bool = False,
                    trainer_kwargs: dict[str, Any] | None = None) -> Predictive:
         """Mean, stds, embedding distance and size of every sample (see :class:`Predictive`)."""
+        # z(x) once per structure: BaLoRA's alpha(x) input and the embedding-distance OOD score
+        has_reference = (self.folder / TRAIN_EMBEDDINGS_FILE).exists()
+        frozen = (self.frozen_embeddings(samples) if len(samples) and (has_reference or self.method == "balora")
+                  else None)
         mean, std = self.predict_samples(samples, n_samples=n_samples, seed=seed, progress=progress,
-                                         trainer_kwargs=trainer_kwargs)
-        if not len(samples) or not (self.folder / TRAIN_EMBEDDINGS_FILE).exists():
+                                         trainer_kwargs=trainer_kwargs,
+                                         frozen_embeddings=None if frozen is None else torch.from_numpy(frozen))
+        if not len(samples) or not has_reference:
             # a folder from before the embedding-distance flag has no reference set: no such flag
             distance = np.full(len(samples), np.nan)
         else:
-            distance = self.embedding_distance.score(self.frozen_embeddings(samples))
+            distance = self.embedding_distance.score(frozen)
         return Predictive(mean, std, self.total_std(std), distance,
                           np.array([sample_num_atoms(s) for s in samples], dtype=int))
 

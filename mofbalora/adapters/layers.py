@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mofbalora.adapters.noise import NoiseContext, per_graph_matmul
+from mofbalora.backbones.base import pairwise_concat, pairwise_terms
 
 
 def kl_multiplicative_gaussian(noise_alpha: torch.Tensor, prior_c: float) -> torch.Tensor:
@@ -79,6 +80,12 @@ class LoRALinear(nn.Module):
         if self.disabled or self.merged:
             return out
         return out + self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight this layer applies in mean mode: W0 (disabled), W0 + s·B·A otherwise."""
+        if self.disabled:
+            return self.original_weight()
+        return self.base_layer.weight if self.merged else self.base_layer.weight + self.delta_weight()
 
 
 class BaLoRALinear(LoRALinear):
@@ -153,6 +160,32 @@ class BaLoRALinear(LoRALinear):
             noise_b = scale.unsqueeze(1) * self.lora_B.abs().unsqueeze(0) * eps_b  # [G, k, r]
             out = out.add(per_graph_matmul(xa, noise_b, layout), alpha=self.scaling)
         return out.reshape(*x.shape[:-1], -1)
+
+    def forward_pairwise(self, node: torch.Tensor, nbr_idx: torch.Tensor, edge: torch.Tensor, *,
+                         copies: int = 1) -> torch.Tensor:
+        """``self(cat[node_i, node_j, edge_ij])`` [N, M, k] without the concatenation.
+
+        The same noise draw as :meth:`forward`; A~ x splits by columns like the weight, so the
+        rank-r noise term of each atom is computed once and the edges' once per structure copy.
+        Per-row noise and noise on B take the general path on the built rows.
+        """
+        ctx = self.context
+        if self.disabled or not ctx.active or self.per_row or self.noise_on == "AB":
+            return self.forward(pairwise_concat(node, nbr_idx, edge, copies=copies))
+        n_rows, n_slots = nbr_idx.shape
+        width = node.shape[1]
+        # W0 + s·B·A; the edges' part is projected once for all structure copies
+        out = pairwise_terms(self.effective_weight(), self.base_layer.bias, node, nbr_idx, edge, copies=copies)
+        scale = self.noise_scale(ctx.noise_alpha)
+        eps_a = ctx.standard_normal((ctx.num_graphs, self.rank, self.base_layer.in_features), node)
+        noise_a = scale.unsqueeze(2) * self.lora_A.abs().unsqueeze(0) * eps_a  # [G, r, d]
+        atoms = ctx.layout(self.entity, n_rows, 1, self.module_name)
+        slots = ctx.layout(self.entity, n_rows, n_slots, self.module_name)
+        edge_rows = edge.unsqueeze(0).expand(copies, *edge.shape).reshape(n_rows * n_slots, -1)
+        xa = (per_graph_matmul(node, noise_a[:, :, :width], atoms).unsqueeze(1)
+              + per_graph_matmul(node, noise_a[:, :, width:2 * width], atoms)[nbr_idx]  # j is in i's structure
+              + per_graph_matmul(edge_rows, noise_a[:, :, 2 * width:], slots).view(n_rows, n_slots, -1))
+        return out + self.scaling * F.linear(xa, self.lora_B)
 
     def _forward_per_row(self, x: torch.Tensor, rows: torch.Tensor, leading: int) -> torch.Tensor:
         """Local reparameterisation (eq. 2b): A~x = Ax + sqrt(alpha (A²)(x²)) ⊙ eps, eps [n_rows, r] per row."""

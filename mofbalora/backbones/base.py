@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mofbalora.featurise.base import Featuriser
 
@@ -17,6 +18,45 @@ def mean_pool(values: torch.Tensor, index: torch.Tensor, num_graphs: int) -> tor
     total = values.new_zeros(num_graphs, values.shape[1]).index_add_(0, index, values)
     counts = torch.bincount(index, minlength=num_graphs).clamp_min(1).to(values.dtype)
     return total / counts.unsqueeze(1)
+
+
+def pairwise_terms(weight: torch.Tensor, bias: torch.Tensor | None, node: torch.Tensor, nbr_idx: torch.Tensor,
+                   edge: torch.Tensor, *, copies: int = 1) -> torch.Tensor:
+    """``F.linear(cat[node_i, node_j, edge_ij], weight, bias)`` for every (atom i, neighbour slot) row.
+
+    Shapes: node [N, F], nbr_idx [N, M] (j of each slot), edge [N / copies, M, E], weight
+    [k, 2F + E] -> [N, M, k]. The weight is split by columns, so each atom is projected once rather
+    than once per neighbour slot. With ``copies`` > 1 the atoms are that many tiles of the same
+    N / copies atoms (BaLoRA's sample mode) with the same edges, whose projection is shared.
+    """
+    n_rows, n_slots = nbr_idx.shape
+    width = node.shape[1]
+    self_term = F.linear(node, weight[:, :width], bias)
+    nbr_term = F.linear(node, weight[:, width:2 * width])
+    edge_term = F.linear(edge, weight[:, 2 * width:])
+    out = nbr_term.index_select(0, nbr_idx.reshape(-1)).view(n_rows, n_slots, -1)
+    out.add_(self_term.unsqueeze(1))
+    out.view(copies, n_rows // copies, n_slots, -1).add_(edge_term)
+    return out
+
+
+def pairwise_concat(node: torch.Tensor, nbr_idx: torch.Tensor, edge: torch.Tensor, *, copies: int = 1) -> torch.Tensor:
+    """The rows cat[node_i, node_j, edge_ij], [N, M, 2F + E], that :func:`pairwise_terms` avoids building."""
+    n_rows, n_slots = nbr_idx.shape
+    tiled_edge = edge.unsqueeze(0).expand(copies, *edge.shape).reshape(n_rows, n_slots, -1)
+    return torch.cat([node.unsqueeze(1).expand(n_rows, n_slots, -1), node[nbr_idx], tiled_edge], dim=2)
+
+
+def pairwise_linear(layer: nn.Module, node: torch.Tensor, nbr_idx: torch.Tensor, edge: torch.Tensor, *,
+                    copies: int = 1) -> torch.Tensor:
+    """``layer`` applied to every row cat[node_i, node_j, edge_ij] (shapes as in :func:`pairwise_terms`).
+
+    A layer with its own ``forward_pairwise`` (BaLoRA adapters) is asked to do it; any other layer
+    gets the built rows: for one dense matmul that is as fast on CPU as the split weight.
+    """
+    if hasattr(layer, "forward_pairwise"):
+        return layer.forward_pairwise(node, nbr_idx, edge, copies=copies)
+    return layer(pairwise_concat(node, nbr_idx, edge, copies=copies))
 
 
 class GraphBackbone(nn.Module):

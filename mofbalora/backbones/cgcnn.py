@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from mofbalora.backbones.base import GraphBackbone, mean_pool
+from mofbalora.backbones.base import GraphBackbone, mean_pool, pairwise_linear
 from mofbalora.featurise.cgcnn import CGCNNFeaturiser
 
 
@@ -33,7 +33,10 @@ class GaussianDistance(nn.Module):
 
 
 class CGCNNConv(nn.Module):
-    """Gated graph convolution. atom_fea [N, F], nbr_fea [N, M, E], nbr_idx [N, M] -> [N, F]."""
+    """Gated graph convolution. atom_fea [N, F], nbr_fea [N / copies, M, E], nbr_idx [N, M] -> [N, F].
+
+    ``copies`` > 1: the atoms are that many tiles of one batch sharing its edges (sample mode).
+    """
 
     def __init__(self, *, atom_fea_len: int, nbr_fea_len: int) -> None:
         super().__init__()
@@ -41,12 +44,11 @@ class CGCNNConv(nn.Module):
         self.bn1 = nn.BatchNorm1d(2 * atom_fea_len)
         self.bn2 = nn.BatchNorm1d(atom_fea_len)
 
-    def forward(self, atom_fea: torch.Tensor, nbr_fea: torch.Tensor, nbr_idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, atom_fea: torch.Tensor, nbr_fea: torch.Tensor, nbr_idx: torch.Tensor, *,
+                copies: int = 1) -> torch.Tensor:
         n_atoms, n_nbr = nbr_idx.shape
-        total = torch.cat(
-            [atom_fea.unsqueeze(1).expand(n_atoms, n_nbr, -1), atom_fea[nbr_idx], nbr_fea], dim=2
-        )
-        gated = self.fc_full(total)
+        # fc_full(cat[a_i, a_j, e_ij]) without building the concatenation (upstream builds it)
+        gated = pairwise_linear(self.fc_full, atom_fea, nbr_idx, nbr_fea, copies=copies)
         gated = self.bn1(gated.reshape(n_atoms * n_nbr, -1)).reshape(n_atoms, n_nbr, -1)
         nbr_filter, nbr_core = gated.chunk(2, dim=2)
         summed = torch.sum(torch.sigmoid(nbr_filter) * nn.functional.softplus(nbr_core), dim=1)
@@ -144,13 +146,15 @@ class CGCNNBackbone(GraphBackbone):
             batch=(batch.batch.unsqueeze(0) + (offsets * n_graphs).view(-1, 1)).reshape(-1),
         )
         tiled._num_graphs = n_graphs * copies
+        tiled.sample_copies = copies  # embed() expands the shared distances once, not per copy
         return tiled
 
     def embed(self, batch: Batch) -> torch.Tensor:
+        copies = int(getattr(batch, "sample_copies", 1))
         atom_fea = self.embedding(batch.atom_fea)
-        nbr_fea = self.distance_expansion(batch.nbr_dist)
+        nbr_fea = self.distance_expansion(batch.nbr_dist[: batch.nbr_dist.shape[0] // copies])
         for conv in self.convs:
-            atom_fea = conv(atom_fea, nbr_fea, batch.nbr_idx)
+            atom_fea = conv(atom_fea, nbr_fea, batch.nbr_idx, copies=copies)
         return mean_pool(atom_fea, batch.batch, self.num_graphs(batch))
 
     def predict_pretrained_ev(self, batch: Batch) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import multiprocessing
 import os
@@ -61,6 +62,20 @@ def _build_one(job: tuple[str, str, Featuriser, str | None, int]) -> tuple[str, 
     return path, sample, ""
 
 
+def _build_one_serialised(job: tuple[str, str, Featuriser, str | None, int]) -> tuple[str, bytes | None, str]:
+    """Worker entry for the process pool: the sample comes back as bytes.
+
+    Tensors returned as such travel as shared-memory file descriptors that the parent keeps open
+    while the sample lives; thousands of samples exceed the open-file limit and break the pool.
+    """
+    path, sample, reason = _build_one(job)
+    if sample is None:
+        return path, None, reason
+    buffer = io.BytesIO()
+    torch.save(sample, buffer)
+    return path, buffer.getvalue(), reason
+
+
 def _init_worker() -> None:
     torch.set_num_threads(1)
 
@@ -107,7 +122,8 @@ def featurise_paths(
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-            for path, sample, reason in pool.map(_build_one, jobs, chunksize=8):
+            for path, payload, reason in pool.map(_build_one_serialised, jobs, chunksize=8):
+                sample = None if payload is None else torch.load(io.BytesIO(payload), weights_only=False)
                 results[path] = (sample, reason)
                 bar.update()
     else:

@@ -198,3 +198,39 @@ def test_per_row_noise_is_independent_per_row_and_keyed_per_structure(backbone_b
     torch.testing.assert_close(alone[:, 0], together[:, 1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(reordered[:, 1], together[:, 1], atol=1e-5, rtol=1e-5)
     assert together.std(0).min() > 0
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_split_weight_sampling_equals_sampling_the_built_rows(backbone_batches, monkeypatch, merged):
+    """CGCNN's fc_full in sample mode projects atoms and shared edges separately (forward_pairwise);
+    it must give what the layer gives on the concatenated rows with the same noise draws, and keep
+    the gradients of training."""
+    from mofbalora.adapters import BaLoRALinear
+    from mofbalora.backbones.base import pairwise_concat
+
+    model, batch = adapted(backbone_batches, "cgcnn", "balora")
+    randomise_b(model)
+    if merged:
+        merge_adapters(model)
+    with torch.no_grad(), set_adapter_mode(model, "sample", samples=4, seed=2):
+        split = model(batch)
+    with set_adapter_mode(model, "train"):
+        torch.manual_seed(0)
+        model(batch).sum().backward()
+    split_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    def built_rows(self, node, nbr_idx, edge, *, copies=1):
+        return self.forward(pairwise_concat(node, nbr_idx, edge, copies=copies))
+
+    monkeypatch.setattr(BaLoRALinear, "forward_pairwise", built_rows)
+    with torch.no_grad(), set_adapter_mode(model, "sample", samples=4, seed=2):
+        built = model(batch)
+    with set_adapter_mode(model, "train"):
+        torch.manual_seed(0)
+        model(batch).sum().backward()
+    assert (split.std(0) > 0).all()
+    torch.testing.assert_close(split, built, atol=1e-5, rtol=1e-5)
+    for name, param in model.named_parameters():
+        if name in split_grads:
+            torch.testing.assert_close(split_grads[name], param.grad, atol=1e-4, rtol=1e-4)

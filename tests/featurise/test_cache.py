@@ -76,3 +76,25 @@ def test_samples_carry_a_content_key(tmp_path, small_qmof):
     shifted = read_structure(paths[0])
     shifted.translate_sites([0], [0.01, 0, 0], frac_coords=False)
     assert structure_content_key(shifted) != keys[0]
+
+
+def test_parallel_featurising_does_not_hold_a_file_per_tensor(tmp_path, small_qmof):
+    """Samples built in worker processes must not come back as shared-memory file descriptors:
+    the parent would hold several per sample and a QMOF-sized run exceeds the open-file limit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    _, paths, _ = small_qmof
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+        from mofbalora.featurise import featurise_paths, get_featuriser
+        paths = {[str(p) for p in paths[:100]]!r}
+        result = featurise_paths(paths, get_featuriser("cgcnn"), cache_dir=None, workers=2, progress=False)
+        assert len(result.samples) + len(result.skipped) == 100, (len(result.samples), len(result.skipped))
+        print("built", len(result.samples))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "built" in run.stdout
