@@ -8,7 +8,7 @@ BENCHMARK_ARGS ?=
 ABLATION_ARGS ?=
 EXTRAS ?= dev,notebooks
 
-.PHONY: install test bandgap-benchmark balora-ablation bench data notebooks docs clean-cache
+.PHONY: install test bandgap-benchmark balora-ablation release-model bench data notebooks docs clean-cache
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,8 @@ clean-cache:
 
 balora-ablation: $(STAMP)
 	$(PY) pipelines/balora_ablation.py --profile $(PROFILE) $(ABLATION_ARGS)
+
+# The shipped model: all of QMOF, resumable (rerun to continue); see pipelines/release_model.py.
+RELEASE_ARGS ?=
+release-model: $(STAMP)
+	$(PY) pipelines/release_model.py $(RELEASE_ARGS)

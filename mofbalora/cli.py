@@ -115,6 +115,10 @@ STRATEGY = typer.Option("auto", help="Lightning strategy, e.g. ddp.")
 CHUNK_SIZE = typer.Option(256, "--chunk-size", help="Inputs per saved chunk (in OUT.parts/ until all are done).")
 RESUME = typer.Option(True, "--resume/--no-resume",
                       help="Skip inputs an interrupted run with the same settings already saved in OUT.parts/.")
+MODEL = typer.Option(None, "--model", help="A shipped model (`mofbalora models`; default qmof-pbe) or a model "
+                                           "folder from `mofbalora fit`.")
+SAMPLES = typer.Option(None, help="Weight samples S (BaLoRA); default: the S the model was calibrated with.")
+DEFAULT_SAMPLES = 32  # for a folder calibrated before the sample count was recorded
 
 
 @app.command()
@@ -171,18 +175,22 @@ def fit(
         typer.echo(f"stopped after {max_steps} steps; rerun without --max-steps to resume", err=True)
 
 
-def _predict_table(model_dir: Path, inputs: List[str], samples: int, seed: int, trainer_kwargs: dict, out: Path,
-                   chunk_size: int, resume: bool, window_ev: tuple[float, float] | None = None):
+def _predict_table(model_name: Optional[str], inputs: List[str], samples: Optional[int], seed: int,
+                   trainer_kwargs: dict, out: Path, chunk_size: int, resume: bool,
+                   window_ev: tuple[float, float] | None = None):
     from mofbalora.predict import load_model
+    from mofbalora.pretrained import resolve_model
     from mofbalora.streaming import stream_predictions
 
     try:
-        model = load_model(model_dir)
+        model = load_model(resolve_model(model_name))
     except (OSError, ValueError) as exc:
         typer.echo(f"cannot load model: {exc}", err=True)
         raise typer.Exit(2)
     if model.calibrator is None:
         typer.echo("warning: this model folder is not calibrated; intervals are raw Gaussian ones", err=True)
+    # the conformal calibrator was fitted on stds from this many samples
+    samples = samples or (model.meta.get("calibration") or {}).get("samples") or DEFAULT_SAMPLES
     try:
         table = stream_predictions(model, inputs, out, samples=samples, seed=seed, window_ev=window_ev,
                                    chunk_size=chunk_size, resume=resume, write=_is_global_zero(),
@@ -202,8 +210,8 @@ def _is_global_zero() -> bool:
 @app.command()
 def predict(
     inputs: List[str] = typer.Argument(..., help="CIF files, folders or glob patterns."),
-    model: Path = typer.Option(..., "--model", help="Model folder from `mofbalora fit`."),
-    samples: int = typer.Option(32, help="Weight samples S (BaLoRA)."),
+    model: Optional[str] = MODEL,
+    samples: Optional[int] = SAMPLES,
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV, or parquet by extension."),
     chunk_size: int = CHUNK_SIZE,
@@ -245,9 +253,9 @@ def _parse_window(gap: str) -> tuple[float, float]:
 @app.command()
 def screen(
     inputs: List[str] = typer.Argument(..., help="CIF files, folders or glob patterns."),
-    model: Path = typer.Option(..., "--model", help="Model folder from `mofbalora fit`."),
+    model: Optional[str] = MODEL,
     gap: str = typer.Option(..., "--gap", help="Band-gap window LOW:HIGH in eV, e.g. 1.5:3.0."),
-    samples: int = typer.Option(32, help="Weight samples S (BaLoRA)."),
+    samples: Optional[int] = SAMPLES,
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(Path("screen.csv"), "--out", help="Ranked table (CSV or parquet)."),
     top: int = typer.Option(10, help="Rows shown in the summary."),
@@ -282,6 +290,25 @@ def screen(
     typer.echo(summary)
     if not (ranked["status"] == "ok").any():
         raise typer.Exit(1)
+
+
+@app.command()
+def models() -> None:
+    """List the models that ship with mofbalora (usable offline with `--model NAME`)."""
+    import json
+
+    from mofbalora.pretrained import DEFAULT_MODEL, SHIPPED
+
+    for shipped in SHIPPED:
+        present = (shipped.folder / "model.json").exists()
+        line = f"{shipped.alias}{' (default)' if shipped.alias == DEFAULT_MODEL else ''}: {shipped.summary}"
+        release = shipped.folder / "release.json"
+        if release.exists():
+            test = json.loads(release.read_text())["test"]
+            line += (f"; test MAE {test['mae_ev']['value']:.3f} eV, calibrated 95% coverage "
+                     f"{test['coverage_95']['value']:.3f} (n = {test['n_test']})")
+        typer.echo(line if present else f"{line} [missing from this install]")
+        typer.echo(f"    {shipped.folder}{'/MODEL_CARD.md' if present else ''}")
 
 
 def render_cli_reference() -> str:

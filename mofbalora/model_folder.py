@@ -147,6 +147,56 @@ def load_members(folder: str | os.PathLike) -> tuple[dict[str, Any], list[nn.Mod
     return meta, members
 
 
+def prediction_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of a model folder that prediction reads (relative), without checkpoints or logs."""
+    folder = Path(folder)
+    meta = read_model_json(folder)
+    files = [Path(MODEL_FILE), Path(meta["split_file"])]
+    if (folder / TRAIN_EMBEDDINGS_FILE).exists():
+        files.append(Path(TRAIN_EMBEDDINGS_FILE))
+    for member in meta["members"]:
+        files += [p.relative_to(folder) for p in sorted((folder / member).rglob("*"))
+                  if p.is_file() and "checkpoints" not in p.parts and "logs" not in p.parts and p.name != "done"]
+    return files
+
+
+def copy_for_prediction(source: str | os.PathLike, destination: str | os.PathLike, *,
+                        meta_updates: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None) -> Path:
+    """Copy what prediction needs from ``source`` into ``destination``, replacing it in one rename.
+
+    ``meta_updates`` are merged into the copied ``model.json``; ``extra_files`` (name -> text) are
+    written next to it (e.g. a model card).
+    """
+    import shutil
+    import tempfile
+
+    source, destination = Path(source), Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        for relative in prediction_files(source):
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / relative, staging / relative)
+        meta = read_model_json(staging)
+        meta.update(meta_updates or {})
+        write_model_json(staging, {k: v for k, v in meta.items() if k != "format_version"})
+        for name, text in (extra_files or {}).items():
+            write_text_atomic(staging / name, text)
+        for path in [staging, *staging.rglob("*")]:  # temporary files are private; a model is shared
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if destination.exists():
+            retired = destination.with_name(f".{destination.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            destination.rename(retired)
+            staging.rename(destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return destination
+
+
 def weights_checksum(model: nn.Module) -> str:
     import hashlib
 
@@ -167,6 +217,6 @@ def merge_if_adapted(model: nn.Module) -> None:
 
 
 __all__ = [
-    "bare_member", "build_member", "load_members", "member_adapter_config", "load_train_embeddings", "member_seeds", "package_versions",
+    "bare_member", "copy_for_prediction", "prediction_files", "build_member", "load_members", "member_adapter_config", "load_train_embeddings", "member_seeds", "package_versions",
     "read_model_json", "save_member", "save_train_embeddings", "weights_checksum", "write_model_json",
 ]

@@ -258,22 +258,32 @@ class BandgapModel:
                               "bandgap_std_epistemic_ev": np.nan, "lower_95_ev": np.nan, "upper_95_ev": np.nan,
                               "out_of_distribution": False, "ood_reason": "", "status": "skipped",
                               "reason": reasons})
-        lower, upper = self.intervals(predictive)
-        values = {"bandgap_mean_ev": predictive.mean, "bandgap_std_ev": self.calibrated_std(predictive),
-                  "bandgap_std_epistemic_ev": predictive.std_epistemic, "lower_95_ev": lower, "upper_95_ev": upper}
-        for column, array in values.items():
-            table.loc[valid, column] = array
-        why = ood_reasons(epistemic_std_ev=predictive.std_epistemic, embedding_distance=predictive.embedding_distance,
-                          n_atoms=predictive.n_atoms, thresholds=self.ood_thresholds)
-        table.loc[valid, "ood_reason"] = why
-        table.loc[valid, "out_of_distribution"] = [bool(w) for w in why]
+        for column, values in self.summarise(predictive, window_ev=window_ev).items():
+            if column not in table:
+                table[column] = np.nan
+            table.loc[valid, column] = values.to_numpy()
         table.loc[valid, "status"] = "ok"
         columns = list(PREDICTION_COLUMNS)
         if window_ev is not None:
-            table["p_in_window"] = np.nan
-            table.loc[valid, "p_in_window"] = self.window_probability(predictive, *window_ev)
             columns.insert(columns.index("out_of_distribution"), "p_in_window")
         return table[columns]
+
+    def summarise(self, predictive: Predictive, *, window_ev: tuple[float, float] | None = None,
+                  interval_levels: Sequence[int] = (95,)) -> pd.DataFrame:
+        """The reported columns of every predicted structure: mean, calibrated std, epistemic std,
+        calibrated ``lower_<L>_ev``/``upper_<L>_ev`` per level L (%), OOD flag and reason, and
+        ``p_in_window`` with ``window_ev``."""
+        table = pd.DataFrame({"bandgap_mean_ev": predictive.mean, "bandgap_std_ev": self.calibrated_std(predictive),
+                              "bandgap_std_epistemic_ev": predictive.std_epistemic})
+        for level in interval_levels:
+            table[f"lower_{level}_ev"], table[f"upper_{level}_ev"] = self.intervals(predictive, confidence=level / 100)
+        why = ood_reasons(epistemic_std_ev=predictive.std_epistemic, embedding_distance=predictive.embedding_distance,
+                          n_atoms=predictive.n_atoms, thresholds=self.ood_thresholds)
+        table["out_of_distribution"] = [bool(w) for w in why]
+        table["ood_reason"] = list(why)
+        if window_ev is not None:
+            table["p_in_window"] = self.window_probability(predictive, *window_ev)
+        return table
 
     def _featurise_inputs(self, slots: Sequence[Path | Structure], ids: Sequence[str], *,
                           cache_dir: str | os.PathLike | None, workers: int,

@@ -119,3 +119,21 @@ def ablation_rho_vs_mae(results: dict[str, Any], path: Path) -> Path:
     ax.set_title("BaLoRA design study (error bars: bootstrap 95% CI)")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def screen_gap_vs_width(table: Any, low_ev: float, high_ev: float, path: Path, *, title: str) -> Path:
+    """Predicted PBE gap vs calibrated 95% interval width of a screen, OOD-flagged points apart."""
+    ok = table[table["status"] == "ok"]
+    width = ok["upper_95_ev"] - ok["lower_95_ev"]
+    flagged = ok["out_of_distribution"].astype(bool).to_numpy()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter(ok["bandgap_mean_ev"][~flagged], width[~flagged], s=4, alpha=0.4, color="tab:blue",
+               label=f"in distribution ({int((~flagged).sum())})")
+    ax.scatter(ok["bandgap_mean_ev"][flagged], width[flagged], s=4, alpha=0.4, color="tab:red",
+               label=f"flagged out of distribution ({int(flagged.sum())})")
+    ax.axvspan(low_ev, high_ev, color="tab:green", alpha=0.1, label=f"window {low_ev:g}–{high_ev:g} eV")
+    ax.set_xlabel("predicted PBE band gap (eV)")
+    ax.set_ylabel("calibrated 95% interval width (eV)")
+    ax.set_title(title)
+    ax.legend(loc="upper right", markerscale=3)
+    return _save(fig, path)

@@ -132,6 +132,19 @@ def bootstrap_ci(statistic: Callable[..., float], *arrays: np.ndarray, rng: np.r
     return float(point), float(low), float(high)
 
 
+def bca_interval(statistic: Callable[..., float], *arrays: np.ndarray, n_resamples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, float]:
+    """``{"value", "ci_low", "ci_high"}``: the statistic and its BCa bootstrap CI (``scipy.stats.bootstrap``),
+    resampling the arrays' points jointly (paired)."""
+    from scipy.stats import bootstrap
+
+    arrays = tuple(np.asarray(a, dtype=float) for a in arrays)
+    result = bootstrap(arrays, statistic, paired=True, vectorized=False, n_resamples=n_resamples,
+                       confidence_level=level, method="BCa", random_state=np.random.default_rng(seed))
+    interval = result.confidence_interval
+    return {"value": float(statistic(*arrays)), "ci_low": float(interval.low), "ci_high": float(interval.high)}
+
+
 class ScalarVarianceRecalibrator:
     """One scale factor on the std, chosen to minimise the miscalibration area (uncertainty-toolbox).
 

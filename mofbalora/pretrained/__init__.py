@@ -1,0 +1,57 @@
+"""Models that ship inside the package, and resolving a ``--model`` argument to a model folder.
+
+Each shipped model is a complete model folder (``mofbalora.model_folder``) under this package,
+with a ``MODEL_CARD.md``; ``pipelines/release_model.py`` writes it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model folder in the package: its short name for ``--model`` and its folder name."""
+
+    alias: str
+    folder_name: str
+    summary: str
+
+    @property
+    def folder(self) -> Path:
+        return Path(str(resources.files(__name__))) / self.folder_name
+
+
+SHIPPED = (
+    ShippedModel("qmof-pbe", "qmof-pbe-cgcnn-balora",
+                 "CGCNN + BaLoRA on all of QMOF (PBE band gaps, eV), conformally calibrated"),
+)
+DEFAULT_MODEL = "qmof-pbe"
+
+
+def shipped_models() -> list[ShippedModel]:
+    """The shipped models whose weights are present in this install."""
+    return [model for model in SHIPPED if (model.folder / "model.json").exists()]
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """The model folder for ``--model``: a shipped model's name (default :data:`DEFAULT_MODEL`) or a path.
+
+    Raises:
+        FileNotFoundError: naming the shipped models, when neither matches.
+    """
+    name = DEFAULT_MODEL if model is None else str(model)
+    for shipped in SHIPPED:
+        if name in (shipped.alias, shipped.folder_name):
+            if not (shipped.folder / "model.json").exists():
+                raise FileNotFoundError(f"the shipped model {shipped.alias!r} is missing from this install "
+                                        f"({shipped.folder}); reinstall mofbalora or pass --model <folder>")
+            return shipped.folder
+    path = Path(name)
+    if path.exists():
+        return path
+    names = ", ".join(m.alias for m in SHIPPED)
+    raise FileNotFoundError(f"--model {name!r}: no such model folder, and not a shipped model ({names})")

@@ -1,0 +1,39 @@
+"""`make release-model` end to end on a small config: fit, calibrate, test, package, model card."""
+
+import json
+import subprocess
+
+import pytest
+
+from mofbalora.predict import load_model
+
+from .conftest import ROOT
+
+
+@pytest.mark.qmof
+def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_qmof):
+    run, package = tmp_path / "run", tmp_path / "package"
+    args = (f"RELEASE_ARGS=--config pipelines/configs/release_smoke.yaml --run-dir {run} "
+            f"--package-dir {package}")
+    done = subprocess.run(["make", "-s", "release-model", args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((package / "release.json").read_text())
+    assert record == json.loads((run / "release.json").read_text())
+    test = record["test"]
+    assert test["n_test"] == record["data"]["n_test"] > 0
+    for key in ("mae_ev", "coverage_95", "spearman_epistemic_std_abs_error"):
+        assert test[key]["ci_low"] <= test[key]["value"] <= test[key]["ci_high"], key
+    card = (package / "MODEL_CARD.md").read_text()
+    assert f"{test['mae_ev']['value']:.3f}" in card and record["data"]["split_sha256"] in card
+    assert not list(package.rglob("*.ckpt")) and not (package / "members" / "0" / "logs").exists()
+    # the packaged copy predicts like the run folder it came from
+    _, paths, _ = small_qmof
+    table = load_model(package).predict(paths[:3], samples=8)
+    again = load_model(run).predict(paths[:3], samples=8)
+    assert (table["status"] == "ok").all()
+    assert table.drop(columns="ood_reason").equals(again.drop(columns="ood_reason"))
+    # a rerun finds every stage done and gives the same record
+    done = subprocess.run(["make", "-s", "release-model", args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rerun = json.loads((package / "release.json").read_text())
+    assert rerun["test"] == record["test"]
