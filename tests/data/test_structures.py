@@ -109,3 +109,59 @@ def test_validate_cli_fails_only_when_nothing_valid(tmp_path):
     bad.write_text("nonsense")
     result = CliRunner().invoke(app, ["validate", str(bad)])
     assert result.exit_code == 1
+
+
+def _general_parse(path):
+    import warnings
+
+    from pymatgen.io.cif import CifParser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CifParser.from_str(path.read_text(), occupancy_tolerance=1.0).parse_structures(primitive=False)[0]
+
+
+def test_p1_cifs_read_as_pymatgen_reads_them(small_qmof, coremof_paths):
+    """The direct P1 reader (no O(n²) symmetry merging) gives pymatgen's Structure: same lattice,
+    species in the same order, same wrapped fractional coordinates."""
+    import warnings
+
+    import numpy as np
+    from pymatgen.io.cif import CifParser
+
+    from mofbalora.data.structures import _p1_structure
+
+    _, qmof_paths, _ = small_qmof
+    for path in list(qmof_paths[:8]) + list(coremof_paths):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            direct = _p1_structure(CifParser.from_str(path.read_text(), occupancy_tolerance=1.0))
+        assert direct is not None, path  # these files are plain P1
+        general = _general_parse(path)
+        assert [str(s.specie) for s in direct] == [str(s.specie) for s in general], path
+        np.testing.assert_allclose(direct.frac_coords, general.frac_coords, atol=1e-9)
+        np.testing.assert_allclose(direct.lattice.matrix, general.lattice.matrix, atol=1e-9)
+
+
+def test_cifs_with_symmetry_operations_take_pymatgens_path(tmp_path, small_qmof):
+    """Symmetry operations beyond the identity are pymatgen's job: the direct reader declines."""
+    import warnings
+
+    from pymatgen.io.cif import CifParser
+
+    from mofbalora.data.structures import _p1_structure
+
+    _, paths, _ = small_qmof
+    text = paths[0].read_text()
+    assert "  1  'x, y, z'\n" in text  # QMOF's symmetry loop: site id, operation
+    inverted = text.replace("  1  'x, y, z'\n", "  1  'x, y, z'\n  2  '-x, -y, -z'\n", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _p1_structure(CifParser.from_str(text)) is not None
+        assert _p1_structure(CifParser.from_str(inverted)) is None
+    path = tmp_path / "inverted.cif"
+    path.write_text(inverted)
+    try:  # pymatgen's general path decides: the inversion images are merged, added or refused
+        assert len(read_structure(path)) >= len(read_structure(paths[0]))
+    except InvalidStructureError as err:
+        assert err.path == str(path)
