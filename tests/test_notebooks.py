@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     "01_explore_qmof.ipynb": "DATA = None\nN_STRUCTURES = 25\nSEED = 0",
     "02_finetune_with_uncertainty.ipynb": "DATA = None\nN_STRUCTURES = 200\nEPOCHS = 1\nSAMPLES = 4\nOUT = '{tmp}'",
-    "03_screen_candidates.ipynb": ("MODEL_DIR = None\nDATA = None\nN_CANDIDATES = 8\nGAP_LOW_EV, GAP_HIGH_EV = 1.5, 3.0\n"
-                                   "SAMPLES = 4\nTRAIN_STRUCTURES = 200\nEPOCHS = 1\nOUT = '{tmp}'"),
+    "03_screen_candidates.ipynb": ("MODEL = 'qmof-pbe'\nN_CANDIDATES = 8\nGAP_LOW_EV, GAP_HIGH_EV = 1.5, 3.0\n"
+                                   "SAMPLES = None\nOUT = '{tmp}'"),
 }
 
 
