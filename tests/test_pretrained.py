@@ -1,0 +1,126 @@
+"""The shipped release model: present, small, documented, the CLI default, and its predictions pinned.
+
+These run on real CoRE-MOF CIFs from the ``core-mof`` package (public, unlabelled), with a fresh
+feature cache, and need neither QMOF nor training nor the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mofbalora.cli import app
+from mofbalora.pretrained import DEFAULT_MODEL, SHIPPED, resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PINNED = Path(__file__).with_name("pretrained_expected.json")
+RELEASE = SHIPPED[0]
+
+
+@pytest.fixture(scope="module")
+def coremof_cifs(tmp_path_factory):
+    from mofbalora.data.coremof import extract_coremof
+
+    folder = tmp_path_factory.mktemp("coremof")
+    return folder, extract_coremof(folder / "cifs", limit=12)
+
+
+@pytest.fixture()
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOFBALORA_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_release_model_ships_complete_small_and_documented():
+    folder = resolve_model(None)
+    assert folder == RELEASE.folder and DEFAULT_MODEL == RELEASE.alias
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 5 * 1024 * 1024
+    record = json.loads((folder / "release.json").read_text())
+    card = (folder / "MODEL_CARD.md").read_text()
+    mae = record["test"]["mae_ev"]
+    # the card's figures are the committed run's, not typed in
+    assert f"{mae['value']:.3f} [{mae['ci_low']:.3f}, {mae['ci_high']:.3f}]" in card
+    assert record["data"]["split_sha256"] in card and "CC BY 4.0" in card
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["calibration"]["samples"] == record["calibration"]["samples"]
+    assert "/" not in meta["data"]["source"]  # no path of the machine that trained it
+    assert len(json.loads((folder / "split.json").read_text())["test"]) == record["data"]["n_test"]
+
+
+def test_models_lists_the_shipped_model():
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    assert f"{RELEASE.alias} (default)" in result.output and "test MAE" in result.output
+    assert "missing" not in result.output
+
+
+def test_unknown_model_name_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["predict", "--model", "qmof-hse", str(tmp_path)])
+    assert result.exit_code == 2 and "not a shipped model (qmof-pbe)" in result.output
+
+
+def test_screen_uses_the_shipped_model_by_default(coremof_cifs, fresh_cache, tmp_path):
+    folder, _ = coremof_cifs
+    out = tmp_path / "screen.csv"
+    env = {**os.environ, "MOFBALORA_CACHE": str(fresh_cache)}
+    done = subprocess.run([sys.executable, "-m", "mofbalora.cli", "screen", "--gap", "1.5:3.0", str(folder / "cifs"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(out)
+    assert len(table) == 12
+    ok = table[table.status == "ok"]
+    assert len(ok) >= 8
+    assert ok["p_in_window"].between(0, 1).all()
+    assert (ok["lower_95_ev"] < ok["bandgap_mean_ev"]).all() and (ok["bandgap_mean_ev"] < ok["upper_95_ev"]).all()
+    explicit = tmp_path / "explicit.csv"
+    done = subprocess.run([sys.executable, "-m", "mofbalora.cli", "screen", "--model", "qmof-pbe", "--gap", "1.5:3.0",
+                           str(folder / "cifs"), "--out", str(explicit)], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(explicit), table)
+
+
+def _pinned_predictions(cifs: list[Path]) -> dict[str, dict[str, float]]:
+    from mofbalora.predict import load_model
+
+    model = load_model(resolve_model(None))
+    table = model.predict(cifs[:6], samples=model.meta["calibration"]["samples"], window_ev=(1.5, 3.0))
+    columns = ["bandgap_mean_ev", "bandgap_std_ev", "bandgap_std_epistemic_ev", "lower_95_ev", "upper_95_ev",
+               "p_in_window"]
+    return {row["id"]: {c: float(row[c]) for c in columns} | {"status": row["status"]}
+            for row in table.to_dict("records")}
+
+
+def test_shipped_model_predictions_are_pinned(coremof_cifs, fresh_cache):
+    """Set MOFBALORA_REPIN=1 to rewrite the pins after a deliberate change of the model."""
+    _, cifs = coremof_cifs
+    current = _pinned_predictions(cifs)
+    if os.environ.get("MOFBALORA_REPIN") == "1":
+        PINNED.write_text(json.dumps(current, indent=1) + "\n")
+    expected = json.loads(PINNED.read_text())
+    assert sorted(current) == sorted(expected)
+    for structure_id, values in expected.items():
+        assert current[structure_id]["status"] == values["status"] == "ok"
+        for column, value in values.items():
+            if column != "status":
+                assert np.isclose(current[structure_id][column], value, rtol=1e-4, atol=1e-4), (structure_id, column)
+
+
+def test_wheel_carries_the_release_model(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    wheel = next(tmp_path.glob("mofbalora-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {str(p.relative_to(ROOT)) for p in RELEASE.folder.rglob("*") if p.is_file()}
+    assert shipped and shipped <= names
