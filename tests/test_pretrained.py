@@ -109,10 +109,11 @@ def test_shipped_model_predictions_are_pinned(coremof_cifs, fresh_cache):
         PINNED.write_text(json.dumps(current, indent=1) + "\n")
     expected = json.loads(PINNED.read_text())
     assert sorted(current) == sorted(expected)
+    assert sum(v["status"] == "ok" for v in expected.values()) >= 4
     for structure_id, values in expected.items():
-        assert current[structure_id]["status"] == values["status"] == "ok"
+        assert current[structure_id]["status"] == values["status"], structure_id  # a skipped CIF stays skipped
         for column, value in values.items():
-            if column != "status":
+            if column != "status" and values["status"] == "ok":
                 assert np.isclose(current[structure_id][column], value, rtol=1e-4, atol=1e-4), (structure_id, column)
 
 
