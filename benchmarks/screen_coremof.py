@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +34,7 @@ from mofbalora.data.coremof import extract_coremof  # noqa: E402
 from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.pretrained import resolve_model  # noqa: E402
-from mofbalora.streaming import stream_predictions  # noqa: E402
+from mofbalora.streaming import read_predictions, stream_predictions  # noqa: E402
 from mofbalora.uncertainty.screening import rank_by_window, screening_summary  # noqa: E402
 
 WORK = ROOT / "results" / "coremof"
@@ -82,8 +81,7 @@ def main() -> None:
     start = time.perf_counter()
     streamed = WORK / f"screen-{folder.name}-{args.n or 'all'}-S{samples}-{low:g}-{high:g}.csv"
     if streamed.exists() and not args.fresh:  # a finished screen is summarised again, not redone
-        table, screen_s = pd.read_csv(streamed, dtype={"id": str, "ood_reason": str, "reason": str}), None
-        table[["ood_reason", "reason"]] = table[["ood_reason", "reason"]].fillna("")
+        table, screen_s = read_predictions(streamed), None
     else:
         table = stream_predictions(model, cifs, streamed, samples=samples, window_ev=(low, high), resume=True)
         screen_s = time.perf_counter() - start

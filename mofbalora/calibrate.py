@@ -24,7 +24,7 @@ from mofbalora.data.splits import Split
 from mofbalora.model_folder import read_model_json, write_model_json
 from mofbalora.predict import BandgapModel, load_model
 from mofbalora.training.config import TrainConfig
-from mofbalora.training.fit import fit, prepare_data
+from mofbalora.training.fit import PreparedData, fit, prepare_data
 from mofbalora.uncertainty.conformal import ConformalCalibrator
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,15 @@ def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.n
     }
 
 
-def calibrate(folder: str | os.PathLike, *, data: str | os.PathLike | None = None, progress: bool = False) -> Path:
+def calibrate(folder: str | os.PathLike, *, data: str | os.PathLike | None = None, progress: bool = False,
+              prepared: PreparedData | None = None) -> Path:
     """Calibrate the model folder on its own calibration split and record it in ``model.json``.
 
+    ``prepared`` (:func:`~mofbalora.training.fit.prepare_data` of this folder) spares reading the
+    data again when the caller already has it.
+
     Raises:
-        ValueError: when the folder's split has no calibration part.
+        ValueError: when the folder's split has no calibration part, or the labels differ.
     """
     folder = Path(folder)
     meta = read_model_json(folder)
@@ -65,10 +69,13 @@ def calibrate(folder: str | os.PathLike, *, data: str | os.PathLike | None = Non
     split = Split.load(folder / meta["split_file"])
     if not split.calibration:
         raise ValueError(f"{folder}: its split has no calibration part; refit with four split fractions")
-    dataset = load_labelled_dataset(data if data is not None else meta["data"]["source"], target=meta["data"]["target"])
-    if dataset.labels_sha256 != meta["data"]["labels_sha256"]:
+    if prepared is None:
+        dataset = load_labelled_dataset(data if data is not None else meta["data"]["source"],
+                                        target=meta["data"]["target"])
+        prepared = prepare_data(config, dataset, folder, progress=progress, split=split)
+    if prepared.labels_sha256 != meta["data"]["labels_sha256"]:
         raise ValueError(f"{folder}: the labels differ from those the model was trained on")
-    _, samples, gaps = prepare_data(config, dataset, folder, progress=progress, split=split).parts["calibration"]
+    _, samples, gaps = prepared.parts["calibration"]
     model = load_model(folder)
     meta["calibration"] = calibration_state(model, samples, gaps, n_samples=config.calibration_samples,
                                             seed=config.seed, quantile=config.ood_quantile)

@@ -39,15 +39,18 @@ def _settings(model: BandgapModel, ids: list[str], **sampling: Any) -> dict[str,
             "n_inputs": len(ids), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(), **sampling}
 
 
-def _read_chunks(folder: Path) -> pd.DataFrame | None:
-    files = sorted(folder.glob("chunk-*.csv"))
-    if not files:
-        return None
-    table = pd.concat([pd.read_csv(f, dtype={"id": str}) for f in files], ignore_index=True)
+def read_predictions(*paths: str | os.PathLike) -> pd.DataFrame:
+    """Prediction tables saved as CSV, concatenated, with ids and text columns read back as text."""
+    table = pd.concat([pd.read_csv(p, dtype={"id": str}) for p in paths], ignore_index=True)
     for column in _TEXT_COLUMNS:
         if column in table:
             table[column] = table[column].fillna("").astype(str)
     return table
+
+
+def _read_chunks(folder: Path) -> pd.DataFrame | None:
+    files = sorted(folder.glob("chunk-*.csv"))
+    return read_predictions(*files) if files else None
 
 
 def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike,

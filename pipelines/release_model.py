@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -140,12 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     folder = fit(config, data=args.data, out_dir=run_dir, resume=(run_dir / "fit_identity.json").exists())
     if folder is None or args.stop_after == "fit":
         return
+    # all of QMOF's features are loaded once, for calibration and the test stage
+    prepared = prepare_data(config, load_labelled_dataset(args.data, target=config.target), folder, progress=True)
     if read_model_json(folder).get("calibration") is None:
-        calibrate(folder, data=args.data, progress=True)
+        calibrate(folder, progress=True, prepared=prepared)
     if args.stop_after == "calibrate":
         return
-    dataset = load_labelled_dataset(args.data, target=config.target)
-    parts = prepare_data(config, dataset, folder, progress=True).parts
+    parts = prepared.parts
     scores = test_scores(test_predictions(folder, parts))
     record = release_record(folder, parts, scores, config_path)
     write_text_atomic(folder / "release.json", json.dumps(record, indent=1, default=str))
