@@ -15,9 +15,10 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # torch first: a bare torch requirement could otherwise pull a multi-GB CUDA build.
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml requirements-laplace.txt
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --no-deps -r requirements-laplace.txt
 	touch $(STAMP)
 
 install: $(STAMP)

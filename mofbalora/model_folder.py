@@ -30,6 +30,7 @@ from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, sa
 from mofbalora.backbones import get_backbone
 from mofbalora.backbones.heads import apply_head
 from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
+from mofbalora.training.config import ADAPTER_KIND, ADAPTER_METHODS
 
 MODEL_FILE = "model.json"
 FORMAT_VERSION = 1
@@ -60,14 +61,14 @@ def bare_member(*, backbone: str, head: str, seed: int) -> nn.Module:
 def member_adapter_config(*, method: str, adapter: dict[str, Any], seed: int) -> AdapterConfig:
     """The adapters a member of ``method`` gets: the config's settings, the head trainable unless
     they say otherwise, the kind from the method and the member's seed."""
-    kind = "balora" if method == "balora" else "lora"
+    kind = ADAPTER_KIND[method]
     return AdapterConfig.from_dict({"modules_to_save": [HEAD_PATTERN], **adapter, "kind": kind, "seed": seed})
 
 
 def build_member(*, backbone: str, method: str, adapter: dict[str, Any], seed: int, head: str = "pretrained") -> nn.Module:
     """A fresh trainable model for one member: backbone + head (+ adapters), right parts frozen."""
     model = bare_member(backbone=backbone, head=head, seed=seed)
-    if method in ("lora", "balora", "lora-ensemble"):
+    if method in ADAPTER_METHODS:
         inject_adapters(model, member_adapter_config(method=method, adapter=adapter, seed=seed))
     elif method == "head":
         for name, param in model.named_parameters():
@@ -82,7 +83,7 @@ def build_member(*, backbone: str, method: str, adapter: dict[str, Any], seed: i
 
 def save_member(model: nn.Module, folder: Path, method: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    if method in ("lora", "balora", "lora-ensemble"):
+    if method in ADAPTER_METHODS:
         save_adapters(model, folder / "adapter")
         return
     tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
@@ -91,7 +92,7 @@ def save_member(model: nn.Module, folder: Path, method: str) -> None:
 
 
 def load_member(folder: Path, *, backbone: str, method: str, seed: int, head: str = "pretrained") -> nn.Module:
-    if method in ("lora", "balora", "lora-ensemble"):
+    if method in ADAPTER_METHODS:
         return load_adapters(bare_member(backbone=backbone, head=head, seed=seed), folder / "adapter")
     model = build_member(backbone=backbone, method=method, adapter={}, seed=seed, head=head)
     tensors = load_file(str(folder / "weights.safetensors"))

@@ -33,6 +33,7 @@ from mofbalora.featurise.base import sample_num_atoms
 from mofbalora.model_folder import (
     TRAIN_EMBEDDINGS_FILE, bare_member, load_members, load_train_embeddings, merge_if_adapted,
 )
+from mofbalora.training.config import SAMPLING_METHODS
 from mofbalora.uncertainty.conformal import ConformalCalibrator
 from mofbalora.uncertainty.intervals import gaussian_interval, window_probability
 from mofbalora.uncertainty.ood import EmbeddingDistance, ood_reasons
@@ -53,7 +54,7 @@ class _PredictionStep(L.LightningModule):
 
     def predict_step(self, batch: tuple[Any, Any, torch.Tensor], batch_index: int) -> dict[str, torch.Tensor]:
         graphs, _, index = batch
-        if self.method == "balora":
+        if self.method in SAMPLING_METHODS:
             with set_adapter_mode(self.members[0], "sample", samples=self.samples, seed=self.seed):
                 draws = self.members[0](graphs)  # [S, G]
         else:
@@ -84,8 +85,8 @@ class BandgapModel:
     """A trained model folder.
 
     Attributes:
-        method: training method; ``balora`` samples weights, ``lora-ensemble`` uses its members,
-            others are deterministic (epistemic std reported as NaN).
+        method: training method; ``balora`` samples weights and ``lora-mcdropout`` dropout masks
+            (S draws), ``lora-ensemble`` uses its members, others are deterministic (epistemic std reported as NaN).
         meta: everything in ``model.json``.
         calibrator: the conformal calibrator, or None for a folder not yet calibrated.
     """
@@ -100,7 +101,7 @@ class BandgapModel:
                            if calibration.get("conformal") else None)
         self.ood_thresholds: dict[str, Any] = calibration.get("ood", {})
         for member in members:
-            if self.method != "balora":
+            if self.method not in SAMPLING_METHODS:
                 merge_if_adapted(member)  # mean mode at bare-backbone cost
         self._bare: nn.Module | None = None
         self._distance: EmbeddingDistance | None = None
@@ -132,7 +133,7 @@ class BandgapModel:
                       batch_size: int | None = None, progress: bool = False,
                       trainer_kwargs: dict[str, Any] | None = None,
                       frozen_embeddings: torch.Tensor | None = None) -> np.ndarray:
-        """Draws [D, n] in eV, in input order: D = S weight samples (BaLoRA), M members, or 1.
+        """Draws [D, n] in eV, in input order: D = S samples (BaLoRA, MC dropout), M members, or 1.
 
         With ``trainer_kwargs`` (e.g. ``{"devices": 2, "strategy": "ddp"}``) a Lightning Trainer runs
         the prediction, sharded across ranks and gathered back in input order; without, it runs in
@@ -144,7 +145,7 @@ class BandgapModel:
             return np.zeros((1, 0))
         # About this many structure-samples per pass keeps tensors cache-friendly on CPU.
         structures_per_pass = 64 if self.backbone.name == "cgcnn" else 16
-        batch_size = batch_size or max(1, structures_per_pass // (n_samples if self.method == "balora" else 1))
+        batch_size = batch_size or max(1, structures_per_pass // (n_samples if self.method in SAMPLING_METHODS else 1))
         dataset = GraphDataset(samples, frozen_embeddings=frozen_embeddings if self.method == "balora" else None)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                             collate_fn=Collate(self.backbone))

@@ -1,16 +1,18 @@
-"""The band-gap uncertainty study: full fine-tuning, LoRA, a LoRA ensemble and BaLoRA on one split.
+"""The band-gap uncertainty study: BaLoRA against full fine-tuning, LoRA, a LoRA ensemble,
+Laplace-LoRA, MC-dropout LoRA and input-independent (constant-α) BaLoRA, on one split and two
+shifted test sets (larger cells; held-out metals).
 
-Steps: choose the regression head on validation (LoRA, pretrained vs residual head); fit every
-method with it; choose BaLoRA's KL weight on validation; calibrate each method on the held-out
-calibration split; draw test predictions once; score accuracy, uncertainty (epistemic std, for
-the paper's claims) and calibration (raw, recalibrated, conformal), the prediction floor and the
-OOD flags.
+Steps (docs/method.md §11): fit every method with every seed the profile names (LoRA's seeds are
+the ensemble's members; Laplace-LoRA is fitted post hoc on each of them); calibrate each seed on
+the held-out calibration split; draw predictions on every set once; score every method with CIs
+over seeds and test structures; decide the claims by the rules in ``mofbalora.analysis.study``.
 
-    python pipelines/bandgap_benchmark.py --profile cpu|gpu|smoke [--fresh] [--data PATH]
+    python pipelines/bandgap_benchmark.py --profile cpu|cpu-large|gpu|smoke [--fresh] [--data PATH]
 
 Method runs and predictions live in results/runs/<profile>/ and are reused by a rerun
 (--fresh redoes everything); each run writes its report to results/<timestamp>-<profile>/.
-The cpu profile's report is also published to docs/results/ and the README.
+The cpu profile's report is published to docs/results/ and the README, other profiles' (with
+--publish) to docs/results/<profile>/.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,24 +32,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from scipy.stats import norm
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mofbalora.analysis import figures, study  # noqa: E402
-from mofbalora.analysis.report import accuracy_table, coverage_summary, render_report  # noqa: E402
+from mofbalora.analysis.report import readme_block, render_report  # noqa: E402
 from mofbalora.calibrate import fit_calibrated  # noqa: E402
-from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
-from mofbalora.data.io import write_text_atomic  # noqa: E402
+from mofbalora.data.datasets import default_cache_dir, load_labelled_dataset  # noqa: E402
+from mofbalora.data.io import atomic_path, write_text_atomic  # noqa: E402
 from mofbalora.data.splits import Split, make_split  # noqa: E402
+from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
 from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
 from mofbalora.model_folder import member_adapter_config, package_versions  # noqa: E402
 from mofbalora.predict import BandgapModel, load_model  # noqa: E402
-from mofbalora.training.config import ADAPTER_METHODS, TrainConfig  # noqa: E402
+from mofbalora.training.config import ADAPTER_METHODS, SAMPLING_METHODS, TrainConfig  # noqa: E402
 from mofbalora.training.fit import FolderMismatchError, prepare_data, select_subset  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
-from mofbalora.uncertainty.intervals import gaussian_interval  # noqa: E402
-from mofbalora.uncertainty.ood import ood_reasons  # noqa: E402
+from mofbalora.uncertainty.conformal import ConformalCalibrator  # noqa: E402
+from mofbalora.uncertainty.laplace import LastLayerLaplace  # noqa: E402
 
 logger = logging.getLogger("bandgap_benchmark")
 CONFIG_DIR = ROOT / "pipelines" / "configs"
@@ -61,7 +67,7 @@ def load_profile(name: str) -> dict[str, Any]:
 
 def base_config(profile: dict[str, Any], method: str, **extra: Any) -> TrainConfig:
     values = {**profile["train"], "backbone": profile["backbone"], "method": method, "adapter": dict(profile["adapter"]),
-              "likelihood": profile["likelihood"], "head": profile["heads"][0],
+              "likelihood": profile["likelihood"], "head": profile["head"],
               "max_structures": profile["max_structures"], "max_atoms": profile["max_atoms"], "split": profile["split"],
               "ensemble_size": profile["ensemble_size"], "seed": profile["seed"]}
     values["adapter"].update(extra.pop("adapter", {}))
@@ -83,11 +89,35 @@ def finished_run(folder: Path) -> bool:
     return model.exists() and (folder / "timing.json").exists() and bool(json.loads(model.read_text())["calibration"])
 
 
+def element_sets(dataset: Any, ids: list[str], run_dir: Path) -> dict[str, list[str]]:
+    """The chemical elements of each structure, read once from its CIF and cached in run_dir."""
+    from mofbalora.data.structures import read_structure
+
+    cache = run_dir / "elements.json"
+    known: dict[str, list[str]] = json.loads(cache.read_text()) if cache.exists() else {}
+    missing = [i for i in ids if i not in known]
+    if missing:
+        paths = dataset.table.set_index("id").loc[missing, "path"]
+        for structure_id, path in tqdm(paths.items(), total=len(missing), desc="reading elements", unit="CIF"):
+            try:
+                known[structure_id] = sorted({site.specie.symbol for site in read_structure(path)})
+            except Exception as exc:  # noqa: BLE001 - recorded and skipped, as featurising does
+                logger.warning("%s: elements not read (%s)", path, exc)
+                known[structure_id] = []
+        write_text_atomic(cache, json.dumps(known))
+    return {i: known[i] for i in ids}
+
+
 def study_data(profile: dict[str, Any], data: str | None, run_dir: Path) -> tuple[Any, Split, dict[str, Any]]:
     """The profile's dataset, its split (saved in run_dir/split.json and reused) and the featurised
-    parts ``{part: (ids, samples, gaps_ev)}``."""
+    parts ``{part: (ids, samples, gaps_ev)}``. Structures holding a held-out metal of the
+    chemistry shift (``shift.chemistry.held_out_metals``) never enter the split."""
     dataset = load_labelled_dataset(data)
     subset = select_subset(dataset, base_config(profile, "lora"))
+    held_out = set(profile.get("shift", {}).get("chemistry", {}).get("held_out_metals", []))
+    if held_out:
+        elements = element_sets(dataset, list(subset["id"]), run_dir)
+        subset = subset[[not held_out & set(elements[i]) for i in subset["id"]]]
     split_path = run_dir / "split.json"
     split = Split.load(split_path) if split_path.exists() else make_split(
         list(subset["id"]), subset[dataset.target].to_numpy(), fractions=tuple(profile["split"]["fractions"]),
@@ -97,7 +127,44 @@ def study_data(profile: dict[str, Any], data: str | None, run_dir: Path) -> tupl
     return dataset, split, parts
 
 
-def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, split: Split) -> Path:
+def shift_sets(profile: dict[str, Any], dataset: Any, run_dir: Path) -> dict[str, tuple[list[str], list[Any], np.ndarray]]:
+    """The shifted test sets ``{name: (ids, samples, gaps_ev)}``, drawn from the profile's subset:
+
+    - ``size``: cells larger than any training cell (max_atoms < n ≤ shift.size.max_atoms);
+    - ``chemistry``: cells (≤ max_atoms) holding a held-out metal, which the split never saw.
+
+    Each is a seeded random sample of at most ``n`` structures; the ids are saved in
+    run_dir/shift_ids.json and reused.
+    """
+    config = profile.get("shift")
+    if not config:
+        return {}
+    ids_path = run_dir / "shift_ids.json"
+    chosen: dict[str, list[str]] = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+    subset = select_subset(dataset, base_config(profile, "lora"))
+    elements = element_sets(dataset, list(subset["id"]), run_dir)
+    held_out = set(config.get("chemistry", {}).get("held_out_metals", []))
+    limits = {"size": config.get("size", {}).get("max_atoms"), "chemistry": profile["max_atoms"]}
+    featuriser = get_featuriser(profile["backbone"])
+    indexed = dataset.table.set_index("id")
+    out = {}
+    for name in [n for n in ("size", "chemistry") if n in config]:
+        if name not in chosen:
+            rng = np.random.default_rng(profile["seed"])
+            pool = [i for i in subset["id"] if (name == "chemistry") == bool(held_out & set(elements[i]))]
+            chosen[name] = [str(i) for i in rng.permutation(pool)]  # filtered by size below, then cut to n
+        result = featurise_paths(list(indexed.loc[chosen[name], "path"]), featuriser, cache_dir=default_cache_dir(),
+                                 max_atoms=limits[name], progress=True)
+        keep = [k for k, sample in enumerate(result.samples)
+                if name == "chemistry" or sample_num_atoms(sample) > profile["max_atoms"]][:config[name]["n"]]
+        ids = [result.ids[k] for k in keep]
+        out[name] = (ids, [result.samples[k] for k in keep], indexed.loc[ids, dataset.target].to_numpy(dtype=float))
+    write_text_atomic(ids_path, json.dumps(chosen))
+    return out
+
+
+def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, split: Split,
+               progress: bool = False) -> Path:
     """Fit and calibrate one method unless a finished run with the same training config exists
     (under this name or another: the study reuses the design study's runs); record its training
     wall time.
@@ -118,7 +185,7 @@ def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, spli
     timing_path = out / "timing.json"
     logger.info("fitting %s", name)
     start = time.perf_counter()
-    result = fit_calibrated(config, data=data, out_dir=out, progress=False, split=split)
+    result = fit_calibrated(config, data=data, out_dir=out, progress=progress, split=split)
     if result is None:
         raise RuntimeError(f"{name}: training did not finish")
     previous = json.loads(timing_path.read_text())["train_wall_s"] if timing_path.exists() else 0.0
@@ -134,106 +201,100 @@ def epochs_run(model_dir: Path) -> list[int]:
     return counts
 
 
-def predictions(name: str, model_dir: Path, parts: dict[str, Any], run_dir: Path, *, samples: int,
-                seeds: list[int], calibration_samples: int) -> dict[str, Any]:
-    """Draws on val, calibration and test, plus test embedding distances, cached in
-    run_dir/predictions/<name>.npz (name: the model folder's), with the test inference wall time."""
-    cache = run_dir / "predictions" / f"{name}.npz"
-    if cache.exists():
-        loaded = np.load(cache)
+def cached(path: Path, compute: Any) -> dict[str, np.ndarray]:
+    """``compute()`` (a dict of arrays) saved to ``path`` (.npz) once and read back by a rerun."""
+    if path.exists():
+        loaded = np.load(path)
         return {key: loaded[key] for key in loaded.files}
-    model = load_model(model_dir)
-    out: dict[str, Any] = {}
-    logger.info("predicting with %s", name)
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **out)
+    return out
+
+
+def method_draws(model: BandgapModel, sets: dict[str, list[Any]], *, samples: int, label: str) -> dict[str, np.ndarray]:
+    """Draws [D, n] (eV) on every set, plus the test inference wall time; D = S samples for a
+    sampling method (sampling seed 0), the members for an ensemble, 1 otherwise."""
+    out: dict[str, np.ndarray] = {}
+    for name, structures in sets.items():
+        start = time.perf_counter()
+        out[name] = model.predict_draws(structures, n_samples=samples, seed=0, progress=True)
+        if name == "test":
+            out["test_wall_s"] = np.array(time.perf_counter() - start)
+    logger.info("predicted with %s", label)
+    return out
+
+
+def laplace_predictions(model: BandgapModel, member: int, train: tuple[Any, Any, np.ndarray], sets: dict[str, list[Any]],
+                        *, noise_std_ev: float, hessian_structure: str) -> dict[str, np.ndarray]:
+    """Last-layer Laplace (uncertainty.laplace) on one LoRA member: GLM mean and epistemic std (eV)
+    per set, the prior precision chosen by marginal likelihood, and the fit + test wall times."""
     start = time.perf_counter()
-    if model.method == "balora":  # the study's longest phase: a progress bar per seed
-        for seed in seeds:
-            out[f"test_seed{seed}"] = model.predict_draws(parts["test"][1], n_samples=samples, seed=seed, progress=True)
-    else:
-        out["test"] = model.predict_draws(parts["test"][1])
-    out["inference_wall_s"] = np.array(time.perf_counter() - start)
-    for part in ("val", "calibration"):
-        out[part] = model.predict_draws(parts[part][1], n_samples=calibration_samples, seed=seeds[0], progress=True)
-    out["test_embedding_distance"] = model.embedding_distance.score(model.frozen_embeddings(parts["test"][1]))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **out)
+    std_ev = model.normaliser.std_ev
+    laplace = LastLayerLaplace(hessian_structure=hessian_structure).fit(
+        model.members[member], train[1], model.normaliser.to_standard(train[2]), noise_std=noise_std_ev / std_ev)
+    out = {"fit_wall_s": np.array(time.perf_counter() - start), "prior_precision": np.array(laplace.prior_precision_)}
+    for name, structures in sets.items():
+        start = time.perf_counter()
+        mean, std = laplace.predict(structures)
+        out[f"{name}_mean"], out[f"{name}_std"] = model.normaliser.to_ev(mean), std * std_ev
+        if name == "test":
+            out["test_wall_s"] = np.array(time.perf_counter() - start)
     return out
 
 
-def choose_head(head_runs: dict[str, Path], val_samples: list[Any], val_truth: np.ndarray, *,
-                max_floor_share: float) -> tuple[str, dict[str, Any]]:
-    """The head with the lowest LoRA validation MAE among those whose validation predictions do not
-    pile up at their minimum (share within 0.02 eV of it <= ``max_floor_share``); rule declared in
-    the profile before the run. Falls back to the lowest MAE if no head qualifies."""
-    mae, floor = {}, {}
-    for head, folder in head_runs.items():
-        mean = load_model(folder).predict_samples(val_samples)[0]
-        mae[head] = float(np.mean(np.abs(mean - val_truth)))
-        floor[head] = um.floor_statistics(mean, val_truth)["share_within_tolerance_of_min"]
-    eligible = [h for h in head_runs if floor[h] <= max_floor_share] or list(head_runs)
-    chosen = min(eligible, key=mae.get)
-    return chosen, {"val_mae_ev": mae, "val_floor_share": floor, "max_floor_share": max_floor_share,
-                    "eligible": eligible, "chosen": chosen}
+@dataclass
+class Realised:
+    """One method's per-seed predictions on every set, and what calibrating each seed gives."""
+
+    runs: dict[str, study.MethodRuns]  # set -> runs
+    noise_std_ev: list[float]  # per seed (one for a pooled ensemble)
+    inference: dict[str, float]
 
 
-def spread(draws: np.ndarray) -> np.ndarray:
-    """Std over draws [D, n] -> [n]; NaN for a single draw (deterministic methods)."""
-    return draws.std(0, ddof=1) if draws.shape[0] > 1 else np.full(draws.shape[1], np.nan)
+def calibrated(realised: Realised, truth_by_set: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Per realisation and set: conformal 68/95% hits, calibrated-Gaussian NLL and 95% width [K, n],
+    the calibrator fitted on the calibration split with sigma = sqrt(epistemic² + noise²)
+    (docs/method.md §9; a constant width for deterministic methods)."""
+    cal = realised.runs["calibration"].realisations()
+    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    for k, (cal_mean, cal_std) in enumerate(cal):
+        noise = realised.noise_std_ev[k]
+        sigma = lambda std: (np.sqrt(np.nan_to_num(std) ** 2 + noise ** 2) if np.isfinite(std).all() else None)  # noqa: E731
+        calibrator = ConformalCalibrator().fit(cal_mean, sigma(cal_std), truth_by_set["calibration"])
+        for name, runs in realised.runs.items():
+            if name in ("calibration", "val"):
+                continue
+            mean, std = runs.realisations()[k]
+            truth = truth_by_set[name]
+            entry = out.setdefault(name, {"hit_68": [], "hit_95": [], "nll": [], "width_95_ev": []})
+            for level in (68, 95):
+                low, high = calibrator.interval(mean, sigma(std), confidence=level / 100, lower_bound_ev=None)
+                entry[f"hit_{level}"].append(((truth >= low) & (truth <= high)).astype(float))
+                if level == 95:
+                    entry["width_95_ev"].append(high - low)
+            cal_sd = (calibrator.calibrated_std(sigma(std), len(mean)) if calibrator.normalised
+                      else np.full(len(mean), calibrator.normalised_rms_))  # deterministic: the residual RMS
+            entry["nll"].append(-norm.logpdf(truth, loc=mean, scale=um.positive_std(cal_sd)))
+    return {name: {key: np.array(values) for key, values in entry.items()} for name, entry in out.items()}
 
 
-def calibration_comparison(model: BandgapModel, test_draws: np.ndarray, cal_draws: np.ndarray,
-                           truth: np.ndarray, cal_truth: np.ndarray) -> dict[str, Any]:
-    """Test coverage at 68/95% of four interval kinds, side by side, with mean 95% widths (eV).
-
-    raw_epistemic: Gaussian on the epistemic std alone (what the paper's std claims);
-    raw_total: Gaussian on sqrt(epistemic² + learned noise²); recalibrated: raw_total times one
-    factor fitted on the calibration split (uncertainty-toolbox, diagnostic); conformal: the
-    model's stored crepes calibrator. ``test_draws`` must use the calibration's S.
-    """
-    mean, epistemic = test_draws.mean(0), spread(test_draws)
-    total = model.total_std(np.nan_to_num(epistemic, nan=0.0))
-    cal_total = model.total_std(np.nan_to_num(spread(cal_draws), nan=0.0))
-    kinds: dict[str, Any] = {}
-    if np.isfinite(epistemic).all():
-        kinds["raw_epistemic"] = lambda level: gaussian_interval(mean, epistemic, coverage=level)
-    if (total > 0).all():
-        kinds["raw_total"] = lambda level: gaussian_interval(mean, total, coverage=level)
-        recalibrator = um.ScalarVarianceRecalibrator().fit(cal_draws.mean(0), cal_total, cal_truth)
-        kinds["recalibrated"] = lambda level: gaussian_interval(mean, recalibrator.predict(total), coverage=level)
-    sigma = total if np.isfinite(epistemic).all() else np.full_like(mean, np.nan)
-    kinds["conformal"] = lambda level: model.calibrator.interval(mean, sigma, confidence=level)
-    out: dict[str, Any] = {}
-    for kind, bounds in kinds.items():
-        low68, high68 = bounds(0.68)
-        low95, high95 = bounds(0.95)
-        out[kind] = {"coverage_68": um.interval_share(low68, high68, truth),
-                     "coverage_95": um.interval_share(low95, high95, truth),
-                     "mean_width_95_ev": float(np.mean(high95 - low95))}
-    if "recalibrated" in kinds:
-        out["recalibration_scale"] = recalibrator.scale_
-    out["noise_std_ev"] = model.noise_std_ev
-    return out
-
-
-def ood_summary(model: BandgapModel, test_draws: np.ndarray, distance: np.ndarray, n_atoms: np.ndarray,
-                truth: np.ndarray) -> dict[str, Any]:
-    """Flag rate on the test split and MAE of flagged vs unflagged structures, per flag kind."""
-    mean, epistemic = test_draws.mean(0), spread(test_draws)
-    reasons = ood_reasons(epistemic_std_ev=epistemic, embedding_distance=distance, n_atoms=n_atoms,
-                          thresholds=model.ood_thresholds)
-    errors = np.abs(mean - truth)
-    out: dict[str, Any] = {"thresholds": model.ood_thresholds}
-    for kind, needle in (("any", ""), ("epistemic_std", "epistemic std"), ("embedding", "embedding far")):
-        flagged = np.array([bool(r) and needle in r for r in reasons])
-        out[kind] = {"flag_rate": float(flagged.mean()), "n_flagged": int(flagged.sum()),
-                     "mae_flagged_ev": float(errors[flagged].mean()) if flagged.any() else None,
-                     "mae_unflagged_ev": float(errors[~flagged].mean()) if (~flagged).any() else None}
-    return out
-
-
-def method_predictions(name: str, draws: np.ndarray, val_draws: np.ndarray) -> study.MethodPredictions:
-    spread = lambda d: d.std(0, ddof=1) if d.shape[0] > 1 else np.full(d.shape[1], np.nan)  # noqa: E731
-    return study.MethodPredictions(name, draws.mean(0), spread(draws), val_draws.mean(0), spread(val_draws))
+def method_table(runs: study.MethodRuns, hits: dict[str, np.ndarray], truth: np.ndarray,
+                 rng: np.random.Generator, n_boot: int, *, uncertainty: bool) -> dict[str, Any]:
+    """One row of the report's table on one set: MAE, ρ, AUSE/oracle, NLL mean and median, calibrated
+    68/95% coverage and the median calibrated 95% width, each with its hierarchical CI."""
+    row = {"mae_ev": study.score(study.mae, runs, truth, rng, n_boot)}
+    if uncertainty:
+        row["spearman"] = study.score(study.spearman, runs, truth, rng, n_boot)
+        row["ause_ratio"] = study.score(study.ause_ratio, runs, truth, rng, n_boot)
+    row["nll_mean"] = study.per_structure_score(hits["nll"], rng, n_boot)
+    row["nll_median"] = study.per_structure_score(hits["nll"], rng, n_boot, reduce=np.median)
+    for level in (68, 95):
+        row[f"coverage_{level}"] = study.per_structure_score(hits[f"hit_{level}"], rng, n_boot)
+    row["median_width_95_ev"] = float(np.median(hits["width_95_ev"]))
+    return row
 
 
 def git_commit() -> str:
@@ -250,20 +311,17 @@ def git_commit() -> str:
 
 
 def publish(report_dir: Path, metrics: dict[str, Any]) -> None:
-    """Copy the report to docs/results/ and refresh the README's generated section."""
-    target = ROOT / "docs" / "results"  # also holds the design study's ablation.* files: overwrite, never wipe
-    shutil.copytree(report_dir, target, ignore=shutil.ignore_patterns("predictions"), dirs_exist_ok=True)
+    """Copy the report to docs/results/ (cpu) or docs/results/<profile>/ and, for the cpu profile,
+    refresh the README's generated section."""
+    profile = metrics["setup"]["profile"]
+    relative = "docs/results" if profile == "cpu" else f"docs/results/{profile}"
+    # docs/results also holds the design study's ablation.* files: overwrite, never wipe
+    shutil.copytree(report_dir, ROOT / relative, ignore=shutil.ignore_patterns("predictions"), dirs_exist_ok=True)
     readme = ROOT / "README.md"
-    if not readme.exists():
+    if profile != "cpu" or not readme.exists():
         return
-    claims = metrics["claims"]
-    verdicts = "\n".join(f"- {c['statement']}: **{c['verdict']}**" for c in claims.values())
-    block = (f"<!-- results:start (generated by pipelines/bandgap_benchmark.py; do not edit) -->\n"
-             f"Latest `{metrics['setup']['profile']}` run ({metrics['setup']['finished']}, "
-             f"{metrics['setup']['n_test']} test structures, backbone {metrics['setup']['backbone']}):\n\n"
-             f"{verdicts}\n\n{accuracy_table(metrics)}\n\nIntervals on the test split (PBE gaps; calibrated on a held-out "
-             f"calibration split):\n\n{coverage_summary(metrics)}\n\n![rho vs S](docs/results/rho_vs_S.png)\n\n"
-             f"Full report: [docs/results/report.md](docs/results/report.md)\n<!-- results:end -->")
+    block = ("<!-- results:start (generated by pipelines/bandgap_benchmark.py; do not edit) -->\n"
+             f"{readme_block(metrics, relative)}\n<!-- results:end -->")
     text = readme.read_text()
     text = re.sub(r"<!-- results:start.*?<!-- results:end -->", lambda _: block, text, flags=re.S)
     write_text_atomic(readme, text)
@@ -298,7 +356,8 @@ def quiet_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = pipeline_parser(__doc__, profiles="cpu (default), gpu or smoke", publish_to="docs/results and the README")
+    parser = pipeline_parser(__doc__, profiles="cpu (default), cpu-large, gpu or smoke",
+                             publish_to="docs/results/ (cpu) or docs/results/<profile>/, and the README (cpu)")
     parser.add_argument("--fresh", action="store_true", help="redo every method run and prediction")
     args = parser.parse_args(argv)
     if args.rerender:
@@ -314,120 +373,164 @@ def main(argv: list[str] | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     dataset, split, parts = study_data(profile, args.data, run_dir)
-    split_path = run_dir / "split.json"
+    shifts = shift_sets(profile, dataset, run_dir)
+    sets = {"val": parts["val"][1], "calibration": parts["calibration"][1], "test": parts["test"][1],
+            **{f"shift_{name}": value[1] for name, value in shifts.items()}}
+    truth = {"val": parts["val"][2], "calibration": parts["calibration"][2], "test": parts["test"][2],
+             **{f"shift_{name}": value[2] for name, value in shifts.items()}}
+    head = profile["head"]
 
-    # Step 1: the regression head, chosen by LoRA's validation MAE (docs/method.md §8).
-    truth, val_truth, cal_truth = parts["test"][2], parts["val"][2], parts["calibration"][2]
-    head_runs = {head: run_method(f"lora-head-{head}", base_config(profile, "lora", head=head), data=args.data,
-                                  run_dir=run_dir, split=split) for head in profile["heads"]}
-    head, head_selection = choose_head(head_runs, parts["val"][1], val_truth,
-                                       max_floor_share=profile["head_max_floor_share"])
-    head_val_mae = head_selection["val_mae_ev"]
-    logger.info("head chosen on validation: %s (%s)", head, head_selection)
+    # Step 1: every method, every seed (docs/method.md §11); LoRA's seeds are the ensemble's members.
+    folders: dict[str, list[Path]] = {}
+    for name, spec in profile["methods"].items():
+        extra = {key: value for key, value in spec.items() if key not in ("method", "seeds")}
+        folders[name] = [run_method(f"{name}-seed{seed}" if spec["method"] != "lora-ensemble" else name,
+                                    base_config(profile, spec["method"], head=head, seed=seed, **extra),
+                                    data=args.data, run_dir=run_dir, split=split, progress=True)
+                         for seed in spec.get("seeds", [profile["seed"]])]
 
-    # Step 2: every method with that head.
-    model_dirs = {"full": run_method("full", base_config(profile, "full", lr=profile["full_lr"], head=head),
-                                     data=args.data, run_dir=run_dir, split=split),
-                  "lora": head_runs[head],
-                  "lora-ensemble": run_method(f"lora-ensemble-head-{head}", base_config(profile, "lora-ensemble", head=head),
-                                              data=args.data, run_dir=run_dir, split=split)}
-    sizes, seeds = profile["sample_sizes"], list(range(profile["sampling_seeds"]))
-    cal_samples = profile["train"]["calibration_samples"]
+    # Step 2: predictions on every set, drawn once and cached.
+    claim_s, sizes = profile["claim_samples"], profile["sample_sizes"]
+    realised: dict[str, Realised] = {}
+    cost: dict[str, dict[str, Any]] = {}
+    n_train, n_test = len(parts["train"][2]), len(truth["test"])
+    for name, spec in profile["methods"].items():
+        per_seed = []
+        for folder in folders[name]:
+            model = load_model(folder)
+            per_seed.append((model, cached(run_dir / "predictions" / f"{folder.name}-S{claim_s}.npz",
+                                           lambda: method_draws(model, sets, samples=claim_s, label=folder.name))))
+        pooled = spec["method"] == "lora-ensemble"
+        if pooled:  # one folder; its draws are the members' predictions
+            members_draws = per_seed[0][1]
+            runs = {s: study.MethodRuns(name, members_draws[s], np.full_like(members_draws[s], np.nan), pooled=True)
+                    for s in sets}
+        else:
+            runs = {s: study.MethodRuns(name, np.stack([d[s].mean(0) for _, d in per_seed]),
+                                        np.stack([study_spread(d[s]) for _, d in per_seed])) for s in sets}
+        if pooled:
+            ensemble_model = per_seed[0][0]
+            members = [json.loads(p.read_text())["noise_std_ev"] for p in sorted(folders[name][0].glob("members/*/noise.json"))]
+            realised[name] = Realised(runs, [float(ensemble_model.noise_std_ev)], {})
+            # LoRA: each member on its own (seeds 0..M-1)
+            realised["lora"] = Realised({s: study.MethodRuns("lora", per_seed[0][1][s], np.full_like(per_seed[0][1][s], np.nan))
+                                         for s in sets}, members, {})
+        else:
+            realised[name] = Realised(runs, [float(m.noise_std_ev) for m, _ in per_seed], {})
+        epochs = [sum(epochs_run(folder)) for folder in folders[name]]
+        train_wall = [json.loads((folder / "timing.json").read_text())["train_wall_s"] for folder in folders[name]]
+        test_wall = float(np.mean([d["test_wall_s"] for _, d in per_seed]))
+        passes = claim_s if spec["method"] in SAMPLING_METHODS else per_seed[0][1]["test"].shape[0]
+        cost[name] = {"train_wall_s_per_seed": float(np.mean(train_wall)), "train_passes_per_seed": int(np.mean(epochs)) * n_train,
+                      "inference_wall_s_per_structure": test_wall / n_test, "inference_passes_per_structure": int(passes)}
+        if pooled:
+            m = len(members)
+            cost["lora"] = {"train_wall_s_per_seed": cost[name]["train_wall_s_per_seed"] / m,
+                            "train_passes_per_seed": cost[name]["train_passes_per_seed"] // m,
+                            "inference_wall_s_per_structure": cost[name]["inference_wall_s_per_structure"] / m,
+                            "inference_passes_per_structure": 1}
 
-    # Step 3: BaLoRA in the configuration the design study chose on validation (docs/results/ablation.md).
-    balora = profile["balora"]
-    chosen = f"balora-{balora['variant']}-head-{head}"
-    model_dirs["balora"] = run_method(chosen, base_config(profile, "balora", adapter=balora["adapter"], head=head),
-                                      data=args.data, run_dir=run_dir, split=split)
+    # Laplace-LoRA: post hoc on each LoRA seed (an ensemble member).
+    ensemble_folder = folders["lora-ensemble"][0]
+    ensemble_model = load_model(ensemble_folder)
+    laplace_runs = []
+    for member in range(len(ensemble_model.members)):
+        noise = json.loads((ensemble_folder / "members" / str(member) / "noise.json").read_text())["noise_std_ev"]
+        laplace_runs.append(cached(run_dir / "predictions" / f"laplace-lora-member{member}.npz",
+                                   lambda: laplace_predictions(ensemble_model, member, parts["train"], sets, noise_std_ev=noise,
+                                                               hessian_structure=profile["laplace"]["hessian_structure"])))
+    realised["laplace-lora"] = Realised(
+        {s: study.MethodRuns("laplace-lora", np.stack([r[f"{s}_mean"] for r in laplace_runs]),
+                             np.stack([r[f"{s}_std"] for r in laplace_runs])) for s in sets},
+        realised["lora"].noise_std_ev, {})
+    cost["laplace-lora"] = {**cost["lora"], "laplace_fit_wall_s_per_seed": float(np.mean([r["fit_wall_s"] for r in laplace_runs])),
+                            "inference_wall_s_per_structure": cost["lora"]["inference_wall_s_per_structure"]
+                            + float(np.mean([r["test_wall_s"] for r in laplace_runs])) / n_test,
+                            "prior_precision": [float(r["prior_precision"]) for r in laplace_runs]}
 
-    # Step 4: predictions, drawn once.
-    raw = {name: predictions(folder.name, folder, parts, run_dir, samples=max(sizes),
-                             seeds=seeds, calibration_samples=cal_samples)
-           for name, folder in model_dirs.items()}
-    before = predictions("lora-head-pretrained", head_runs["pretrained"], parts, run_dir, samples=max(sizes),
-                         seeds=seeds, calibration_samples=cal_samples)
-    members = raw["lora-ensemble"]["test"]
-    balora_draws = [raw["balora"][f"test_seed{s}"] for s in seeds]
-    tests = {"full": raw["full"]["test"], "lora": raw["lora"]["test"], "lora-ensemble": members,
-             "balora": balora_draws[0]}
-    preds = {name: study.MethodPredictions(name, draws.mean(0), spread(draws), raw[name]["val"].mean(0),
-                                           spread(raw[name]["val"]))
-             for name, draws in tests.items()}
+    # Step 3: claim 2's draws: S_max samples on the test split from seed 0 of each sampling method
+    # (nested: the curve takes the first S; the split halves give the std's reliability).
+    sweep_draws = {}
+    for name in profile["sweep_methods"]:
+        model = load_model(folders[name][0])
+        sweep_draws[name] = cached(
+            run_dir / "predictions" / f"{folders[name][0].name}-sweep-S{max(sizes)}.npz",
+            lambda: {"test": model.predict_draws(sets["test"], n_samples=max(sizes), seed=1, progress=True)})["test"]
 
-    # Step 5: scores.
+    # Step 4: scores. Every CI resamples seeds and structures (docs/method.md §11).
     rng = np.random.default_rng(profile["seed"])
     n_boot = profile["bootstrap"]
-    train_ids = parts["train"][0]
-    train_mean = float(parts["train"][2].mean())
-    mean_predictor = study.MethodPredictions("mean predictor", np.full_like(truth, train_mean), np.full_like(truth, np.nan))
-    metrics: dict[str, Any] = {"accuracy": {name: study.accuracy(p, truth, rng, n_boot)
-                                            for name, p in {**preds, "mean predictor": mean_predictor}.items()}}
-    metrics["uncertainty"] = {name: study.uncertainty(p, truth, val_truth, rng, n_boot)
-                              for name, p in preds.items() if p.has_std}
-    metrics["balora_sample_sweep"] = study.sample_size_sweep(balora_draws, truth, sizes)
-    metrics["ensemble_size_sweep"] = study.ensemble_size_sweep(members, truth, rng, n_boot)
-    metrics["claims"] = study.claims(balora=preds["balora"], balora_draws=balora_draws[0], ensemble=preds["lora-ensemble"],
-                                     lora=preds["lora"], full=preds["full"], truth=truth,
-                                     sweep=metrics["balora_sample_sweep"], rng=rng, n_boot=n_boot)
-    loaded = {name: load_model(model_dirs[name]) for name in ("balora", "lora-ensemble", "lora")}
-    calibration_draws = {"balora": balora_draws[0][:cal_samples], "lora-ensemble": members, "lora": raw["lora"]["test"]}
-    metrics["calibration"] = {name: calibration_comparison(model, calibration_draws[name], raw[name]["calibration"],
-                                                           truth, cal_truth) for name, model in loaded.items()}
-    metrics["floor"] = {"before: lora, pretrained head": um.floor_statistics(before["test"].mean(0), truth),
-                        **{name: um.floor_statistics(p.mean, truth) for name, p in preds.items()}}
-    n_atoms = np.array([sample_num_atoms(sample) for sample in parts["test"][1]])
-    metrics["ood"] = {name: ood_summary(model, calibration_draws[name], raw[name]["test_embedding_distance"], n_atoms,
-                                        truth) for name, model in loaded.items()}
-    metrics["head_selection"] = head_selection
-    n_train, n_val, n_test = len(train_ids), len(val_truth), len(truth)
-    timing = {n: json.loads((d / "timing.json").read_text())["train_wall_s"] for n, d in model_dirs.items()}
-    lora_epochs = epochs_run(model_dirs["lora"])
-    ensemble_epochs = epochs_run(model_dirs["lora-ensemble"])
-    metrics["cost"] = {
-        "full": {"training_runs": 1, "train_wall_s": timing["full"], "train_passes": epochs_run(model_dirs["full"])[0] * n_train,
-                 "inference_wall_s": float(raw["full"]["inference_wall_s"]), "inference_passes_per_structure": 1},
-        "lora": {"training_runs": 1, "train_wall_s": timing["lora"], "train_passes": lora_epochs[0] * n_train,
-                 "inference_wall_s": float(raw["lora"]["inference_wall_s"]),
-                 "inference_passes_per_structure": 1},
-        "lora-ensemble": {"training_runs": len(ensemble_epochs), "train_wall_s": timing["lora-ensemble"],
-                          "train_passes": sum(ensemble_epochs) * n_train,
-                          "inference_wall_s": float(raw["lora-ensemble"]["inference_wall_s"]),
-                          "inference_passes_per_structure": int(members.shape[0])},
-        "balora": {"training_runs": 1, "train_wall_s": timing["balora"],
-                   "train_passes": epochs_run(model_dirs["balora"])[0] * n_train + n_train + n_val,
-                   "inference_wall_s": float(raw["balora"]["inference_wall_s"]) / len(seeds),
-                   "inference_passes_per_structure": int(max(sizes)) + 1},
+    order = ["full", "lora", "lora-ensemble", "laplace-lora", "lora-mcdropout", "balora-constant-alpha", "balora"]
+    order = [m for m in order if m in realised]
+    uncertain = [m for m in order if realised[m].runs["test"].has_std]
+    hits = {m: calibrated(realised[m], truth) for m in order}
+    metrics: dict[str, Any] = {"table": {}, "shift": {}}
+    for m in tqdm(order, desc="scoring (bootstrap)", unit="method"):
+        metrics["table"][m] = method_table(realised[m].runs["test"], hits[m]["test"], truth["test"], rng, n_boot,
+                                           uncertainty=m in uncertain)
+        metrics["table"][m]["cost"] = cost[m]
+        metrics["table"][m]["val_spearman"] = (study.score(study.spearman, realised[m].runs["val"], truth["val"], rng, n_boot)
+                                               if m in uncertain else None)
+    mean_predictor = float(parts["train"][2].mean())
+    metrics["mean_predictor_mae_ev"] = um.mae(np.full_like(truth["test"], mean_predictor), truth["test"])
+    peers = [realised[m].runs["test"] for m in uncertain if m != "balora"]
+    balora = realised["balora"].runs["test"]
+    claim1 = study.claim_1(balora, peers, truth["test"], rng, n_boot)
+    ensemble_peer = "lora-ensemble"
+    bayesian = [m for m in profile["bayesian_peers"] if m in uncertain]
+    best = max(bayesian, key=lambda m: metrics["table"][m]["val_spearman"]["value"])
+    sweeps = {name: study.sweep(name, sweep_draws[name], truth["test"], sizes, n_boot, profile["seed"]) for name in sweep_draws}
+    control = profile["sweep_control"]
+    rise = study.rise_difference(sweep_draws["balora"], sweep_draws[control], truth["test"], sizes, n_boot, profile["seed"])
+    metrics["claims"] = {
+        "claim_1_correlation_vs_ensemble": {
+            "statement": "BaLoRA's std correlates with |error| more strongly than the LoRA ensemble's spread (Spearman)",
+            **claim1[ensemble_peer]},
+        "claim_2_improves_with_samples": study.claim_2(sweeps["balora"], sweeps[control], rise),
+        "claim_3_accuracy": study.claim_3(balora, realised["lora"].runs["test"], realised["full"].runs["test"], truth["test"],
+                                          margin_ev=profile["non_inferiority_margin_ev"], rng=rng, n_boot=n_boot),
+        "claim_4_vs_best_bayesian_lora_peer": {
+            "statement": f"BaLoRA's std correlates with |error| more strongly than the best Bayesian-LoRA peer's "
+                         f"(chosen on validation ρ among {', '.join(bayesian)}: {best})",
+            "peer": best, **claim1[best]},
     }
+    metrics["claim_1_all_peers"] = claim1
+    metrics["sweeps"] = sweeps
+    metrics["ensemble_size_sweep"] = study.ensemble_size_sweep(realised["lora-ensemble"].runs["test"].means, truth["test"])
+    for name in shifts:
+        key = f"shift_{name}"
+        shift_rows = {m: method_table(realised[m].runs[key], hits[m][key], truth[key], rng, n_boot, uncertainty=m in uncertain)
+                      for m in order}
+        shift_claim = study.claim_1(realised["balora"].runs[key], [realised[m].runs[key] for m in uncertain if m != "balora"],
+                                    truth[key], rng, n_boot)
+        metrics["shift"][name] = {"n": len(truth[key]), "table": shift_rows, "claim_1": shift_claim}
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     metrics["setup"] = {
-        "profile": args.profile, "backbone": profile["backbone"], "n_train": n_train, "n_val": n_val, "n_test": n_test,
-        "subset_note": profile["subset_note"], "finished": stamp,
-        "selection_note": f"head from {profile['heads']}: the lowest LoRA validation MAE among heads with at most "
-                          f"{profile['head_max_floor_share']:.0%} of validation predictions within 0.02 eV of their minimum: "
-                          f"{head} (MAE {', '.join(f'{k}: {v:.3f} eV' for k, v in head_val_mae.items())}; floor share "
-                          f"{', '.join(f'{k}: {v:.3f}' for k, v in head_selection['val_floor_share'].items())}); "
-                          f"BaLoRA: `{balora['variant']}` {balora['adapter']}, {balora['chosen_by']}",
-        "n_calibration": len(cal_truth), "split_sha256": split.fingerprint(), "git_commit": code_commit,
-        "sample_sizes": sizes, "sampling_seeds": seeds, "bootstrap": n_boot, "wall_s": time.perf_counter() - started,
+        "profile": args.profile, "backbone": profile["backbone"], "n_train": n_train, "n_val": len(truth["val"]),
+        "n_calibration": len(truth["calibration"]), "n_test": n_test,
+        "n_shift": {name: len(value[2]) for name, value in shifts.items()},
+        "subset_note": profile["subset_note"], "finished": stamp, "head": head,
+        "seeds": {name: spec.get("seeds", [profile["seed"]]) for name, spec in profile["methods"].items()},
+        "split_sha256": split.fingerprint(), "git_commit": code_commit, "claim_samples": claim_s,
+        "sample_sizes": sizes, "bootstrap": n_boot, "wall_s": time.perf_counter() - started,
         "config": profile, "versions": package_versions(), "labels_sha256": dataset.labels_sha256,
         "data_source": str(dataset.source),
     }
     report_dir = results / f"{stamp}-{args.profile}"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "predictions").mkdir(exist_ok=True)
-    for name, p in preds.items():
-        pd.DataFrame({"id": parts["test"][0], "truth": truth, "mean": p.mean, "std": p.std}).to_csv(
-            report_dir / "predictions" / f"{name}.csv", index=False)
-    shutil.copy(split_path, report_dir / "split.json")
+    (report_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    for m in order:  # ids and predictions only; labels stay out of published folders (see publish)
+        first = realised[m].runs["test"].first()
+        pd.DataFrame({"id": parts["test"][0], "mean_ev": first.mean, "std_ev": first.std}).to_csv(
+            report_dir / "predictions" / f"{m}.csv", index=False)
+    shutil.copy(run_dir / "split.json", report_dir / "split.json")
     write_text_atomic(report_dir / "config.yaml", yaml.safe_dump(profile))
-    figures.rho_vs_samples(metrics["balora_sample_sweep"], metrics["ensemble_size_sweep"], report_dir / "rho_vs_S.png")
-    for name in ("balora", "lora-ensemble"):
-        figures.parity(preds[name], truth, report_dir / f"parity_{name}.png")
-    recalibrated = {name: loaded[name].total_std(spread(calibration_draws[name])) * metrics["calibration"][name]["recalibration_scale"]
-                    for name in ("balora", "lora-ensemble")}
-    figures.calibration([preds["balora"], preds["lora-ensemble"]], truth, recalibrated, report_dir / "calibration.png")
-    figures.error_retention([preds["balora"], preds["lora-ensemble"]], truth, report_dir / "error_retention.png")
-    figures.cost_bars(metrics["cost"], report_dir / "cost.png")
+    figures.rho_vs_samples(sweeps, metrics["ensemble_size_sweep"], report_dir / "rho_vs_S.png")
+    firsts = {m: realised[m].runs["test"].first() for m in order}
+    for m in ("balora", "lora-ensemble"):
+        figures.parity(firsts[m], truth["test"], report_dir / f"parity_{m}.png")
+    figures.error_retention([firsts[m] for m in uncertain], truth["test"], report_dir / "error_retention.png")
+    figures.cost_bars(cost, report_dir / "cost.png")
     write_text_atomic(report_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     write_text_atomic(report_dir / "report.md", render_report(metrics))
     if args.publish or (args.publish is None and args.profile == "cpu"):
@@ -435,6 +538,11 @@ def main(argv: list[str] | None = None) -> Path:
     logger.info("report: %s (%.0f s)", report_dir / "report.md", metrics["setup"]["wall_s"])
     print(report_dir)
     return report_dir
+
+
+def study_spread(draws: np.ndarray) -> np.ndarray:
+    """Std over draws [D, n] -> [n]; NaN for a single draw (deterministic methods)."""
+    return draws.std(0, ddof=1) if draws.shape[0] > 1 else np.full(draws.shape[1], np.nan)
 
 
 if __name__ == "__main__":

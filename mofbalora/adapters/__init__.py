@@ -1,10 +1,10 @@
-"""LoRA and BaLoRA adapters: config, layers, injection, modes, merging and saving.
+"""LoRA, BaLoRA and MC-dropout LoRA adapters: config, layers, injection, modes, merging and saving.
 
 The method is written up in docs/method.md; equation numbers in docstrings refer to it.
 """
 
 from mofbalora.adapters.config import AdapterConfig
-from mofbalora.adapters.layers import AlphaNet, BaLoRALinear, LoRALinear, kl_multiplicative_gaussian
+from mofbalora.adapters.layers import AlphaNet, BaLoRALinear, DropoutLoRALinear, LoRALinear, kl_multiplicative_gaussian
 from mofbalora.adapters.model import (
     adapter_kl_per_graph,
     adapter_layers,
@@ -25,6 +25,7 @@ __all__ = [
     "AdapterConfig",
     "AlphaNet",
     "BaLoRALinear",
+    "DropoutLoRALinear",
     "LoRALinear",
     "adapter_kl_per_graph",
     "adapter_layers",

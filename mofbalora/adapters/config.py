@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-AdapterKind = Literal["lora", "balora"]
+AdapterKind = Literal["lora", "balora", "mcdropout"]
 NoiseOn = Literal["A", "AB"]
 AlphaGranularity = Literal["layer", "rank"]
 AlphaNetInput = Literal["frozen_embedding", "constant"]
@@ -24,7 +24,8 @@ class AdapterConfig:
     """LoRA / BaLoRA settings.
 
     Attributes:
-        kind: ``"lora"`` (point estimate) or ``"balora"`` (input-dependent multiplicative noise on A).
+        kind: ``"lora"`` (point estimate), ``"balora"`` (input-dependent multiplicative noise on A) or
+            ``"mcdropout"`` (LoRA with dropout on the adapter input, kept on when sampling; method.md §10).
         rank: r, the LoRA rank.
         alpha: LoRA scale numerator; the update is scaled by ``alpha / rank`` (method.md, eq. 1).
         target_modules: regexes over module names; matching ``nn.Linear`` layers are wrapped.
@@ -40,6 +41,8 @@ class AdapterConfig:
         alpha_init: alpha(x) at initialisation; None means the prior's c.
         kl_scaling: ``"dataset"`` divides the mean per-structure KL by the training-set size,
             ``"datapoint"`` does not (eq. 6).
+        dropout: PEFT's ``lora_dropout`` p, the share of adapter-input elements zeroed; used by
+            ``kind="mcdropout"`` only (in training and, per sample, at test time).
         noise_sampling: ``"structure"`` draws one A~ per structure, shared by all of its rows
             (ours, method.md §3); ``"row"`` draws independent noise for every row at the rank-r
             bottleneck (the local reparameterisation, eq. 2b); only with ``noise_on="A"``.
@@ -60,6 +63,7 @@ class AdapterConfig:
     alpha_init: float | None = None
     kl_scaling: KLScaling = "dataset"
     noise_sampling: NoiseSampling = "structure"
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, AdapterKind)
@@ -70,6 +74,10 @@ class AdapterConfig:
         _check_choice("noise_sampling", self.noise_sampling, NoiseSampling)
         if self.noise_sampling == "row" and self.noise_on != "A":
             raise ValueError("noise_sampling='row' (local reparameterisation) needs noise_on='A'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.kind == "mcdropout" and self.dropout == 0.0:
+            raise ValueError("kind='mcdropout' needs dropout > 0 (PEFT's lora_dropout)")
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.alpha <= 0:

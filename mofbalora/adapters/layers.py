@@ -1,4 +1,4 @@
-"""LoRA and BaLoRA wrappers around a frozen ``nn.Linear`` (docs/method.md, eqs. 1–5)."""
+"""LoRA, BaLoRA and MC-dropout LoRA wrappers around a frozen ``nn.Linear`` (docs/method.md, eqs. 1–5, §10)."""
 
 from __future__ import annotations
 
@@ -198,6 +198,62 @@ class BaLoRALinear(LoRALinear):
         if not self.merged:  # merged: W0 already holds s·B·A
             xa = xa + F.linear(rows, self.lora_A)
         return torch.addmm(self._base(rows), xa, self.lora_B.t(), alpha=self.scaling)
+
+
+class DropoutLoRALinear(LoRALinear):
+    """LoRA with dropout on the adapter input, y = W0 x + s · B A (m ⊙ x) / (1 − p) (PEFT's ``lora_dropout``),
+    kept on at test time: each sample draws new masks m ~ Bernoulli(1 − p) per row and feature (MC
+    dropout; docs/method.md §10). In mean mode it is plain LoRA.
+
+    Masks come from the noise context's per-row uniforms (m = [u ≥ p]), so in sample mode a
+    structure's masks depend on the sampling seed and its key, not on how inputs are batched.
+
+    Args:
+        dropout: p, the share of input elements dropped.
+        entity: which rows the input holds (``atom``, ``bond``, ...), used to find each row's structure.
+        context: the noise context shared by the model's dropout layers.
+    """
+
+    def __init__(self, base_layer: nn.Linear, *, rank: int, scaling: float, generator: torch.Generator,
+                 dropout: float, entity: str, context: NoiseContext, module_name: str) -> None:
+        super().__init__(base_layer, rank=rank, scaling=scaling, generator=generator)
+        self.dropout = dropout
+        self.entity = entity
+        self.module_name = module_name
+        self._context = [context]  # a list keeps it out of the module tree and the state dict
+
+    @property
+    def context(self) -> NoiseContext:
+        return self._context[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctx = self.context
+        if self.disabled or not ctx.active:
+            return super().forward(x)
+        rows = x.reshape(-1, x.shape[-1])
+        base = F.linear(rows, self.original_weight(), self.base_layer.bias)
+        return (base + self._masked_update(rows, x.shape[0])).reshape(*x.shape[:-1], -1)
+
+    def forward_pairwise(self, node: torch.Tensor, nbr_idx: torch.Tensor, edge: torch.Tensor, *,
+                         copies: int = 1) -> torch.Tensor:
+        """``self(cat[node_i, node_j, edge_ij])`` [N, M, k]: the frozen W0 by split columns (the edges
+        projected once for all structure copies), the masked adapter on the built rows (rank r only)."""
+        ctx = self.context
+        rows = pairwise_concat(node, nbr_idx, edge, copies=copies)
+        if self.disabled or not ctx.active:
+            return self.forward(rows)
+        n_rows, n_slots = nbr_idx.shape
+        out = pairwise_terms(self.original_weight(), self.base_layer.bias, node, nbr_idx, edge, copies=copies)
+        return out + self._masked_update(rows.reshape(n_rows * n_slots, -1), n_rows).view(n_rows, n_slots, -1)
+
+    def _masked_update(self, rows: torch.Tensor, leading: int) -> torch.Tensor:
+        """s · B A (m ⊙ rows) / (1 − p) for rows [n_rows, d] whose first ``leading`` dim is the entity's."""
+        ctx = self.context
+        row_graph = ctx.row_graph(self.entity, leading, rows.shape[0] // max(leading, 1), self.module_name)
+        keep = ctx.row_uniform(row_graph, rows.shape[1], rows) >= self.dropout
+        # 1 / (1 − p) goes on the small A, not on the [n_rows, d] rows
+        xa = F.linear(torch.where(keep, rows, 0.0), self.lora_A / (1.0 - self.dropout))
+        return self.scaling * F.linear(xa, self.lora_B)
 
 
 class AlphaNet(nn.Module):

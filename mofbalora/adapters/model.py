@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mofbalora.adapters.config import AdapterConfig
-from mofbalora.adapters.layers import AlphaNet, BaLoRALinear, LoRALinear
+from mofbalora.adapters.layers import AlphaNet, BaLoRALinear, DropoutLoRALinear, LoRALinear
 from mofbalora.adapters.noise import NoiseContext
 from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
 
@@ -97,16 +97,20 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
             f"no nn.Linear module matches target_modules {config.target_modules}; "
             f"candidates: {candidates[:20]}{' ...' if len(candidates) > 20 else ''}"
         )
-    if config.kind == "balora":
+    if config.kind != "lora":
         missing = [m for m in _GRAPH_METHODS if not hasattr(model, m)]
         if missing:
-            raise ValueError(f"BaLoRA needs a graph backbone; {type(model).__name__} lacks {missing}")
+            raise ValueError(f"{config.kind} needs a graph backbone; {type(model).__name__} lacks {missing}")
     generator = torch.Generator().manual_seed(config.seed)
     context = NoiseContext()
     for slot, name in enumerate(names):
         base = model.get_submodule(name)
         if config.kind == "lora":
             wrapper: LoRALinear = LoRALinear(base, rank=config.rank, scaling=config.scaling, generator=generator)
+        elif config.kind == "mcdropout":
+            wrapper = DropoutLoRALinear(base, rank=config.rank, scaling=config.scaling, generator=generator,
+                                        dropout=config.dropout, entity=model.entity_of(name), context=context,
+                                        module_name=name)
         else:
             wrapper = BaLoRALinear(
                 base, rank=config.rank, scaling=config.scaling, generator=generator,
@@ -167,13 +171,14 @@ def _before_forward(model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] 
         state.context.clear()
         return None
     batch = args[0]
-    z = frozen_embedding(model, batch)
+    balora = state.config.kind == "balora"  # MC dropout needs no z(x) and no alpha(x)
+    z = frozen_embedding(model, batch) if balora else None
     n_graphs = model.num_graphs(batch)
     if state.mode == "sample":
         batch = model.repeat_batch(batch, state.samples)
-        z = z.repeat(state.samples, 1)
+        z = z.repeat(state.samples, 1) if balora else None
         n_graphs *= state.samples
-    noise_alpha = getattr(model, ALPHA_NET_NAME)(z)
+    noise_alpha = getattr(model, ALPHA_NET_NAME)(z) if balora else None
     state.last_noise_alpha = noise_alpha
     state.context.set(
         graph_index=model.graph_index(batch), num_graphs=n_graphs, noise_alpha=noise_alpha,
@@ -240,10 +245,10 @@ class set_adapter_mode:  # noqa: N801 - used as a function and as a context mana
 def adapter_kl_per_graph(model: nn.Module) -> torch.Tensor:
     """Per-structure KL of the last stochastic forward pass, summed over layers, [G] (eq. 5).
 
-    Zero for LoRA.
+    Zero for LoRA and MC-dropout LoRA.
     """
     state = adapter_state(model)
-    if state.config.kind == "lora" or state.last_noise_alpha is None:
+    if state.config.kind != "balora" or state.last_noise_alpha is None:
         return torch.zeros(1)
     layers = [layer for layer in adapter_layers(model) if isinstance(layer, BaLoRALinear)]
     return sum(layer.kl_per_graph(state.last_noise_alpha, state.config.prior_c) for layer in layers)

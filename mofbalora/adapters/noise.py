@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -147,16 +148,28 @@ class NoiseContext:
         With ``noise_keys`` each structure's rows draw from its own stream, so a row's noise depends
         on (seed, structure key, layer draw, row position within the structure), not on the batch.
         """
+        return self._row_noise(row_graph, width, like, torch.randn)
+
+    def row_uniform(self, row_graph: torch.Tensor, width: int, like: torch.Tensor) -> torch.Tensor:
+        """U(0, 1) noise [n_rows, width], independent for every row and keyed like :meth:`row_normal`
+        (MC-dropout masks)."""
+        return self._row_noise(row_graph, width, like, torch.rand)
+
+    def _row_noise(self, row_graph: torch.Tensor, width: int, like: torch.Tensor, draw: Any) -> torch.Tensor:
         self._draws += 1
         if self.noise_keys is None:
-            return self._unkeyed_normal((row_graph.shape[0], width), like)
+            if self.generator is None:
+                return draw((row_graph.shape[0], width), dtype=like.dtype, device=like.device)
+            return draw((row_graph.shape[0], width), generator=self.generator, dtype=like.dtype).to(like.device)
         keys = self.noise_keys.tolist()
         copies = self.num_graphs // len(keys)
         counts = torch.bincount(row_graph, minlength=self.num_graphs).tolist()
-        per_structure = [torch.randn((copies, counts[g], width), dtype=like.dtype, generator=self._structure_stream(key))
+        per_structure = [draw((copies, counts[g], width), dtype=like.dtype, generator=self._structure_stream(key))
                          for g, key in enumerate(keys)]
         # rows sorted by structure; tiled structure j is copy j // G0 of structure j % G0
         in_graph_order = torch.cat([per_structure[j % len(keys)][j // len(keys)] for j in range(self.num_graphs)])
+        if len(row_graph) < 2 or bool((row_graph[1:] >= row_graph[:-1]).all()):
+            return in_graph_order.to(like.device)  # rows already in structure order
         noise = torch.empty_like(in_graph_order)
         noise[torch.argsort(row_graph.cpu(), stable=True)] = in_graph_order
         return noise.to(like.device)

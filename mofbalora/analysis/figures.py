@@ -22,25 +22,22 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def rho_vs_samples(sweep: dict[str, Any], ensemble_sweep: dict[str, Any], path: Path) -> Path:
-    sizes = sorted(int(s) for s in sweep)
-    means = np.array([sweep[str(s)]["spearman_mean"] for s in sizes])
-    sds = np.array([sweep[str(s)]["spearman_sd"] for s in sizes])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(sizes, means, yerr=sds, marker="o", capsize=3, label="BaLoRA, S samples (mean ± sd over seeds)")
-    largest = str(max(int(m) for m in ensemble_sweep))
-    band = ensemble_sweep[largest]["spearman"]
-    ax.axhspan(band["ci_low"], band["ci_high"], color="tab:orange", alpha=0.2,
-               label=f"LoRA ensemble M={largest}, 95% CI")
-    ax.axhline(band["value"], color="tab:orange")
+def rho_vs_samples(sweeps: dict[str, Any], ensemble_sweep: dict[str, Any], path: Path) -> Path:
+    """ρ against S for each sampling method, with the curve sampling noise alone predicts (dashed),
+    and the LoRA ensemble against its member count M."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, sweep in sweeps.items():
+        line = ax.plot(sweep["sizes"], sweep["spearman"], "o-", label=f"{name}, S samples")[0]
+        ax.plot(sweep["sizes"], sweep["noise_only_expected_spearman"], "--", color=line.get_color(),
+                label=f"{name}, sampling noise alone")
     members = sorted(int(m) for m in ensemble_sweep)
-    ax.plot(members, [ensemble_sweep[str(m)]["spearman"]["value"] for m in members], "s--", color="tab:orange",
-            label="LoRA ensemble, M members (x = M forward passes)")
+    ax.plot(members, [ensemble_sweep[str(m)]["spearman"] for m in members], "s:", color="tab:grey",
+            label="LoRA ensemble, M members")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("forward passes at test time (S samples or M members)")
     ax.set_ylabel("Spearman ρ(predicted std, |error|)")
-    ax.set_title("Uncertainty–error correlation vs number of samples")
-    ax.legend(fontsize=8)
+    ax.set_title("Uncertainty–error correlation vs number of samples (test)")
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -54,22 +51,6 @@ def parity(pred: MethodPredictions, truth: np.ndarray, path: Path) -> Path:
     ax.set_ylabel("predicted band gap (eV)")
     ax.set_title(f"{pred.name}: test parity, MAE {um.mae(pred.mean, truth):.3f} eV")
     ax.legend(loc="upper left")
-    return _save(fig, path)
-
-
-def calibration(preds: list[MethodPredictions], truth: np.ndarray, recalibrated: dict[str, np.ndarray], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    for pred in preds:
-        expected, observed = um.calibration_curve(pred.mean, um.positive_std(pred.std), truth)
-        line = ax.plot(expected, observed, label=f"{pred.name} (raw)")[0]
-        if pred.name in recalibrated:
-            expected, observed = um.calibration_curve(pred.mean, recalibrated[pred.name], truth)
-            ax.plot(expected, observed, "--", color=line.get_color(), label=f"{pred.name} (recalibrated on val)")
-    ax.plot([0, 1], [0, 1], "k:", label="ideal")
-    ax.set_xlabel("expected proportion in central interval")
-    ax.set_ylabel("observed proportion")
-    ax.set_title("Calibration on the test split")
-    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -87,14 +68,15 @@ def error_retention(preds: list[MethodPredictions], truth: np.ndarray, path: Pat
 
 
 def cost_bars(cost: dict[str, dict[str, float]], path: Path) -> Path:
+    """Training wall time per seed and test inference time per structure, per method."""
     methods = list(cost)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, key, label in [(axes[0], "train_wall_s", "training wall time (s)"),
-                           (axes[1], "inference_wall_s", "test inference wall time (s)")]:
-        ax.bar(methods, [cost[m].get(key, np.nan) for m in methods], color="tab:blue")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, scale, label in [(axes[0], "train_wall_s_per_seed", 1.0, "training wall time per seed (s)"),
+                                  (axes[1], "inference_wall_s_per_structure", 1000.0, "test inference per structure (ms)")]:
+        ax.bar(methods, [scale * cost[m].get(key, np.nan) for m in methods], color="tab:blue")
         ax.set_ylabel(label)
         ax.set_title(label.split(" (")[0].capitalize())
-        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="x", rotation=35)
     return _save(fig, path)
 
 

@@ -1,59 +1,12 @@
-"""The study's Markdown report, written from metrics.json only (no numbers typed by hand)."""
+"""The study's Markdown report and README block, written from metrics.json only (no numbers typed by hand)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-
-def _fmt(entry: dict[str, float] | float | None, digits: int = 3) -> str:
-    if entry is None:
-        return "–"
-    if isinstance(entry, dict):
-        return f"{entry['value']:.{digits}f} [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
-    return f"{entry:.{digits}f}"
-
-
-def accuracy_table(metrics: dict[str, Any]) -> str:
-    lines = ["| method | MAE (eV) [95% CI] | RMSE (eV) [95% CI] | R² [95% CI] |", "| --- | --- | --- | --- |"]
-    for method, values in metrics["accuracy"].items():
-        lines.append(f"| {method} | {_fmt(values['mae_ev'])} | {_fmt(values['rmse_ev'])} | {_fmt(values['r2'])} |")
-    return "\n".join(lines)
-
-
-def uncertainty_table(metrics: dict[str, Any]) -> str:
-    lines = ["| method | Spearman ρ [95% CI] | Pearson r [95% CI] | AUSE (eV) | NLL raw / recal. | "
-             "miscal. area raw / recal. | coverage 68% raw / recal. | coverage 95% raw / recal. |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for method, u in metrics["uncertainty"].items():
-        raw, rec = u["raw"], u.get("recalibrated", u["raw"])
-        lines.append(
-            f"| {method} | {_fmt(u['spearman'])} | {_fmt(u['pearson'])} | {u['ause_ev']:.3f} | "
-            f"{raw['nll']:.2f} / {rec['nll']:.2f} | {raw['miscalibration_area']:.3f} / {rec['miscalibration_area']:.3f} | "
-            f"{raw['coverage_68']:.2f} / {rec['coverage_68']:.2f} | {raw['coverage_95']:.2f} / {rec['coverage_95']:.2f} |")
-    return "\n".join(lines)
-
-
-def sweep_tables(metrics: dict[str, Any]) -> str:
-    sweep = metrics["balora_sample_sweep"]
-    lines = ["| S | Spearman ρ (mean ± sd over seeds) | Pearson r (mean ± sd) | MAE of mean (eV) |", "| --- | --- | --- | --- |"]
-    for size in sorted(sweep, key=int):
-        row = sweep[size]
-        lines.append(f"| {size} | {row['spearman_mean']:.3f} ± {row['spearman_sd']:.3f} | "
-                     f"{row['pearson_mean']:.3f} ± {row['pearson_sd']:.3f} | {row['mae_mean_ev']:.3f} |")
-    lines += ["", "| ensemble members M | Spearman ρ [95% CI] | Pearson r | MAE (eV) |", "| --- | --- | --- | --- |"]
-    for size, row in metrics["ensemble_size_sweep"].items():
-        lines.append(f"| {size} | {_fmt(row['spearman'])} | {row['pearson']:.3f} | {row['mae_ev']:.3f} |")
-    return "\n".join(lines)
-
-
-def cost_table(metrics: dict[str, Any]) -> str:
-    lines = ["| method | training runs | training wall (s) | training fwd+bwd passes | test inference wall (s) | "
-             "test forward passes per structure |", "| --- | --- | --- | --- | --- | --- |"]
-    for method, c in metrics["cost"].items():
-        lines.append(f"| {method} | {c['training_runs']} | {c['train_wall_s']:.0f} | {c['train_passes']} | "
-                     f"{c['inference_wall_s']:.1f} | {c['inference_passes_per_structure']} |")
-    return "\n".join(lines)
+LABELS = {"full": "full fine-tuning", "lora": "LoRA", "lora-ensemble": "LoRA ensemble", "laplace-lora": "Laplace-LoRA",
+          "lora-mcdropout": "MC-dropout LoRA", "balora-constant-alpha": "BaLoRA, constant α", "balora": "BaLoRA"}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -67,131 +20,153 @@ def _optional(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def calibration_table(metrics: dict[str, Any]) -> str:
+def _ci(entry: dict[str, Any] | None, digits: int = 3) -> str:
+    """``value [low, high]``, or "–"."""
+    if not entry or entry.get("value") is None or not math.isfinite(entry["value"]):
+        return "–"
+    return f"{entry['value']:.{digits}f} [{_optional(entry['ci_low'], digits)}, {_optional(entry['ci_high'], digits)}]"
+
+
+def _label(method: str) -> str:
+    return LABELS.get(method, method)
+
+
+def _seeds(metrics: dict[str, Any], method: str) -> str:
+    row = metrics["table"][method]["mae_ev"]
+    return str(len(row["per_seed"]))
+
+
+def method_table(metrics: dict[str, Any]) -> str:
+    """Every method × {MAE, ρ, AUSE/oracle, NLL, calibrated coverage, width, training and inference cost}."""
     rows = []
-    for method, c in metrics["calibration"].items():
-        for kind in ("raw_epistemic", "raw_total", "recalibrated", "conformal"):
-            if kind in c:
-                label = kind.replace("_", " ") + (f" (×{c['recalibration_scale']:.2f})" if kind == "recalibrated" else "")
-                v = c[kind]
-                rows.append([method, _optional(c.get("noise_std_ev")), label, f"{v['coverage_68']:.3f}",
-                             f"{v['coverage_95']:.3f}", f"{v['mean_width_95_ev']:.2f}"])
-    return _table(["method", "learned noise std (eV)", "interval", "coverage 68%", "coverage 95%",
-                   "mean 95% width (eV)"], rows)
-
-
-def coverage_summary(metrics: dict[str, Any]) -> str:
-    """Test coverage of the calibrated (conformal) intervals next to the raw epistemic ones."""
-    rows = []
-    for method, c in metrics["calibration"].items():
-        raw = c.get("raw_epistemic")
-        rows.append([method, f"{c['conformal']['coverage_68']:.2f}", f"{c['conformal']['coverage_95']:.2f}",
-                     f"{c['conformal']['mean_width_95_ev']:.2f}", "–" if raw is None else f"{raw['coverage_95']:.2f}"])
-    return _table(["method", "calibrated 68% coverage", "calibrated 95% coverage", "mean 95% width (eV)",
-                   "raw epistemic 95% coverage"], rows)
-
-
-def floor_table(metrics: dict[str, Any]) -> str:
-    rows = [[name, f"{f['min_prediction_ev']:.3f}", f"{f['share_within_tolerance_of_min']:.3f}",
-             f"{f['mae_gap_below_ev']:.3f}", str(f["n_gap_below"])] for name, f in metrics["floor"].items()]
-    return _table(["predictions", "smallest prediction (eV)", "share within 0.02 eV of it", "MAE on gap < 1 eV (eV)",
-                   "n gap < 1 eV"], rows)
-
-
-def ood_table(metrics: dict[str, Any]) -> str:
-    rows = [[method, kind.replace("_", " "), f"{o[kind]['flag_rate']:.3f}", str(o[kind]["n_flagged"]),
-             _optional(o[kind]["mae_flagged_ev"]), _optional(o[kind]["mae_unflagged_ev"])]
-            for method, o in metrics["ood"].items() for kind in ("epistemic_std", "embedding", "any")]
-    return _table(["method", "flag", "test flag rate", "n flagged", "MAE flagged (eV)", "MAE unflagged (eV)"], rows)
+    for method, row in metrics["table"].items():
+        cost = row["cost"]
+        rows.append([_label(method), _seeds(metrics, method), _ci(row["mae_ev"]), _ci(row.get("spearman")),
+                     _ci(row.get("ause_ratio"), 2), f"{_ci(row['nll_mean'], 2)} / {_optional(row['nll_median']['value'], 2)}",
+                     _ci(row["coverage_68"], 2), _ci(row["coverage_95"], 2), _optional(row["median_width_95_ev"], 2),
+                     f"{cost['train_wall_s_per_seed']:.0f}", f"{1000 * cost['inference_wall_s_per_structure']:.0f} "
+                     f"({cost['inference_passes_per_structure']})"])
+    return _table(["method", "seeds", "MAE (eV)", "Spearman ρ(std, \\|err\\|)", "AUSE / random", "NLL mean / median",
+                   "cal. cov. 68%", "cal. cov. 95%", "median 95% width (eV)", "train s / seed",
+                   "test ms / structure (passes)"], rows)
 
 
 def claims_section(metrics: dict[str, Any]) -> str:
-    c1, c2, c3 = (metrics["claims"][k] for k in ("claim_1_correlation_vs_ensemble", "claim_2_monotone_in_samples",
-                                                 "claim_3_accuracy"))
-    d1 = c1["spearman_difference_balora_minus_ensemble"]
-    growth_key = next(k for k in c2 if k.startswith("spearman_difference_S"))
-    d3 = c3["mae_difference_balora_minus_lora_ev"]
-    return "\n".join([
-        f"1. **{c1['statement']}: {c1['verdict']}.** ρ(BaLoRA, S={c1['balora_samples']}) − ρ(ensemble) = {_fmt(d1)} "
-        "(paired bootstrap over test structures).",
-        f"2. **{c2['statement']}: {c2['verdict']}.** Seed-averaged ρ by S {c2['sizes']}: "
-        f"{', '.join(f'{v:.3f}' for v in c2['spearman_mean_by_size'])}; monotone: {c2['monotone_non_decreasing']}; "
-        f"{growth_key.replace('_', ' ')} = {_fmt(c2[growth_key])}.",
-        f"3. **{c3['statement']}: {c3['verdict']}.** MAE(BaLoRA) − MAE(LoRA) = {_fmt(d3)} eV; MAE BaLoRA "
-        f"{c3['mae_ev']['balora']:.3f}, LoRA {c3['mae_ev']['lora']:.3f}, full {c3['mae_ev']['full']:.3f} eV; "
-        f"BaLoRA closer to full fine-tuning: {c3['closer_to_full']}.",
-    ])
+    claims = metrics["claims"]
+    c1, c2, c3, c4 = (claims[k] for k in ("claim_1_correlation_vs_ensemble", "claim_2_improves_with_samples",
+                                          "claim_3_accuracy", "claim_4_vs_best_bayesian_lora_peer"))
+    d1, d4 = c1["spearman_difference"], c4["spearman_difference"]
+    b2, k2 = c2["balora"], c2["control"]
+    lines = [
+        f"1. **{c1['statement']}: {c1['verdict']}.** ρ(BaLoRA) − ρ(ensemble) = {_ci(d1)} "
+        f"(CI over seeds and structures; half-width {d1['half_width']:.3f}; BCa over structures only "
+        f"[{_optional(d1['bca_structures_only']['ci_low'])}, {_optional(d1['bca_structures_only']['ci_high'])}]).",
+        f"2. **{c2['statement']}: {c2['verdict']}.** BaLoRA's ρ goes {b2['spearman'][0]:.3f} → {b2['spearman'][-1]:.3f} "
+        f"from S = {b2['sizes'][0]} to {b2['sizes'][-1]} (slope per doubling {_ci(b2['slope_per_doubling'])}); sampling "
+        f"noise alone predicts a rise of {b2['noise_only_expected_rise']:.3f}. The control ({_label(k2['method'])}) goes "
+        f"{k2['spearman'][0]:.3f} → {k2['spearman'][-1]:.3f} (noise alone: {k2['noise_only_expected_rise']:.3f}). "
+        f"Rise of BaLoRA − rise of the control = {_ci(c2['rise_difference_balora_minus_control'])}.",
+        f"3. **{c3['statement']}: {c3['verdict']}.** MAE(BaLoRA) − MAE(LoRA) = {_ci(c3['mae_difference_balora_minus_lora_ev'])} eV "
+        f"against the margin {c3['margin_ev']} eV (non-inferiority: {c3['accuracy_part']}); mean per-structure distance to "
+        f"full fine-tuning, BaLoRA − LoRA = {_ci(c3['distance_to_full_difference_balora_minus_lora_ev'])} eV (closer: "
+        f"{c3['closer_part']}).",
+        f"4. **{c4['statement']}: {c4['verdict']}.** ρ(BaLoRA) − ρ({_label(c4['peer'])}) = {_ci(d4)}.",
+    ]
+    return "\n".join(lines)
+
+
+def peers_table(claim_1: dict[str, Any]) -> str:
+    rows = [[_label(peer), _ci(entry["spearman_difference"]), f"{entry['spearman_difference']['half_width']:.3f}",
+             entry["verdict"]] for peer, entry in claim_1.items()]
+    return _table(["peer", "ρ(BaLoRA) − ρ(peer) [95% CI]", "CI half-width", "verdict"], rows)
+
+
+def sweep_table(metrics: dict[str, Any]) -> str:
+    sweeps = metrics["sweeps"]
+    names = list(sweeps)
+    sizes = sweeps[names[0]]["sizes"]
+    header = ["S"] + [f"{_label(n)} ρ (noise-only expectation; split-half reliability)" for n in names]
+    rows = [[str(size)] + [f"{sweeps[n]['spearman'][k]:.3f} ({sweeps[n]['noise_only_expected_spearman'][k]:.3f}; "
+                           f"{sweeps[n]['split_half_reliability'][k]:.2f})" for n in names]
+            for k, size in enumerate(sizes)]
+    ensemble = [[m, f"{row['spearman']:.3f}", f"{row['mae_ev']:.3f}"] for m, row in metrics["ensemble_size_sweep"].items()]
+    return (_table(header, rows) + "\n\nLoRA ensemble of the first M members:\n\n"
+            + _table(["M", "ρ", "MAE (eV)"], ensemble))
+
+
+def shift_section(metrics: dict[str, Any]) -> str:
+    parts = []
+    for name, shift in metrics["shift"].items():
+        rows = [[_label(m), _ci(r["mae_ev"]), _ci(r.get("spearman")), _ci(r["coverage_95"], 2)] for m, r in shift["table"].items()]
+        parts.append(f"### {name} shift ({shift['n']} structures)\n\n"
+                     + _table(["method", "MAE (eV)", "ρ", "cal. cov. 95%"], rows)
+                     + "\n\nClaim 1 on this set (BaLoRA vs each peer):\n\n" + peers_table(shift["claim_1"]))
+    return "\n\n".join(parts)
 
 
 def render_report(metrics: dict[str, Any]) -> str:
     setup = metrics["setup"]
-    return f"""# Band-gap uncertainty study: BaLoRA vs a LoRA ensemble vs LoRA vs full fine-tuning
+    config = setup["config"]
+    shift = config.get("shift", {})
+    seeds = ", ".join(f"{_label(m)} {s}" for m, s in setup["seeds"].items())
+    return f"""# Band-gap study: BaLoRA against the Bayesian-LoRA family (`{setup['profile']}` profile)
 
-Profile `{setup['profile']}`, backbone `{setup['backbone']}`, QMOF PBE band gaps
-({setup['n_train']} train / {setup['n_val']} val / {setup['n_test']} test structures; {setup['subset_note']}).
-Generated by `pipelines/bandgap_benchmark.py` on {setup['finished']}; every number below comes from `metrics.json`.
-Hyperparameters were chosen on the validation split only ({setup['selection_note']}); the test split was used once.
-Code: git commit `{setup.get('git_commit', 'unknown')}`; split sha256 `{setup.get('split_sha256', '')[:16]}`.
+Backbone {setup['backbone']}, head `{setup['head']}`; {setup['subset_note']}. Train {setup['n_train']}, val
+{setup['n_val']}, calibration {setup['n_calibration']}, test {setup['n_test']}. Shifted test sets: {', '.join(
+        f'{k} {v}' for k, v in setup['n_shift'].items())} structures (size: {config['max_atoms']} < atoms ≤
+{shift.get('size', {}).get('max_atoms', '–')}; chemistry: any of {', '.join(shift.get('chemistry', {}).get('held_out_metals', []))},
+never in the split). Training seeds: {seeds} (LoRA's seeds are the ensemble's members; Laplace-LoRA is
+fitted on each). Sampling methods use S = {setup['claim_samples']} samples. Code: `{setup['git_commit']}`;
+finished {setup['finished']} after {setup['wall_s'] / 60:.1f} min. Split sha256 `{setup['split_sha256'][:16]}…`, labels
+sha256 `{setup['labels_sha256'][:16]}…`; config, seeds and package versions are in metrics.json.
 
-## Verdicts on the paper's claims
+Every CI is a 95% bootstrap over training seeds (ensemble: members) and test structures together,
+{setup['bootstrap']} resamples (docs/method.md §11); verdicts read it. The mean predictor's MAE is
+{metrics['mean_predictor_mae_ev']:.3f} eV.
+
+## Verdicts
 
 {claims_section(metrics)}
 
-A claim "holds" only when the 95% bootstrap CI of the deciding difference excludes zero in its favour,
-"does not hold" when it excludes zero against it, and is "inconclusive" otherwise.
+## Every method on the test split
 
-## Calibration on the test split
+{method_table(metrics)}
 
-Each method was calibrated on a held-out calibration split ({setup['n_calibration']} structures) used for
-nothing else. "raw epistemic": Gaussian on the sample/ensemble std alone (the std the paper's claims are
-about); "raw total": Gaussian on sqrt(epistemic² + learned noise²); "recalibrated": raw total times one factor
-fitted on the calibration split by miscalibration area (uncertainty-toolbox; a diagnostic); "conformal": the
-crepes conformal predictive system stored in the model folder, which `predict` and `screen` use. LoRA is
-deterministic: its conformal interval has constant width.
+ρ is Spearman's between the epistemic std and |error|. AUSE / random: the area between the
+error-retention curve and the oracle's, over that of a random ranking (0 oracle, 1 random).
+NLL and coverage use the conformal calibration fitted on the calibration split per seed
+(deterministic methods: constant width). Costs: training wall time per seed on 2 cores; test
+inference per structure, with the forward passes it takes.
 
-{calibration_table(metrics)}
+![error retention](error_retention.png) ![cost](cost.png)
 
-## The prediction floor
+## Claim 1 against every uncertainty peer
 
-A saturated softplus head makes predictions pile up at one value. "before" is LoRA with the pretrained head,
-on this split; the other rows use the head chosen on validation ({metrics['head_selection']['chosen']}).
+{peers_table(metrics['claim_1_all_peers'])}
 
-{floor_table(metrics)}
+## Claim 2: ρ against S, and what sampling noise alone gives
 
-## Out-of-distribution flags on the test split
+Seed-0 models; the first S of S_max draws at each S. The noise-only expectation is
+ρ(S_max)·√(rel(S)/rel(S_max)), rel being the split-half reliability of the S-sample std (draws
+[0, S) against [S, 2S); above S_max/2 by the Spearman–Brown step-up).
 
-Thresholds are the calibration split's {metrics['ood'][next(iter(metrics['ood']))]['thresholds']['quantile']:.0%} quantiles of the
-epistemic std and of the mean distance to the k nearest training structures in the frozen embedding space;
-cells larger than any training cell are flagged too.
-
-{ood_table(metrics)}
-
-## Accuracy on the test split
-
-{accuracy_table(metrics)}
-
-## Uncertainty quality on the test split
-
-Correlations are between the epistemic std and the absolute error. "recal." = after one scalar variance
-recalibration of the epistemic std (miscalibration area, uncertainty-toolbox, fitted on the validation split).
-
-{uncertainty_table(metrics)}
-
-## Number of samples and ensemble size
-
-{sweep_tables(metrics)}
+{sweep_table(metrics)}
 
 ![rho vs S](rho_vs_S.png)
 
-## Cost
+## Distribution shift
 
-{cost_table(metrics)}
-
-![cost](cost.png)
-
-## Figures
+{shift_section(metrics)}
 
 ![parity BaLoRA](parity_balora.png) ![parity ensemble](parity_lora-ensemble.png)
-
-![calibration](calibration.png) ![error retention](error_retention.png)
 """
+
+
+def readme_block(metrics: dict[str, Any], relative: str) -> str:
+    """The README's results section: verdicts and the method table, linking the full report."""
+    setup = metrics["setup"]
+    verdicts = "\n".join(f"- {c['statement']}: **{c['verdict']}**" for c in metrics["claims"].values())
+    return (f"Latest `{setup['profile']}` run ({setup['finished']}, {setup['n_test']} test structures, backbone "
+            f"{setup['backbone']}, code `{setup['git_commit'][:12]}`; CIs over training seeds and test structures):\n\n"
+            f"{verdicts}\n\n{method_table(metrics)}\n\n![rho vs S]({relative}/rho_vs_S.png)\n\n"
+            f"Full report: [{relative}/report.md]({relative}/report.md)")

@@ -64,11 +64,15 @@ class CGCNNHead(nn.Module):
         self.fcs = nn.ModuleList(nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1))
         self.fc_out = nn.Linear(h_fea_len, 1)
 
-    def forward(self, crystal_fea: torch.Tensor) -> torch.Tensor:
+    def features(self, crystal_fea: torch.Tensor) -> torch.Tensor:
+        """What the last layer ``fc_out`` reads, [G, h_fea_len]."""
         hidden = nn.functional.softplus(self.conv_to_fc(nn.functional.softplus(crystal_fea)))
         for fc in self.fcs:
             hidden = nn.functional.softplus(fc(hidden))
-        return self.fc_out(hidden)
+        return hidden
+
+    def forward(self, crystal_fea: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.features(crystal_fea))
 
 
 class CGCNNBackbone(GraphBackbone):

@@ -8,7 +8,7 @@ softplus units saturate (the 0.65 eV floor; docs/method.md §8). **(ours)**, cho
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Callable, Literal, get_args
 
 import torch
 from torch import nn
@@ -33,6 +33,27 @@ class ResidualLinearHead(nn.Module):
 
     def forward(self, crystal_fea: torch.Tensor) -> torch.Tensor:
         return self.pretrained(crystal_fea) + self.linear(crystal_fea)
+
+
+def last_linear(head: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear]:
+    """``(features, layer)`` with ``head(z) == layer(features(z))`` and ``layer`` a new one-output
+    ``nn.Linear`` holding a copy of the head's last-layer weights (for a last-layer Laplace).
+
+    Raises:
+        ValueError: for a head without a known last linear layer.
+    """
+    if isinstance(head, ResidualLinearHead):  # pretrained(z) + linear(z): one linear map of [features(z), z]
+        inner_features, inner = last_linear(head.pretrained)
+        layer = nn.Linear(inner.in_features + head.linear.in_features, 1)
+        with torch.no_grad():
+            layer.weight.copy_(torch.cat([inner.weight, head.linear.weight], dim=1))
+            layer.bias.copy_(inner.bias + head.linear.bias)
+        return (lambda z: torch.cat([inner_features(z), z], dim=1)), layer
+    if hasattr(head, "features") and isinstance(getattr(head, "fc_out", None), nn.Linear):
+        layer = nn.Linear(head.fc_out.in_features, 1)
+        layer.load_state_dict(head.fc_out.state_dict())
+        return head.features, layer
+    raise ValueError(f"{type(head).__name__}: no known last linear layer (CGCNN heads only)")
 
 
 def apply_head(backbone: GraphBackbone, kind: HeadKind) -> GraphBackbone:

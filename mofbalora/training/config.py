@@ -11,9 +11,13 @@ import yaml
 
 from mofbalora.backbones.heads import HeadKind
 
-Method = Literal["head", "full", "lora", "balora", "lora-ensemble"]
+Method = Literal["head", "full", "lora", "balora", "lora-ensemble", "lora-mcdropout"]
 Likelihood = Literal["mse", "gaussian"]
-ADAPTER_METHODS = ("lora", "balora", "lora-ensemble")
+ADAPTER_METHODS = ("lora", "balora", "lora-ensemble", "lora-mcdropout")
+#: methods whose predictive draws are S stochastic forward passes of one model (docs/method.md §7, §10)
+SAMPLING_METHODS = ("balora", "lora-mcdropout")
+#: the adapter kind each adapter method trains
+ADAPTER_KIND = {"lora": "lora", "lora-ensemble": "lora", "balora": "balora", "lora-mcdropout": "mcdropout"}
 
 
 @dataclass
@@ -31,7 +35,8 @@ class TrainConfig:
 
     Attributes:
         backbone: registry name (``cgcnn``, ``chgnet``).
-        method: ``head`` (frozen backbone), ``full``, ``lora``, ``balora`` or ``lora-ensemble``.
+        method: ``head`` (frozen backbone), ``full``, ``lora``, ``balora``, ``lora-ensemble`` or
+            ``lora-mcdropout`` (LoRA with ``adapter.dropout``, sampled with dropout on).
         adapter: AdapterConfig fields (``kind`` is set from ``method``).
         ensemble_size: members of ``lora-ensemble``, seeds ``seed .. seed + M - 1``.
         epochs, batch_size, lr, weight_decay: AdamW with linear warm-up then cosine decay.

@@ -114,6 +114,15 @@ def ause(y_pred: np.ndarray, y_std: np.ndarray, y_true: np.ndarray) -> float:
     return float(np.mean(model - oracle))
 
 
+def ause_ratio(y_pred: np.ndarray, y_std: np.ndarray, y_true: np.ndarray) -> float:
+    """AUSE normalised by the oracle: AUSE over the AUSE of a random ranking (the flat MAE line);
+    0 is the oracle ranking, 1 no better than random, so methods of different MAE compare."""
+    _, model, oracle = error_retention_curve(y_pred, y_std, y_true)
+    y_pred, y_true = _check(y_pred, y_true)
+    random_gap = float(np.mean(np.abs(y_pred - y_true)) - np.mean(oracle))
+    return float(np.mean(model - oracle) / random_gap) if random_gap > 0 else float("nan")
+
+
 def bootstrap_ci(statistic: Callable[..., float], *arrays: np.ndarray, rng: np.random.Generator,
                  n_boot: int = 1000, level: float = 0.95) -> tuple[float, float, float]:
     """(point estimate, lower, upper) percentile bootstrap CI, resampling points jointly."""

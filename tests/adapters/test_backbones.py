@@ -11,13 +11,15 @@ from mofbalora.data import read_structure
 
 from .conftest import randomise_b
 
-CASES = [(b, k) for b in ("cgcnn", "chgnet") for k in ("lora", "balora")]
+CASES = [(b, k) for b in ("cgcnn", "chgnet") for k in ("lora", "balora", "mcdropout")]
 TARGETS = {"cgcnn": [r"^embedding$", r"fc_full", r"^head\."], "chgnet": [r"twoBody_atom", r"mlp_out", r"^head\."]}
 
 
 def adapted(backbone_batches, backbone, kind, **overrides):
     factory, samples = backbone_batches[backbone]
     model = factory()
+    if kind == "mcdropout":
+        overrides = {"dropout": 0.2, **overrides}
     config = AdapterConfig(kind=kind, rank=4, alpha=8, target_modules=TARGETS[backbone],
                            modules_to_save=[r"^head\."], seed=1, **overrides)
     return inject_adapters(model, config), model.collate(samples)
@@ -200,15 +202,16 @@ def test_per_row_noise_is_independent_per_row_and_keyed_per_structure(backbone_b
     assert together.std(0).min() > 0
 
 
+@pytest.mark.parametrize("kind", ["balora", "mcdropout"])
 @pytest.mark.parametrize("merged", [False, True])
-def test_split_weight_sampling_equals_sampling_the_built_rows(backbone_batches, monkeypatch, merged):
+def test_split_weight_sampling_equals_sampling_the_built_rows(backbone_batches, monkeypatch, merged, kind):
     """CGCNN's fc_full in sample mode projects atoms and shared edges separately (forward_pairwise);
     it must give what the layer gives on the concatenated rows with the same noise draws, and keep
     the gradients of training."""
-    from mofbalora.adapters import BaLoRALinear
+    from mofbalora.adapters import BaLoRALinear, DropoutLoRALinear
     from mofbalora.backbones.base import pairwise_concat
 
-    model, batch = adapted(backbone_batches, "cgcnn", "balora")
+    model, batch = adapted(backbone_batches, "cgcnn", kind)
     randomise_b(model)
     if merged:
         merge_adapters(model)
@@ -223,7 +226,7 @@ def test_split_weight_sampling_equals_sampling_the_built_rows(backbone_batches, 
     def built_rows(self, node, nbr_idx, edge, *, copies=1):
         return self.forward(pairwise_concat(node, nbr_idx, edge, copies=copies))
 
-    monkeypatch.setattr(BaLoRALinear, "forward_pairwise", built_rows)
+    monkeypatch.setattr(BaLoRALinear if kind == "balora" else DropoutLoRALinear, "forward_pairwise", built_rows)
     with torch.no_grad(), set_adapter_mode(model, "sample", samples=4, seed=2):
         built = model(batch)
     with set_adapter_mode(model, "train"):
@@ -234,3 +237,51 @@ def test_split_weight_sampling_equals_sampling_the_built_rows(backbone_batches, 
     for name, param in model.named_parameters():
         if name in split_grads:
             torch.testing.assert_close(split_grads[name], param.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_mc_dropout_samples_keyed_masks_and_mean_mode_is_lora(backbone_batches):
+    """MC-dropout LoRA: samples differ, a structure's draws do not depend on its batch (noise keys),
+    mean mode is the deterministic LoRA output, and about p of the adapter inputs are dropped."""
+    from mofbalora.adapters import DropoutLoRALinear, adapter_layers
+
+    model, batch = adapted(backbone_batches, "cgcnn", "mcdropout")
+    randomise_b(model, std=0.3)
+    _, samples = backbone_batches["cgcnn"]
+
+    def keyed(batch_samples, keys, seed=5):
+        keyed_batch = model.collate(batch_samples)
+        keyed_batch.noise_keys = torch.tensor(keys)
+        with torch.no_grad(), set_adapter_mode(model, "sample", samples=8, seed=seed):
+            return model(keyed_batch)
+
+    together = keyed(samples, [10, 11, 12])
+    torch.testing.assert_close(keyed(samples[1:2], [11])[:, 0], together[:, 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(keyed([samples[2], samples[1]], [12, 11])[:, 1], together[:, 1], atol=1e-5, rtol=1e-5)
+    assert together.std(0).min() > 0 and not torch.equal(together, keyed(samples, [10, 11, 12], seed=6))
+    with torch.no_grad(), set_adapter_mode(model, "mean"):
+        mean_once, mean_twice = model(batch), model(batch)
+    assert torch.equal(mean_once, mean_twice)
+    layer = next(m for m in adapter_layers(model) if isinstance(m, DropoutLoRALinear) and m.module_name == "embedding")
+    seen = []  # the mask is applied before A: capture A's masked input
+    original = torch.nn.functional.linear
+
+    def spy(x, weight, *args):
+        if weight.shape == layer.lora_A.shape:  # A / (1 − p) reading the masked rows
+            seen.append(x.detach())
+        return original(x, weight, *args)
+
+    unmasked = []
+    handle = layer.register_forward_pre_hook(lambda module, args: unmasked.append(args[0].detach()))
+    torch.nn.functional.linear = spy
+    try:
+        with torch.no_grad(), set_adapter_mode(model, "sample", samples=4, seed=1):
+            model(batch)
+    finally:
+        torch.nn.functional.linear = original
+        handle.remove()
+    rows = unmasked[0].reshape(-1, unmasked[0].shape[-1])
+    nonzero = rows != 0
+    kept = nonzero & (seen[0] != 0)
+    torch.testing.assert_close(seen[0][kept], rows[kept])  # kept entries pass unchanged; 1/(1 − p) is on A
+    dropped = float((seen[0][nonzero] == 0).float().mean())
+    assert int(nonzero.sum()) > 300 and abs(dropped - 0.2) < 0.06, (dropped, int(nonzero.sum()))

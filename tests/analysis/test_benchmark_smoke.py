@@ -10,9 +10,10 @@ import pytest
 from .conftest import run_smoke_target
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = ["rho_vs_S.png", "parity_balora.png", "parity_lora-ensemble.png", "calibration.png", "error_retention.png",
-           "cost.png"]
+FIGURES = ["rho_vs_S.png", "parity_balora.png", "parity_lora-ensemble.png", "error_retention.png", "cost.png"]
 VERDICTS = {"holds", "does not hold", "inconclusive"}
+METHODS = {"full", "lora", "lora-ensemble", "laplace-lora", "lora-mcdropout", "balora-constant-alpha", "balora"}
+UNCERTAIN = METHODS - {"full", "lora"}
 
 
 def _finite(value, path="metrics"):
@@ -35,48 +36,95 @@ def test_every_artefact_exists(report_dir):
     folder, _, _ = report_dir
     for name in ["report.md", "metrics.json", "split.json", "config.yaml", *FIGURES]:
         assert (folder / name).stat().st_size > 0, name
-    for method in ("full", "lora", "lora-ensemble", "balora"):
+    for method in METHODS:
         header = (folder / "predictions" / f"{method}.csv").read_text().splitlines()[0]
-        assert header == "id,truth,mean,std"
+        assert header == "id,mean_ev,std_ev"  # no labels in the report folder
     assert (folder / "rho_vs_S.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_metrics_schema_and_finite_numbers(report_dir):
+def _verdict_of(diff):
+    return "holds" if diff["ci_low"] > 0 else "does not hold" if diff["ci_high"] < 0 else "inconclusive"
+
+
+def test_every_method_and_statistic_is_reported(report_dir):
     folder, _, _ = report_dir
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert set(metrics) >= {"accuracy", "uncertainty", "balora_sample_sweep", "ensemble_size_sweep", "claims", "cost",
-                            "setup"}
-    assert set(metrics["accuracy"]) == {"full", "lora", "lora-ensemble", "balora", "mean predictor"}
-    assert set(metrics["uncertainty"]) == {"lora-ensemble", "balora"}
+    table = metrics["table"]
+    assert set(table) == METHODS
+    for method, row in table.items():
+        keys = {"mae_ev", "nll_mean", "nll_median", "coverage_68", "coverage_95", "median_width_95_ev", "cost"}
+        assert keys <= set(row), method
+        if method in UNCERTAIN:
+            assert {"spearman", "ause_ratio"} <= set(row) and math.isfinite(row["ause_ratio"]["value"]), method
+        assert row["mae_ev"]["ci_low"] <= row["mae_ev"]["value"] <= row["mae_ev"]["ci_high"], method
+        assert 0 <= row["coverage_95"]["value"] <= 1 and row["coverage_95"]["value"] >= row["coverage_68"]["value"]
+        assert {"train_wall_s_per_seed", "inference_wall_s_per_structure", "inference_passes_per_structure"} <= set(row["cost"])
+    seeds = metrics["setup"]["seeds"]
+    assert len(table["balora"]["mae_ev"]["per_seed"]) == len(seeds["balora"]) == 2  # the seed level is real
+    assert len(table["lora"]["mae_ev"]["per_seed"]) == metrics["setup"]["config"]["ensemble_size"]
+    assert len(table["laplace-lora"]["spearman"]["per_seed"]) == metrics["setup"]["config"]["ensemble_size"]
+    assert all(p > 0 for p in table["laplace-lora"]["cost"]["prior_precision"])
+    assert table["lora-mcdropout"]["cost"]["inference_passes_per_structure"] == metrics["setup"]["claim_samples"]
+
+
+def test_verdicts_follow_their_rules(report_dir):
+    folder, _, _ = report_dir
+    metrics = json.loads((folder / "metrics.json").read_text())
     claims = metrics["claims"]
-    assert len(claims) == 3 and all(c["verdict"] in VERDICTS for c in claims.values())
-    # each verdict follows from its deciding interval by the stated rule
-    d1 = claims["claim_1_correlation_vs_ensemble"]["spearman_difference_balora_minus_ensemble"]
-    expected = "holds" if d1["ci_low"] > 0 else "does not hold" if d1["ci_high"] < 0 else "inconclusive"
-    assert claims["claim_1_correlation_vs_ensemble"]["verdict"] == expected
-    d3 = claims["claim_3_accuracy"]["mae_difference_balora_minus_lora_ev"]
-    if d3["ci_low"] > 0:
-        assert claims["claim_3_accuracy"]["verdict"] == "does not hold"
-    for method, values in metrics["accuracy"].items():
-        assert math.isfinite(values["mae_ev"]["value"]) and values["mae_ev"]["ci_low"] <= values["mae_ev"]["ci_high"]
-    for section in ("cost", "ensemble_size_sweep", "calibration", "floor"):
-        bad = [path for path, ok in _finite(metrics[section], section) if not ok]
-        assert not bad, bad
-    for method in ("lora-ensemble", "balora"):
-        u = metrics["uncertainty"][method]
-        for key in ("nll", "miscalibration_area", "coverage_68", "coverage_95"):
-            assert math.isfinite(u["raw"][key]) and math.isfinite(u["recalibrated"][key])
-    for method in ("balora", "lora-ensemble", "lora"):
-        conformal = metrics["calibration"][method]["conformal"]
-        assert conformal["coverage_95"] >= 0.7, (method, conformal)  # loose: ~20 test structures
-        assert 0 < conformal["mean_width_95_ev"] < 10
-    assert set(metrics["calibration"]["balora"]) >= {"raw_epistemic", "raw_total", "recalibrated", "conformal"}
-    assert "raw_epistemic" not in metrics["calibration"]["lora"]  # deterministic: no epistemic std
-    assert metrics["head_selection"]["chosen"] in ("pretrained", "residual")
-    assert 0 <= metrics["ood"]["balora"]["any"]["flag_rate"] <= 1
+    assert len(claims) == 4 and all(c["verdict"] in VERDICTS for c in claims.values())
+    for peer, entry in metrics["claim_1_all_peers"].items():
+        assert entry["verdict"] == _verdict_of(entry["spearman_difference"]), peer
+        assert entry["spearman_difference"]["half_width"] >= 0
+    assert set(metrics["claim_1_all_peers"]) == UNCERTAIN - {"balora"}
+    assert claims["claim_1_correlation_vs_ensemble"]["verdict"] == metrics["claim_1_all_peers"]["lora-ensemble"]["verdict"]
+    c3 = claims["claim_3_accuracy"]
+    margin, d3 = c3["margin_ev"], c3["mae_difference_balora_minus_lora_ev"]
+    assert margin == metrics["setup"]["config"]["non_inferiority_margin_ev"]
+    assert c3["accuracy_part"] == ("holds" if d3["ci_high"] < margin else "does not hold" if d3["ci_low"] > margin
+                                   else "inconclusive")
+    c4 = claims["claim_4_vs_best_bayesian_lora_peer"]
+    peers = metrics["setup"]["config"]["bayesian_peers"]
+    best = max(peers, key=lambda m: metrics["table"][m]["val_spearman"]["value"])  # chosen on validation
+    assert c4["peer"] == best and c4["verdict"] == metrics["claim_1_all_peers"][best]["verdict"]
+    c2 = claims["claim_2_improves_with_samples"]
+    assert c2["balora"]["sizes"] == metrics["setup"]["sample_sizes"] == [2, 4, 8]
+    assert c2["control"]["method"] == "lora-mcdropout"
+    for sweep in (c2["balora"], c2["control"]):
+        assert len(sweep["split_half_reliability"]) == len(sweep["noise_only_expected_spearman"]) == 3
+        assert sweep["noise_only_expected_spearman"][-1] == sweep["spearman"][-1]
+
+
+def test_shift_sets_have_their_own_scores_and_claim_1(report_dir):
+    folder, _, _ = report_dir
+    metrics = json.loads((folder / "metrics.json").read_text())
+    config = metrics["setup"]["config"]["shift"]
+    assert set(metrics["shift"]) == {"size", "chemistry"}
+    for name, shift in metrics["shift"].items():
+        assert 0 < shift["n"] <= config[name]["n"]
+        assert set(shift["table"]) == METHODS and set(shift["claim_1"]) == UNCERTAIN - {"balora"}
     setup = metrics["setup"]
     assert len(setup["labels_sha256"]) == 64 and setup["versions"]["torch"].startswith("2.13")
-    assert setup["sample_sizes"] == [2, 4, 8] and len(metrics["balora_sample_sweep"]) == 3
+    assert setup["git_commit"] and "finished" in setup
+
+
+def test_shift_sets_are_what_the_config_declares(report_dir, qmof_dataset):
+    """Size shift: every cell larger than any training cell; chemistry shift: every structure holds a
+    held-out metal, and no structure of the split does."""
+    from mofbalora.data.splits import Split
+    from mofbalora.data.structures import read_structure
+
+    folder, results, _ = report_dir
+    metrics = json.loads((folder / "metrics.json").read_text())
+    run_dir = results / "runs" / "smoke"
+    chosen = json.loads((run_dir / "shift_ids.json").read_text())
+    held_out = set(metrics["setup"]["config"]["shift"]["chemistry"]["held_out_metals"])
+    paths = qmof_dataset.table.set_index("id")["path"]
+    split = Split.load(folder / "split.json")
+    for structure_id in split.test[:20] + split.train[:20]:
+        assert not held_out & {s.specie.symbol for s in read_structure(paths[structure_id])}
+    for structure_id in chosen["chemistry"][:10]:
+        assert held_out & {s.specie.symbol for s in read_structure(paths[structure_id])}
+    assert not set(chosen["chemistry"]) & set(split.train + split.val + split.calibration + split.test)
 
 
 def test_every_method_used_the_reported_split(report_dir):
