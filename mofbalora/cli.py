@@ -126,7 +126,7 @@ def fit(
     config: Path = typer.Argument(..., help="YAML training config (pipelines/configs/fit_*.yaml)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder or archive (default: $MOFBALORA_DATA, data/qmof, ../shared/data/qmof)."),
     out: Path = typer.Option(Path("runs/model"), "--out", help="Model folder to write."),
-    method: Optional[str] = typer.Option(None, help="Override the config: head, full, lora, balora, lora-ensemble."),
+    method: Optional[str] = typer.Option(None, help="Override the config: head, full, lora, balora, lora-ensemble, lora-mcdropout (needs adapter.dropout > 0)."),
     epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
     max_structures: Optional[int] = typer.Option(None, help="Override the config's data subset size."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (rerun to resume)."),

@@ -2,7 +2,7 @@
 Laplace-LoRA, MC-dropout LoRA and input-independent (constant-α) BaLoRA, on one split and two
 shifted test sets (larger cells; held-out metals).
 
-Steps (docs/method.md §11): fit every method with every seed the profile names (LoRA's seeds are
+Steps (docs/method.md §12): fit every method with every seed the profile names (LoRA's seeds are
 the ensemble's members; Laplace-LoRA is fitted post hoc on each of them); calibrate each seed on
 the held-out calibration split; draw predictions on every set once; score every method with CIs
 over seeds and test structures; decide the claims by the rules in ``mofbalora.analysis.study``.
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> Path:
              **{f"shift_{name}": value[2] for name, value in shifts.items()}}
     head = profile["head"]
 
-    # Step 1: every method, every seed (docs/method.md §11); LoRA's seeds are the ensemble's members.
+    # Step 1: every method, every seed (docs/method.md §12); LoRA's seeds are the ensemble's members.
     folders: dict[str, list[Path]] = {}
     for name, spec in profile["methods"].items():
         extra = {key: value for key, value in spec.items() if key not in ("method", "seeds")}
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> Path:
             run_dir / "predictions" / f"{folders[name][0].name}-sweep-S{max(sizes)}.npz",
             lambda: {"test": model.predict_draws(sets["test"], n_samples=max(sizes), seed=1, progress=True)})["test"]
 
-    # Step 4: scores. Every CI resamples seeds and structures (docs/method.md §11).
+    # Step 4: scores. Every CI resamples seeds and structures (docs/method.md §12).
     rng = np.random.default_rng(profile["seed"])
     n_boot = profile["bootstrap"]
     order = ["full", "lora", "lora-ensemble", "laplace-lora", "lora-mcdropout", "balora-constant-alpha", "balora"]

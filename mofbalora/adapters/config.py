@@ -25,7 +25,7 @@ class AdapterConfig:
 
     Attributes:
         kind: ``"lora"`` (point estimate), ``"balora"`` (input-dependent multiplicative noise on A) or
-            ``"mcdropout"`` (LoRA with dropout on the adapter input, kept on when sampling; method.md §10).
+            ``"mcdropout"`` (LoRA with dropout on the adapter input, kept on when sampling; method.md §11).
         rank: r, the LoRA rank.
         alpha: LoRA scale numerator; the update is scaled by ``alpha / rank`` (method.md, eq. 1).
         target_modules: regexes over module names; matching ``nn.Linear`` layers are wrapped.

@@ -1,4 +1,4 @@
-"""LoRA, BaLoRA and MC-dropout LoRA wrappers around a frozen ``nn.Linear`` (docs/method.md, eqs. 1–5, §10)."""
+"""LoRA, BaLoRA and MC-dropout LoRA wrappers around a frozen ``nn.Linear`` (docs/method.md, eqs. 1–5, §11)."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ class BaLoRALinear(LoRALinear):
 class DropoutLoRALinear(LoRALinear):
     """LoRA with dropout on the adapter input, y = W0 x + s · B A (m ⊙ x) / (1 − p) (PEFT's ``lora_dropout``),
     kept on at test time: each sample draws new masks m ~ Bernoulli(1 − p) per row and feature (MC
-    dropout; docs/method.md §10). In mean mode it is plain LoRA.
+    dropout; docs/method.md §11). In mean mode it is plain LoRA.
 
     Masks come from the noise context's per-row uniforms (m = [u ≥ p]), so in sample mode a
     structure's masks depend on the sampling seed and its key, not on how inputs are batched.

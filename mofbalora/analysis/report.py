@@ -121,7 +121,7 @@ finished {setup['finished']} after {setup['wall_s'] / 60:.1f} min. Split sha256 
 sha256 `{setup['labels_sha256'][:16]}…`; config, seeds and package versions are in metrics.json.
 
 Every CI is a 95% bootstrap over training seeds (ensemble: members) and test structures together,
-{setup['bootstrap']} resamples (docs/method.md §11); verdicts read it. The mean predictor's MAE is
+{setup['bootstrap']} resamples (docs/method.md §12); verdicts read it. The mean predictor's MAE is
 {metrics['mean_predictor_mae_ev']:.3f} eV.
 
 ## Verdicts

@@ -2,7 +2,7 @@
 structures, the ρ-vs-S curves with their sampling-noise expectation, and the claim verdicts.
 
 Every method is a :class:`MethodRuns`: its predictions for K training seeds (or, for an ensemble,
-its K members, pooled into one prediction). A CI resamples both levels (docs/method.md §11): the
+its K members, pooled into one prediction). A CI resamples both levels (docs/method.md §12): the
 seeds (members) with replacement, then the test structures with replacement, the same structure
 indices for every method of a paired comparison. Verdicts follow the rules in ``claims`` and read
 this hierarchical CI; the BCa CI over structures alone (``scipy.stats.bootstrap``, seeds fixed) is
@@ -209,7 +209,7 @@ def split_half_reliability(draws: np.ndarray, sizes: list[int]) -> list[float]:
 
 def noise_only_curve(rho_at_largest: float, reliability: list[float]) -> list[float]:
     """ρ expected at each S if only sampling noise changed: the attenuation ρ(S) = ρ∞ √rel(S) with
-    ρ∞ = ρ(S_max) / √rel(S_max) (Spearman's correction for attenuation; docs/method.md §11)."""
+    ρ∞ = ρ(S_max) / √rel(S_max) (Spearman's correction for attenuation; docs/method.md §12)."""
     rel = np.clip(np.asarray(reliability, dtype=float), 1e-9, 1.0)
     return [float(rho_at_largest * np.sqrt(r / rel[-1])) for r in rel]
 

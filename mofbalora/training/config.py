@@ -14,7 +14,7 @@ from mofbalora.backbones.heads import HeadKind
 Method = Literal["head", "full", "lora", "balora", "lora-ensemble", "lora-mcdropout"]
 Likelihood = Literal["mse", "gaussian"]
 ADAPTER_METHODS = ("lora", "balora", "lora-ensemble", "lora-mcdropout")
-#: methods whose predictive draws are S stochastic forward passes of one model (docs/method.md §7, §10)
+#: methods whose predictive draws are S stochastic forward passes of one model (docs/method.md §7, §11)
 SAMPLING_METHODS = ("balora", "lora-mcdropout")
 #: the adapter kind each adapter method trains
 ADAPTER_KIND = {"lora": "lora", "lora-ensemble": "lora", "balora": "balora", "lora-mcdropout": "mcdropout"}

@@ -3,7 +3,7 @@
 The weights of the head's last linear layer get a Gaussian posterior N(w_MAP, (GGN + λI)⁻¹) with
 the full generalised Gauss–Newton matrix (exact for a linear layer under a Gaussian likelihood),
 the prior precision λ chosen by the marginal likelihood, and the linearised (GLM) predictive,
-all from laplace-torch (docs/method.md §10). The LoRA model stays as trained: its adapted
+all from laplace-torch (docs/method.md §11). The LoRA model stays as trained: its adapted
 crystal embedding z(x) and the head's hidden layers are the feature map.
 
 Units: everything here is in the model's standardised target units; callers convert to eV.

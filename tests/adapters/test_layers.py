@@ -39,6 +39,10 @@ def test_config_rejects_bad_values():
         AdapterConfig(kind="dora")
     with pytest.raises(ValueError, match="prior_p"):
         AdapterConfig(prior_p=1.0)
+    with pytest.raises(ValueError, match="needs dropout > 0"):
+        AdapterConfig(kind="mcdropout")
+    with pytest.raises(ValueError, match="dropout must lie"):
+        AdapterConfig(kind="mcdropout", dropout=1.0)
 
 
 def test_closed_form_kl_matches_torch():
