@@ -88,7 +88,29 @@ class LoRALinear(nn.Module):
         return self.base_layer.weight if self.merged else self.base_layer.weight + self.delta_weight()
 
 
-class BaLoRALinear(LoRALinear):
+class StochasticLoRALinear(LoRALinear):
+    """LoRA whose adapter is random at sampling time; its draws come from the model's shared
+    noise context, which knows each row's structure.
+
+    Args:
+        entity: which rows the input holds (``atom``, ``bond``, ...), used to find each row's structure.
+        context: the noise context shared by the model's stochastic layers.
+        module_name: the wrapped module's name, for error messages.
+    """
+
+    def __init__(self, base_layer: nn.Linear, *, rank: int, scaling: float, generator: torch.Generator,
+                 entity: str, context: NoiseContext, module_name: str) -> None:
+        super().__init__(base_layer, rank=rank, scaling=scaling, generator=generator)
+        self.entity = entity
+        self.module_name = module_name
+        self._context = [context]  # a list keeps it out of the module tree and the state dict
+
+    @property
+    def context(self) -> NoiseContext:
+        return self._context[0]
+
+
+class BaLoRALinear(StochasticLoRALinear):
     """LoRA whose A is sampled per structure: A~ = A + sqrt(alpha_l(x)) |A| ⊙ eps (eq. 2).
 
     One A~ is drawn per structure in the batch and shared by all of its rows (atoms, bonds,
@@ -96,26 +118,18 @@ class BaLoRALinear(LoRALinear):
     its own noise at the rank-r bottleneck instead (eq. 2b). In mean mode it is plain LoRA.
 
     Args:
-        entity: which rows the input holds (``atom``, ``bond``, ...), used to find each row's structure.
         slot: this layer's index l into alpha(x).
-        context: the noise context shared by all BaLoRA layers of the model.
     """
 
     def __init__(self, base_layer: nn.Linear, *, rank: int, scaling: float, generator: torch.Generator,
                  entity: str, slot: int, noise_on: str, per_rank: bool, context: NoiseContext,
                  module_name: str, per_row: bool = False) -> None:
-        super().__init__(base_layer, rank=rank, scaling=scaling, generator=generator)
+        super().__init__(base_layer, rank=rank, scaling=scaling, generator=generator, entity=entity, context=context,
+                         module_name=module_name)
         self.per_row = per_row
-        self.entity = entity
         self.slot = slot
         self.noise_on = noise_on
         self.per_rank = per_rank
-        self.module_name = module_name
-        self._context = [context]  # a list keeps it out of the module tree and the state dict
-
-    @property
-    def context(self) -> NoiseContext:
-        return self._context[0]
 
     def noise_scale(self, noise_alpha: torch.Tensor) -> torch.Tensor:
         """sqrt(alpha) for this layer: [G, 1] (per layer) or [G, r] (per rank component)."""
@@ -200,7 +214,7 @@ class BaLoRALinear(LoRALinear):
         return torch.addmm(self._base(rows), xa, self.lora_B.t(), alpha=self.scaling)
 
 
-class DropoutLoRALinear(LoRALinear):
+class DropoutLoRALinear(StochasticLoRALinear):
     """LoRA with dropout on the adapter input, y = W0 x + s · B A (m ⊙ x) / (1 − p) (PEFT's ``lora_dropout``),
     kept on at test time: each sample draws new masks m ~ Bernoulli(1 − p) per row and feature (MC
     dropout; docs/method.md §11). In mean mode it is plain LoRA.
@@ -210,21 +224,13 @@ class DropoutLoRALinear(LoRALinear):
 
     Args:
         dropout: p, the share of input elements dropped.
-        entity: which rows the input holds (``atom``, ``bond``, ...), used to find each row's structure.
-        context: the noise context shared by the model's dropout layers.
     """
 
     def __init__(self, base_layer: nn.Linear, *, rank: int, scaling: float, generator: torch.Generator,
                  dropout: float, entity: str, context: NoiseContext, module_name: str) -> None:
-        super().__init__(base_layer, rank=rank, scaling=scaling, generator=generator)
+        super().__init__(base_layer, rank=rank, scaling=scaling, generator=generator, entity=entity, context=context,
+                         module_name=module_name)
         self.dropout = dropout
-        self.entity = entity
-        self.module_name = module_name
-        self._context = [context]  # a list keeps it out of the module tree and the state dict
-
-    @property
-    def context(self) -> NoiseContext:
-        return self._context[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ctx = self.context
