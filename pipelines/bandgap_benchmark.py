@@ -475,6 +475,7 @@ def main(argv: list[str] | None = None) -> Path:
     metrics["mean_predictor_mae_ev"] = um.mae(np.full_like(truth["test"], mean_predictor), truth["test"])
     peers = [realised[m].runs["test"] for m in uncertain if m != "balora"]
     balora = realised["balora"].runs["test"]
+    logger.info("claims: bootstrap over seeds and structures (%d resamples)", n_boot)
     claim1 = study.claim_1(balora, peers, truth["test"], rng, n_boot)
     ensemble_peer = "lora-ensemble"
     bayesian = [m for m in profile["bayesian_peers"] if m in uncertain]
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> Path:
     metrics["claim_1_all_peers"] = claim1
     metrics["sweeps"] = sweeps
     metrics["ensemble_size_sweep"] = study.ensemble_size_sweep(realised["lora-ensemble"].runs["test"].means, truth["test"])
-    for name in shifts:
+    for name in tqdm(list(shifts), desc="scoring the shift sets (bootstrap)", unit="set"):
         key = f"shift_{name}"
         shift_rows = {m: method_table(realised[m].runs[key], hits[m][key], truth[key], rng, n_boot, uncertainty=m in uncertain)
                       for m in order}

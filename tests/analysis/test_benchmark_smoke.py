@@ -75,6 +75,7 @@ def test_verdicts_follow_their_rules(report_dir):
     for peer, entry in metrics["claim_1_all_peers"].items():
         assert entry["verdict"] == _verdict_of(entry["spearman_difference"]), peer
         assert entry["spearman_difference"]["half_width"] >= 0
+        assert set(entry["spearman_difference"]["bca_structures_only"]) == {"ci_low", "ci_high"}  # BCa beside it
     assert set(metrics["claim_1_all_peers"]) == UNCERTAIN - {"balora"}
     assert claims["claim_1_correlation_vs_ensemble"]["verdict"] == metrics["claim_1_all_peers"]["lora-ensemble"]["verdict"]
     c3 = claims["claim_3_accuracy"]
