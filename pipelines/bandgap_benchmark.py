@@ -251,7 +251,6 @@ class Realised:
 
     runs: dict[str, study.MethodRuns]  # set -> runs
     noise_std_ev: list[float]  # per seed (one for a pooled ensemble)
-    inference: dict[str, float]
 
 
 def calibrated(realised: Realised, truth_by_set: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -411,12 +410,12 @@ def main(argv: list[str] | None = None) -> Path:
         if pooled:
             ensemble_model = per_seed[0][0]
             members = [json.loads(p.read_text())["noise_std_ev"] for p in sorted(folders[name][0].glob("members/*/noise.json"))]
-            realised[name] = Realised(runs, [float(ensemble_model.noise_std_ev)], {})
+            realised[name] = Realised(runs, [float(ensemble_model.noise_std_ev)])
             # LoRA: each member on its own (seeds 0..M-1)
             realised["lora"] = Realised({s: study.MethodRuns("lora", per_seed[0][1][s], np.full_like(per_seed[0][1][s], np.nan))
-                                         for s in sets}, members, {})
+                                         for s in sets}, members)
         else:
-            realised[name] = Realised(runs, [float(m.noise_std_ev) for m, _ in per_seed], {})
+            realised[name] = Realised(runs, [float(m.noise_std_ev) for m, _ in per_seed])
         epochs = [sum(epochs_run(folder)) for folder in folders[name]]
         train_wall = [json.loads((folder / "timing.json").read_text())["train_wall_s"] for folder in folders[name]]
         test_wall = float(np.mean([d["test_wall_s"] for _, d in per_seed]))
@@ -442,7 +441,7 @@ def main(argv: list[str] | None = None) -> Path:
     realised["laplace-lora"] = Realised(
         {s: study.MethodRuns("laplace-lora", np.stack([r[f"{s}_mean"] for r in laplace_runs]),
                              np.stack([r[f"{s}_std"] for r in laplace_runs])) for s in sets},
-        realised["lora"].noise_std_ev, {})
+        realised["lora"].noise_std_ev)
     cost["laplace-lora"] = {**cost["lora"], "laplace_fit_wall_s_per_seed": float(np.mean([r["fit_wall_s"] for r in laplace_runs])),
                             "inference_wall_s_per_structure": cost["lora"]["inference_wall_s_per_structure"]
                             + float(np.mean([r["test_wall_s"] for r in laplace_runs])) / n_test,
