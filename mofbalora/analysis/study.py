@@ -30,8 +30,6 @@ class MethodPredictions:
     name: str
     mean: np.ndarray
     std: np.ndarray
-    val_mean: np.ndarray | None = None
-    val_std: np.ndarray | None = None
 
     @property
     def has_std(self) -> bool:
