@@ -327,8 +327,11 @@ def publish(report_dir: Path, metrics: dict[str, Any]) -> None:
 
 
 def rerender(report_dir: Path, *, publish_it: bool) -> Path:
-    """report.md again from metrics.json (no number recomputed), e.g. after a change of wording."""
+    """report.md again from metrics.json (no number recomputed), e.g. after a change of wording;
+    records the commit that rendered it."""
     metrics = json.loads((report_dir / "metrics.json").read_text())
+    metrics["setup"]["rendered_by_git_commit"] = git_commit()
+    write_text_atomic(report_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
     write_text_atomic(report_dir / "report.md", render_report(metrics))
     if publish_it:
         publish(report_dir, metrics)

@@ -32,6 +32,8 @@ def _label(method: str) -> str:
 
 
 def _seeds(metrics: dict[str, Any], method: str) -> str:
+    if method == "lora-ensemble":  # one ensemble; its CI resamples the members
+        return f"M = {metrics['setup']['config']['ensemble_size']} members"
     row = metrics["table"][method]["mae_ev"]
     return str(len(row["per_seed"]))
 
@@ -104,6 +106,14 @@ def shift_section(metrics: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def training_minutes(metrics: dict[str, Any]) -> float:
+    """Training wall time recorded by the study's runs, summed over methods and seeds (min); an
+    ensemble's cost is that of all its members."""
+    setup = metrics["setup"]
+    return sum(metrics["table"][m]["cost"]["train_wall_s_per_seed"] * len(seeds)
+               for m, seeds in setup["seeds"].items()) / 60
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     setup = metrics["setup"]
     config = setup["config"]
@@ -116,8 +126,10 @@ Backbone {setup['backbone']}, head `{setup['head']}`; {setup['subset_note']}. Tr
         f'{k} {v}' for k, v in setup['n_shift'].items())} structures (size: {config['max_atoms']} < atoms ≤
 {shift.get('size', {}).get('max_atoms', '–')}; chemistry: any of {', '.join(shift.get('chemistry', {}).get('held_out_metals', []))},
 never in the split). Training seeds: {seeds} (LoRA's seeds are the ensemble's members; Laplace-LoRA is
-fitted on each). Sampling methods use S = {setup['claim_samples']} samples. Code: `{setup['git_commit']}`;
-finished {setup['finished']} after {setup['wall_s'] / 60:.1f} min. Split sha256 `{setup['split_sha256'][:16]}…`, labels
+fitted on each). Sampling methods use S = {setup['claim_samples']} samples. Code: `{setup['git_commit']}`{
+        f" (report rendered by `{setup['rendered_by_git_commit']}`)" if setup.get('rendered_by_git_commit') else ''};
+finished {setup['finished']} after {setup['wall_s'] / 60:.1f} min; its training runs recorded
+{training_minutes(metrics):.1f} min of training in all (a rerun reuses finished runs, so it can take less). Split sha256 `{setup['split_sha256'][:16]}…`, labels
 sha256 `{setup['labels_sha256'][:16]}…`; config, seeds and package versions are in metrics.json.
 
 Every CI is a 95% bootstrap over training seeds (ensemble: members) and test structures together,

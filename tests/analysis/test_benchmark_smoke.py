@@ -3,6 +3,7 @@
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,26 @@ def test_rerun_reuses_finished_runs(report_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "reusing finished run" in done.stderr
     assert {p: p.stat().st_mtime_ns for p in stamp_before} == stamp_before
+
+
+def test_rerender_changes_no_number_and_names_its_commit(report_dir, tmp_path):
+    """--rerender rewrites report.md from metrics.json: the numbers stay, the rendering commit is added."""
+    import shutil
+
+    from mofbalora.analysis.report import training_minutes
+
+    folder, _, _ = report_dir
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    done = subprocess.run([sys.executable, "pipelines/bandgap_benchmark.py", "--rerender", str(copy), "--no-publish"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = json.loads((folder / "metrics.json").read_text())
+    after = json.loads((copy / "metrics.json").read_text())
+    rendered_by = after["setup"].pop("rendered_by_git_commit")
+    assert after == before and rendered_by
+    report = (copy / "report.md").read_text()
+    assert f"report rendered by `{rendered_by}`" in report
+    assert f"{training_minutes(after):.1f} min of training" in report and training_minutes(after) > 0
+    size = after["setup"]["config"]["ensemble_size"]
+    assert f"| LoRA ensemble | M = {size} members |" in report
