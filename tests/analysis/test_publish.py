@@ -1,0 +1,55 @@
+"""Publishing a study report: docs/results/<profile>/ and the README's generated sections."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _pipeline(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bandgap_benchmark", ROOT / "pipelines" / "bandgap_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bandgap_benchmark", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_publish_keeps_one_readme_section_per_profile(tmp_path, monkeypatch):
+    """cpu-large gets its own generated README section, put before the cpu one once and replaced in
+    place after; the cpu section and the rest of the README stay as they were. The committed cpu
+    report stands in for a cpu-large one."""
+    pipeline = _pipeline(monkeypatch)
+    report = tmp_path / "run"
+    shutil.copytree(ROOT / "docs" / "results", report)
+    (report / "predictions").mkdir()
+    (report / "predictions" / "balora.csv").write_text("id,mean_ev,std_ev\n")
+    metrics = json.loads((report / "metrics.json").read_text())
+    metrics["setup"]["profile"] = "cpu-large"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    cpu_block = "<!-- results:start (generated) -->\nthe cpu table\n<!-- results:end -->"
+    (repo / "README.md").write_text(f"# title\n\n## Latest results\n\n{cpu_block}\n\n## After\n")
+    monkeypatch.setattr(pipeline, "ROOT", repo)
+    for finished in ("first", "second"):
+        metrics["setup"]["finished"] = finished
+        pipeline.publish(report, metrics)
+        text = (repo / "README.md").read_text()
+        assert text.count("<!-- results-cpu-large:start") == 1 and text.count("<!-- results-cpu-large:end -->") == 1
+        assert text.index("results-cpu-large:end") < text.index("<!-- results:start") and cpu_block in text
+        assert f"Latest `cpu-large` run ({finished}," in text and text.endswith("## After\n")
+    assert (repo / "docs" / "results" / "cpu-large" / "report.md").exists()
+    assert not (repo / "docs" / "results" / "cpu-large" / "predictions").exists()  # predictions stay unpublished
+
+
+def test_other_profiles_leave_the_readme_alone(tmp_path, monkeypatch):
+    pipeline = _pipeline(monkeypatch)
+    metrics = json.loads((ROOT / "docs" / "results" / "metrics.json").read_text())
+    metrics["setup"]["profile"] = "gpu"
+    (tmp_path / "README.md").write_text("untouched\n")
+    monkeypatch.setattr(pipeline, "ROOT", tmp_path)
+    pipeline.publish(ROOT / "docs" / "results", metrics)
+    assert (tmp_path / "README.md").read_text() == "untouched\n"
+    assert (tmp_path / "docs" / "results" / "gpu" / "metrics.json").exists()
