@@ -130,7 +130,7 @@ class BandgapModel:
         return compute_frozen_embeddings(self._bare, samples).numpy()
 
     def predict_draws(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0,
-                      batch_size: int | None = None, progress: bool = False,
+                      batch_size: int | None = None, progress: bool = False, progress_label: str | None = None,
                       trainer_kwargs: dict[str, Any] | None = None,
                       frozen_embeddings: torch.Tensor | None = None) -> np.ndarray:
         """Draws [D, n] in eV, in input order: D = S samples (BaLoRA, MC dropout), M members, or 1.
@@ -138,8 +138,8 @@ class BandgapModel:
         With ``trainer_kwargs`` (e.g. ``{"devices": 2, "strategy": "ddp"}``) a Lightning Trainer runs
         the prediction, sharded across ranks and gathered back in input order; without, it runs in
         this process. A structure's draws depend only on (seed, its content key): not on its
-        position, the batching or the number of ranks. ``progress`` shows a bar per batch.
-        ``frozen_embeddings`` [n, dim] (:meth:`frozen_embeddings`) spare BaLoRA the bare pass for z(x).
+        position, the batching or the number of ranks. ``progress`` shows a bar per batch, named
+        ``progress_label`` before S and the sampling seed (default: the method). ``frozen_embeddings`` [n, dim] (:meth:`frozen_embeddings`) spare BaLoRA the bare pass for z(x).
         """
         if not samples:
             return np.zeros((1, 0))
@@ -154,7 +154,7 @@ class BandgapModel:
         if trainer_kwargs is None:
             step.eval()
             with torch.inference_mode():
-                batches = tqdm(loader, desc=f"{self.method}, S={n_samples}, seed {seed}", unit="batch",
+                batches = tqdm(loader, desc=f"{progress_label or self.method}, S={n_samples}, sampling seed {seed}", unit="batch",
                                disable=not progress, leave=False)
                 parts = [step.predict_step(batch, number) for number, batch in enumerate(batches)]
         else:

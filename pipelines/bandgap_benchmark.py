@@ -220,7 +220,8 @@ def method_draws(model: BandgapModel, sets: dict[str, list[Any]], *, samples: in
     out: dict[str, np.ndarray] = {}
     for name, structures in sets.items():
         start = time.perf_counter()
-        out[name] = model.predict_draws(structures, n_samples=samples, seed=0, progress=True)
+        out[name] = model.predict_draws(structures, n_samples=samples, seed=0, progress=True,
+                                        progress_label=f"{label} on {name}")
         if name == "test":
             out["test_wall_s"] = np.array(time.perf_counter() - start)
     logger.info("predicted with %s", label)
@@ -466,7 +467,8 @@ def main(argv: list[str] | None = None) -> Path:
         model = load_model(folders[name][0])
         sweep_draws[name] = cached(
             run_dir / "predictions" / f"{folders[name][0].name}-sweep-S{max(sizes)}.npz",
-            lambda: {"test": model.predict_draws(sets["test"], n_samples=max(sizes), seed=1, progress=True)})["test"]
+            lambda: {"test": model.predict_draws(sets["test"], n_samples=max(sizes), seed=1, progress=True,
+                                                 progress_label=f"{folders[name][0].name} on test (claim 2)")})["test"]
 
     # Step 4: scores. Every CI resamples seeds and structures (docs/method.md §12).
     rng = np.random.default_rng(profile["seed"])

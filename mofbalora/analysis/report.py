@@ -67,7 +67,9 @@ def claims_section(metrics: dict[str, Any]) -> str:
         f"from S = {b2['sizes'][0]} to {b2['sizes'][-1]} (slope per doubling {_ci(b2['slope_per_doubling'])}); sampling "
         f"noise alone predicts a rise of {b2['noise_only_expected_rise']:.3f}. The control ({_label(k2['method'])}) goes "
         f"{k2['spearman'][0]:.3f} → {k2['spearman'][-1]:.3f} (noise alone: {k2['noise_only_expected_rise']:.3f}). "
-        f"Rise of BaLoRA − rise of the control = {_ci(c2['rise_difference_balora_minus_control'])}.",
+        f"Rise of BaLoRA − rise of the control = {_ci(c2['rise_difference_balora_minus_control'])}. Rise beyond the "
+        f"noise-only expectation: BaLoRA {b2['rise_beyond_noise']:+.3f}, the control {k2['rise_beyond_noise']:+.3f} (a rise "
+        "within that expectation is what a less noisy estimate of the same std gives).",
         f"3. **{c3['statement']}: {c3['verdict']}.** MAE(BaLoRA) − MAE(LoRA) = {_ci(c3['mae_difference_balora_minus_lora_ev'])} eV "
         f"against the margin {c3['margin_ev']} eV (non-inferiority: {c3['accuracy_part']}); mean per-structure distance to "
         f"full fine-tuning, BaLoRA − LoRA = {_ci(c3['distance_to_full_difference_balora_minus_lora_ev'])} eV (closer: "
