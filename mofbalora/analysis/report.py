@@ -179,7 +179,7 @@ Seed-0 models; the first S of S_max draws at each S. The noise-only expectation 
 def readme_block(metrics: dict[str, Any], relative: str) -> str:
     """The README's results section: verdicts and the method table, linking the full report."""
     setup = metrics["setup"]
-    verdicts = "\n".join(f"- {c['statement']}: **{c['verdict']}**" for c in metrics["claims"].values())
+    verdicts = claims_section(metrics)  # with each verdict's numbers, so no "holds" stands without them
     return (f"Latest `{setup['profile']}` run ({setup['finished']}, {setup['n_test']} test structures, backbone "
             f"{setup['backbone']}, code `{setup['git_commit'][:12]}`; CIs over training seeds and test structures):\n\n"
             f"{verdicts}\n\n{method_table(metrics)}\n\n![rho vs S]({relative}/rho_vs_S.png)\n\n"
