@@ -139,7 +139,8 @@ class BandgapModel:
         the prediction, sharded across ranks and gathered back in input order; without, it runs in
         this process. A structure's draws depend only on (seed, its content key): not on its
         position, the batching or the number of ranks. ``progress`` shows a bar per batch, named
-        ``progress_label`` before S and the sampling seed (default: the method). ``frozen_embeddings`` [n, dim] (:meth:`frozen_embeddings`) spare BaLoRA the bare pass for z(x).
+        ``progress_label`` before S and the sampling seed (default: the method).
+        ``frozen_embeddings`` [n, dim] (:meth:`frozen_embeddings`) spare BaLoRA the bare pass for z(x).
         """
         if not samples:
             return np.zeros((1, 0))
@@ -154,8 +155,8 @@ class BandgapModel:
         if trainer_kwargs is None:
             step.eval()
             with torch.inference_mode():
-                batches = tqdm(loader, desc=f"{progress_label or self.method}, S={n_samples}, sampling seed {seed}", unit="batch",
-                               disable=not progress, leave=False)
+                batches = tqdm(loader, desc=f"{progress_label or self.method}, S={n_samples}, sampling seed {seed}",
+                               unit="batch", disable=not progress, leave=False)
                 parts = [step.predict_step(batch, number) for number, batch in enumerate(batches)]
         else:
             parts = self._predict_with_trainer(step, loader, trainer_kwargs, progress)

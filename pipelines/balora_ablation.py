@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pipelines"))
 
 from bandgap_benchmark import (  # noqa: E402
-    CONFIG_DIR, base_config, epochs_run, git_commit, load_profile, pipeline_parser, quiet_logging, run_method, study_data,
+    CONFIG_DIR, base_config, epochs_run, git_commit, load_profile, pipeline_parser, quiet_logging, run_method,
+    stamp_rendering_commit, study_data,
 )
 from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_state  # noqa: E402
 from mofbalora.analysis import ablation, figures  # noqa: E402
@@ -206,10 +207,7 @@ def render_outputs(report_dir: Path, results_dict: dict[str, Any]) -> None:
 def rerender(report_dir: Path, *, publish_it: bool) -> Path:
     """The report and figure again from ablation_metrics.json (no number recomputed), e.g. after a
     change of wording; records the commit that rendered it."""
-    metrics_path = next(report_dir.glob("*_metrics.json"))
-    results_dict = json.loads(metrics_path.read_text())
-    results_dict["setup"]["rendered_by_git_commit"] = git_commit()
-    write_text_atomic(metrics_path, json.dumps(results_dict, indent=1, default=float))
+    results_dict = stamp_rendering_commit(next(report_dir.glob("*_metrics.json")))
     render_outputs(report_dir, results_dict)
     if publish_it:
         publish(report_dir, results_dict["design"])

@@ -336,12 +336,19 @@ def publish(report_dir: Path, metrics: dict[str, Any]) -> None:
     write_text_atomic(readme, text)
 
 
+def stamp_rendering_commit(metrics_path: Path) -> dict[str, Any]:
+    """A report's metrics, with ``setup.rendered_by_git_commit`` set to the commit re-rendering it
+    (written back); no number is recomputed."""
+    metrics = json.loads(metrics_path.read_text())
+    metrics["setup"]["rendered_by_git_commit"] = git_commit()
+    write_text_atomic(metrics_path, json.dumps(metrics, indent=1, default=float))
+    return metrics
+
+
 def rerender(report_dir: Path, *, publish_it: bool) -> Path:
     """report.md again from metrics.json (no number recomputed), e.g. after a change of wording;
     records the commit that rendered it."""
-    metrics = json.loads((report_dir / "metrics.json").read_text())
-    metrics["setup"]["rendered_by_git_commit"] = git_commit()
-    write_text_atomic(report_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
+    metrics = stamp_rendering_commit(report_dir / "metrics.json")
     write_text_atomic(report_dir / "report.md", render_report(metrics))
     if publish_it:
         publish(report_dir, metrics)

@@ -171,4 +171,3 @@ def test_rerender_changes_no_number_and_names_its_commit(report_dir, tmp_path):
     assert f"{training_minutes(after):.1f} min of training" in report and training_minutes(after) > 0
     size = after["setup"]["config"]["ensemble_size"]
     assert f"| LoRA ensemble | M = {size} members |" in report
-

@@ -41,7 +41,7 @@ def test_publish_keeps_one_readme_section_per_profile(tmp_path, monkeypatch):
         assert text.index("results-cpu-large:end") < text.index("<!-- results:start") and cpu_block in text
         assert f"Latest `cpu-large` run ({finished}," in text and text.endswith("## After\n")
         claim_2 = metrics["claims"]["claim_2_improves_with_samples"]
-        beyond = claim_2['balora']['rise_beyond_noise']
+        beyond = claim_2["balora"]["rise_beyond_noise"]
         assert f"noise-only expectation: BaLoRA {beyond:+.3f}" in text  # a verdict never stands without its numbers
     assert (repo / "docs" / "results" / "cpu-large" / "report.md").exists()
     assert not (repo / "docs" / "results" / "cpu-large" / "predictions").exists()  # predictions stay unpublished
