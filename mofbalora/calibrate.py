@@ -3,7 +3,9 @@
 The calibration split is never used for early stopping or for choosing hyperparameters. On it we
 fit (docs/method.md §9):
 
-- the conformal calibrator (crepes, normalised by the total std where the model has one);
+- the conformal calibrator (crepes, normalised by the total std where the model has one, and
+  Mondrian over predicted-gap bins when the split is large enough; ``CalibrationSettings``);
+- the rule that makes the reported mean non-negative, chosen on the validation split;
 - the OOD thresholds: quantiles of the epistemic std and of the embedding distance, plus the
   largest training cell.
 
@@ -14,28 +16,80 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from mofbalora.data.datasets import load_labelled_dataset
+from mofbalora.data_noise import fit_data_noise
 from mofbalora.data.splits import Split
 from mofbalora.model_folder import read_model_json, write_model_json
 from mofbalora.predict import BandgapModel, load_model
 from mofbalora.training.config import TrainConfig
 from mofbalora.training.fit import PreparedData, fit, prepare_data
-from mofbalora.uncertainty.conformal import ConformalCalibrator
+from mofbalora.training.noise_head import NoiseHeadConfig
+from mofbalora.uncertainty.conformal import MEAN_RULES, ConformalCalibrator
+from mofbalora.uncertainty.metrics import mae
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class CalibrationSettings:
+    """The ``calibration`` section of ``pipelines/configs/uncertainty.yaml`` (docs/method.md §9).
+
+    Attributes:
+        mondrian_min_per_bin: calibration structures per predicted-gap bin (None: no Mondrian).
+        mondrian_max_bins: the most bins.
+        mean_rules: candidate rules for the non-negative reported mean (``conformal.MEAN_RULES``);
+            the one with the lowest validation MAE is kept.
+    """
+
+    mondrian_min_per_bin: int | None = 150
+    mondrian_max_bins: int = 8
+    mean_rules: tuple[str, ...] = MEAN_RULES
+
+    def __post_init__(self) -> None:
+        self.mean_rules = tuple(self.mean_rules)
+        if not self.mean_rules or set(self.mean_rules) - set(MEAN_RULES):
+            raise ValueError(f"calibration.mean_rules must be a non-empty subset of {MEAN_RULES}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "CalibrationSettings":
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown calibration keys {sorted(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean_rules": list(self.mean_rules)}
+
+
 def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.ndarray, *, n_samples: int,
-                      seed: int, quantile: float) -> dict[str, Any]:
-    """Fit the conformal calibrator and OOD thresholds on calibration ``samples`` (gaps in eV)."""
+                      seed: int, quantile: float, settings: CalibrationSettings | None = None,
+                      validation: tuple[Sequence[Any], np.ndarray] | None = None) -> dict[str, Any]:
+    """Fit the conformal calibrator and OOD thresholds on calibration ``samples`` (gaps in eV).
+
+    With more than one candidate mean rule, ``validation`` (samples, gaps eV) chooses among them.
+    """
+    settings = settings or CalibrationSettings()
     gaps_ev = np.asarray(gaps_ev, dtype=float)
     predictive = model.predictive(samples, n_samples=n_samples, seed=seed)
-    calibrator = ConformalCalibrator().fit(predictive.mean, predictive.std_total_raw, gaps_ev)
+    calibrator = ConformalCalibrator(mondrian_min_per_bin=settings.mondrian_min_per_bin,
+                                     mondrian_max_bins=settings.mondrian_max_bins).fit(
+        predictive.mean, predictive.std_total_raw, gaps_ev)
+    val_mae_by_rule = {}
+    if len(settings.mean_rules) > 1:
+        if validation is None:
+            raise ValueError("choosing among mean rules needs the validation split")
+        val = model.predictive(validation[0], n_samples=n_samples, seed=seed)
+        for rule in settings.mean_rules:
+            calibrator.mean_rule = rule
+            val_mae_by_rule[rule] = mae(calibrator.point_prediction(val.mean, val.std_total_raw),
+                                        np.asarray(validation[1], dtype=float))
+    calibrator.mean_rule = min(val_mae_by_rule, key=val_mae_by_rule.get) if val_mae_by_rule else settings.mean_rules[0]
     finite_std = predictive.std_epistemic[np.isfinite(predictive.std_epistemic)]
     return {
         "conformal": calibrator.to_dict(),
@@ -50,11 +104,15 @@ def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.n
         "seed": seed,
         "calibration_mae_ev": float(np.mean(np.abs(predictive.mean - gaps_ev))),
         "normalised_rms": calibrator.normalised_rms_,
+        "settings": settings.to_dict(),
+        "mean_rule": calibrator.mean_rule,
+        "val_mae_ev_by_mean_rule": val_mae_by_rule,
+        "n_bins": 1 if calibrator.bin_thresholds_ is None else len(calibrator.bin_thresholds_) - 1,
     }
 
 
 def calibrate(folder: str | os.PathLike, *, data: str | os.PathLike | None = None, progress: bool = False,
-              prepared: PreparedData | None = None) -> Path:
+              prepared: PreparedData | None = None, settings: CalibrationSettings | None = None) -> Path:
     """Calibrate the model folder on its own calibration split and record it in ``model.json``.
 
     ``prepared`` (:func:`~mofbalora.training.fit.prepare_data` of this folder) spares reading the
@@ -78,18 +136,40 @@ def calibrate(folder: str | os.PathLike, *, data: str | os.PathLike | None = Non
     _, samples, gaps = prepared.parts["calibration"]
     model = load_model(folder)
     meta["calibration"] = calibration_state(model, samples, gaps, n_samples=config.calibration_samples,
-                                            seed=config.seed, quantile=config.ood_quantile)
+                                            seed=config.seed, quantile=config.ood_quantile, settings=settings,
+                                            validation=prepared.parts["val"][1:])
     write_model_json(folder, {k: v for k, v in meta.items() if k != "format_version"})
     logger.info("calibrated %s on %d structures", folder, len(gaps))
     return folder
 
 
 def fit_calibrated(config: TrainConfig, *, out_dir: str | os.PathLike, data: str | os.PathLike | None = None,
+                   noise_head: NoiseHeadConfig | None = None, settings: CalibrationSettings | None = None,
                    **fit_kwargs: Any) -> Path | None:
-    """:func:`mofbalora.training.fit.fit`, then :func:`calibrate` (skipped when already calibrated)."""
+    """:func:`mofbalora.training.fit.fit`, then :func:`complete_uncertainty_stages`; each stage is
+    skipped when done."""
     folder = fit(config, data=data, out_dir=out_dir, **fit_kwargs)
     if folder is None:
         return None
-    if read_model_json(folder).get("calibration") is None:
-        calibrate(folder, data=data, progress=fit_kwargs.get("progress", False))
+    return complete_uncertainty_stages(folder, data=data, noise_head=noise_head, settings=settings,
+                                       progress=fit_kwargs.get("progress", False))
+
+
+def complete_uncertainty_stages(folder: str | os.PathLike, *, data: str | os.PathLike | None = None,
+                                noise_head: NoiseHeadConfig | None = None, settings: CalibrationSettings | None = None,
+                                progress: bool = False) -> Path:
+    """The stages after training of a fitted folder: the data-noise head
+    (:func:`mofbalora.data_noise.fit_data_noise`), then :func:`calibrate`. They rerun when the folder
+    is not calibrated or its head was fitted with another config. Defaults: the dataclasses'
+    defaults, which are those of ``pipelines/configs/uncertainty.yaml``."""
+    folder = Path(folder)
+    noise_head = noise_head or NoiseHeadConfig()
+    meta = read_model_json(folder)
+    if meta.get("calibration") is None or (meta.get("noise_head") or {}).get("config") != noise_head.to_dict():
+        config = TrainConfig.from_dict(meta["train_config"])
+        dataset = load_labelled_dataset(data if data is not None else meta["data"]["source"],
+                                        target=meta["data"]["target"])
+        prepared = prepare_data(config, dataset, folder, progress=progress, split=Split.load(folder / meta["split_file"]))
+        fit_data_noise(folder, prepared=prepared, config=noise_head, progress=progress)
+        calibrate(folder, prepared=prepared, settings=settings)
     return folder

@@ -15,8 +15,19 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: download and inspec
 app.add_typer(data_app, name="data")
 
 
+#: loggers whose start-up banners (accelerators found, tips) a user of predict/screen does not need
+QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        import warnings
+
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
 
 
 @app.command()
@@ -108,6 +119,13 @@ def _trainer_kwargs(accelerator: str, devices: str, num_nodes: int, strategy: st
     return {"accelerator": accelerator, "devices": parsed_devices, "num_nodes": num_nodes, "strategy": strategy}
 
 
+def _prediction_trainer_kwargs(accelerator: str, devices: str, num_nodes: int, strategy: str) -> dict | None:
+    """Trainer settings for predict/screen; None (predict in this process, no Trainer) for one CPU process."""
+    kwargs = _trainer_kwargs(accelerator, devices, num_nodes, strategy)
+    single = accelerator == "cpu" and kwargs["devices"] == 1 and num_nodes == 1 and strategy == "auto"
+    return None if single else kwargs
+
+
 ACCELERATOR = typer.Option("cpu", help="Lightning accelerator: cpu, gpu, auto.")
 DEVICES = typer.Option("1", help="Devices per node (a number or 'auto').")
 NUM_NODES = typer.Option(1, help="Nodes (multi-node DDP; see docs/scaling.md).")
@@ -118,7 +136,7 @@ RESUME = typer.Option(True, "--resume/--no-resume",
 MODEL = typer.Option(None, "--model", help="A shipped model (`mofbalora models`; default qmof-pbe) or a model "
                                            "folder from `mofbalora fit`.")
 SAMPLES = typer.Option(None, help="Weight samples S (BaLoRA); default: the S the model was calibrated with.")
-DEFAULT_SAMPLES = 32  # for a folder calibrated before the sample count was recorded
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Lightning's messages and library warnings.")
 
 
 @app.command()
@@ -176,7 +194,7 @@ def fit(
 
 
 def _predict_table(model_name: Optional[str], inputs: List[str], samples: Optional[int], seed: int,
-                   trainer_kwargs: dict, out: Path, chunk_size: int, resume: bool,
+                   trainer_kwargs: dict | None, out: Path, chunk_size: int, resume: bool,
                    window_ev: tuple[float, float] | None = None):
     from mofbalora.predict import load_model
     from mofbalora.pretrained import resolve_model
@@ -189,8 +207,6 @@ def _predict_table(model_name: Optional[str], inputs: List[str], samples: Option
         raise typer.Exit(2)
     if model.calibrator is None:
         typer.echo("warning: this model folder is not calibrated; intervals are raw Gaussian ones", err=True)
-    # the conformal calibrator was fitted on stds from this many samples
-    samples = samples or (model.meta.get("calibration") or {}).get("samples") or DEFAULT_SAMPLES
     try:
         table = stream_predictions(model, inputs, out, samples=samples, seed=seed, window_ev=window_ev,
                                    chunk_size=chunk_size, resume=resume, write=_is_global_zero(),
@@ -220,19 +236,22 @@ def predict(
     devices: str = DEVICES,
     num_nodes: int = NUM_NODES,
     strategy: str = STRATEGY,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Predict PBE band gaps (eV) with calibrated uncertainty; one row per input, invalid ones marked skipped.
 
     Results are saved chunk by chunk; rerunning an interrupted command resumes where it stopped.
 
-    Columns: id, bandgap_mean_ev, bandgap_std_ev (total: epistemic + data noise, calibrated),
-    bandgap_std_epistemic_ev, lower_95_ev, upper_95_ev (conformal 95% interval),
-    out_of_distribution, ood_reason, status, reason. Deterministic methods (head, full, lora)
-    report both stds as NaN but still get conformal intervals. PBE gaps underestimate
-    experimental ones.
+    Columns: id, bandgap_mean_ev (>= 0), bandgap_std_ev (total: epistemic + data noise,
+    calibrated), bandgap_std_epistemic_ev, bandgap_std_aleatoric_ev (the structure's data noise),
+    lower_95_ev, upper_95_ev (conformal 95% interval, >= 0), p_metallic (calibrated P(gap < 0.1
+    eV)), out_of_distribution, ood_reason, status, reason. Deterministic methods (head, full,
+    lora) report the epistemic std as NaN. PBE gaps underestimate experimental ones.
     """
-    _, table = _predict_table(model, inputs, samples, seed, _trainer_kwargs(accelerator, devices, num_nodes, strategy),
-                              out, chunk_size, resume)
+    _setup_logging(verbose)
+    _, table = _predict_table(model, inputs, samples, seed,
+                              _prediction_trainer_kwargs(accelerator, devices, num_nodes, strategy), out, chunk_size,
+                              resume)
     if _is_global_zero():
         n_ok = int((table["status"] == "ok").sum())
         typer.echo(f"{n_ok} predicted, {len(table) - n_ok} skipped -> {out}", err=True)
@@ -265,6 +284,7 @@ def screen(
     devices: str = DEVICES,
     num_nodes: int = NUM_NODES,
     strategy: str = STRATEGY,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Rank structures by the calibrated probability that their PBE band gap lies in the window.
 
@@ -278,9 +298,11 @@ def screen(
     from mofbalora.data.io import write_table_atomic, write_text_atomic
     from mofbalora.uncertainty.screening import rank_by_window, screening_summary
 
+    _setup_logging(verbose)
     low, high = _parse_window(gap)
-    _, table = _predict_table(model, inputs, samples, seed, _trainer_kwargs(accelerator, devices, num_nodes, strategy),
-                              out, chunk_size, resume, window_ev=(low, high))
+    _, table = _predict_table(model, inputs, samples, seed,
+                              _prediction_trainer_kwargs(accelerator, devices, num_nodes, strategy), out, chunk_size,
+                              resume, window_ev=(low, high))
     if not _is_global_zero():
         return
     ranked = rank_by_window(table, low, high)

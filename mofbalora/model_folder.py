@@ -8,6 +8,8 @@ Layout::
     fit_identity.json    config, data and split a fit was started with (a rerun must match)
     split.json           the train/val/calibration/test id lists
     train_embeddings.safetensors  frozen crystal embeddings of the training structures (OOD)
+    noise_head.safetensors        the per-structure data-noise head σ_n(x), described by
+                                  ``noise_head`` in model.json (written by mofbalora.data_noise)
     members/<m>/noise.json        the member's learned noise std (eV)
     members/<m>/adapter/ adapter_model.safetensors + adapter_config.json   (lora, balora, ensemble)
     members/<m>/weights.safetensors                                      (head, full)
@@ -28,7 +30,7 @@ from torch import nn
 
 from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, save_adapters
 from mofbalora.backbones import get_backbone
-from mofbalora.backbones.heads import apply_head
+from mofbalora.backbones.heads import DataNoiseHead, apply_head
 from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
 from mofbalora.training.config import ADAPTER_KIND, ADAPTER_METHODS
 
@@ -116,6 +118,25 @@ def load_train_embeddings(folder: str | os.PathLike) -> Any:
     return load_file(str(Path(folder) / TRAIN_EMBEDDINGS_FILE))["embeddings"]
 
 
+NOISE_HEAD_FILE = "noise_head.safetensors"
+
+
+def save_noise_head(folder: Path, head: DataNoiseHead) -> dict[str, Any]:
+    """Write the head's weights; returns the architecture record for ``model.json["noise_head"]``."""
+    with atomic_path(folder / NOISE_HEAD_FILE) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp))
+    return {"file": NOISE_HEAD_FILE, "inputs": head.inputs, "floor": head.floor,
+            "hidden": None if head.mlp is None else head.mlp[0].out_features, "embedding_dim": len(head.z_mean)}
+
+
+def load_noise_head(folder: str | os.PathLike, record: dict[str, Any]) -> DataNoiseHead:
+    """The head described by ``record`` (:func:`save_noise_head`), loaded strictly."""
+    head = DataNoiseHead(embedding_dim=record["embedding_dim"], inputs=record["inputs"],
+                         hidden=record["hidden"] or 1, floor=record["floor"])
+    head.load_state_dict(load_file(str(Path(folder) / record["file"])), strict=True)
+    return head.eval()
+
+
 def write_model_json(folder: Path, meta: dict[str, Any]) -> None:
     write_text_atomic(folder / MODEL_FILE, json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=1, default=str))
 
@@ -155,6 +176,8 @@ def prediction_files(folder: str | os.PathLike) -> list[Path]:
     files = [Path(MODEL_FILE), Path(meta["split_file"])]
     if (folder / TRAIN_EMBEDDINGS_FILE).exists():
         files.append(Path(TRAIN_EMBEDDINGS_FILE))
+    if meta.get("noise_head"):
+        files.append(Path(meta["noise_head"]["file"]))
     for member in meta["members"]:
         files += [p.relative_to(folder) for p in sorted((folder / member).rglob("*"))
                   if p.is_file() and "checkpoints" not in p.parts and "logs" not in p.parts and p.name != "done"]
@@ -218,6 +241,6 @@ def merge_if_adapted(model: nn.Module) -> None:
 
 
 __all__ = [
-    "bare_member", "copy_for_prediction", "prediction_files", "build_member", "load_members", "member_adapter_config", "load_train_embeddings", "member_seeds", "package_versions",
+    "bare_member", "copy_for_prediction", "load_noise_head", "save_noise_head", "prediction_files", "build_member", "load_members", "member_adapter_config", "load_train_embeddings", "member_seeds", "package_versions",
     "read_model_json", "save_member", "save_train_embeddings", "weights_checksum", "write_model_json",
 ]

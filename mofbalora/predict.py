@@ -1,9 +1,11 @@
 """Load a saved model folder and predict PBE band gaps (eV) with calibrated uncertainty, sharded over DDP ranks.
 
 The predictive distribution of a structure has two parts (docs/method.md §7): the epistemic std
-(BaLoRA weight samples or ensemble spread) and the learned data-noise std. Their total is
-calibrated by the conformal calibrator fitted on the model's held-out calibration split
-(``mofbalora.calibrate``), which gives the intervals and window probabilities.
+(BaLoRA weight samples or ensemble spread) and the data-noise std, per structure when the folder
+has a noise head (§13; ``mofbalora.data_noise``). Their total is calibrated by the conformal
+calibrator fitted on the model's held-out calibration split (``mofbalora.calibrate``), which gives
+the intervals, window probabilities and ``p_metallic``, all censored at 0 eV. Predictions default
+to the number of samples S the model was calibrated with.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pymatgen.core import Structure
+from scipy.stats import norm
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -31,7 +34,7 @@ from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths
 from mofbalora.featurise.base import sample_num_atoms
 from mofbalora.model_folder import (
-    TRAIN_EMBEDDINGS_FILE, bare_member, load_members, load_train_embeddings, merge_if_adapted,
+    TRAIN_EMBEDDINGS_FILE, bare_member, load_members, load_noise_head, load_train_embeddings, merge_if_adapted,
 )
 from mofbalora.training.config import SAMPLING_METHODS
 from mofbalora.uncertainty.conformal import ConformalCalibrator
@@ -40,8 +43,12 @@ from mofbalora.uncertainty.ood import EmbeddingDistance, ood_reasons
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ["id", "bandgap_mean_ev", "bandgap_std_ev", "bandgap_std_epistemic_ev", "lower_95_ev",
-                      "upper_95_ev", "out_of_distribution", "ood_reason", "status", "reason"]
+PREDICTION_COLUMNS = ["id", "bandgap_mean_ev", "bandgap_std_ev", "bandgap_std_epistemic_ev",
+                      "bandgap_std_aleatoric_ev", "lower_95_ev", "upper_95_ev", "p_metallic", "out_of_distribution",
+                      "ood_reason", "status", "reason"]
+
+#: ``p_metallic`` is the calibrated P(gap < this), in eV
+METALLIC_GAP_EV = 0.1
 
 
 class _PredictionStep(L.LightningModule):
@@ -67,15 +74,18 @@ class Predictive:
     """Per-structure predictive quantities (eV), arrays of length n.
 
     Attributes:
-        mean: predictive mean.
+        mean: predictive mean of the draws (may be below 0; the reported mean is not).
         std_epistemic: std of the draws (NaN for one draw: deterministic methods).
-        std_total_raw: sqrt(epistemic² + noise²) before calibration (NaN for deterministic methods).
+        std_aleatoric: the data-noise std σ_n(x) (constant without a noise head; NaN without any).
+        std_total_raw: sqrt(epistemic² + noise²) before calibration (NaN for a deterministic
+            method without a noise head).
         embedding_distance: mean distance to the k nearest training embeddings.
         n_atoms: atoms per cell.
     """
 
     mean: np.ndarray
     std_epistemic: np.ndarray
+    std_aleatoric: np.ndarray
     std_total_raw: np.ndarray
     embedding_distance: np.ndarray
     n_atoms: np.ndarray
@@ -100,6 +110,9 @@ class BandgapModel:
         self.calibrator = (ConformalCalibrator.from_dict(calibration["conformal"])
                            if calibration.get("conformal") else None)
         self.ood_thresholds: dict[str, Any] = calibration.get("ood", {})
+        self.noise_head = load_noise_head(folder, meta["noise_head"]) if meta.get("noise_head") else None
+        #: S the calibrator saw, the default of every prediction (a different S gives other stds)
+        self.default_samples: int = int(calibration.get("samples") or meta["train_config"]["calibration_samples"])
         for member in members:
             if self.method not in SAMPLING_METHODS:
                 merge_if_adapted(member)  # mean mode at bare-backbone cost
@@ -129,7 +142,7 @@ class BandgapModel:
             self._bare = bare_member(backbone=config["backbone"], head="pretrained", seed=config.get("seed", 0))
         return compute_frozen_embeddings(self._bare, samples).numpy()
 
-    def predict_draws(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0,
+    def predict_draws(self, samples: Sequence[Any], *, n_samples: int | None = None, seed: int = 0,
                       batch_size: int | None = None, progress: bool = False, progress_label: str | None = None,
                       trainer_kwargs: dict[str, Any] | None = None,
                       frozen_embeddings: torch.Tensor | None = None) -> np.ndarray:
@@ -144,6 +157,7 @@ class BandgapModel:
         """
         if not samples:
             return np.zeros((1, 0))
+        n_samples = n_samples or self.default_samples
         # About this many structure-samples per pass keeps tensors cache-friendly on CPU.
         structures_per_pass = 64 if self.backbone.name == "cgcnn" else 16
         batch_size = batch_size or max(1, structures_per_pass // (n_samples if self.method in SAMPLING_METHODS else 1))
@@ -176,18 +190,46 @@ class BandgapModel:
         std = draws.std(0, ddof=1) if draws.shape[0] > 1 else np.full_like(mean, np.nan)
         return mean, std
 
-    def total_std(self, std_epistemic: np.ndarray) -> np.ndarray:
-        """sqrt(epistemic² + noise²) in eV, uncalibrated; NaN where the epistemic std is NaN."""
-        noise = self.noise_std_ev or 0.0
-        return np.sqrt(np.square(std_epistemic) + noise**2)
+    def aleatoric_std(self, frozen: np.ndarray | None, mean_ev: np.ndarray) -> np.ndarray:
+        """σ_n(x) in eV: the noise head's (docs/method.md §13), else the one learned number, else NaN."""
+        if self.noise_head is None:
+            return np.full(len(mean_ev), np.nan if self.noise_std_ev is None else self.noise_std_ev)
+        with torch.inference_mode():
+            std = self.noise_head(torch.as_tensor(frozen, dtype=torch.float32),
+                                  torch.as_tensor(self.normaliser.to_standard(mean_ev), dtype=torch.float32))
+        return std.double().numpy() * self.normaliser.std_ev
 
-    def predictive(self, samples: Sequence[Any], *, n_samples: int = 32, seed: int = 0, progress: bool = False,
-                   trainer_kwargs: dict[str, Any] | None = None) -> Predictive:
+    def aleatoric_std_of(self, samples: Sequence[Any], mean_ev: np.ndarray) -> np.ndarray:
+        """:meth:`aleatoric_std` of featurised ``samples`` with predicted means ``mean_ev`` (eV)."""
+        frozen = self.frozen_embeddings(samples) if self.noise_head is not None and len(samples) else None
+        return self.aleatoric_std(frozen, np.asarray(mean_ev, dtype=float))
+
+    def total_std(self, std_epistemic: np.ndarray, std_aleatoric: np.ndarray) -> np.ndarray:
+        """sqrt(epistemic² + noise²) in eV, uncalibrated. Without a noise head it is NaN where the
+        epistemic std is NaN (a deterministic model then gets the constant-width calibration);
+        with one, a deterministic model's total is σ_n(x)."""
+        if self.noise_head is None:
+            return np.sqrt(np.square(std_epistemic) + np.nan_to_num(std_aleatoric) ** 2)
+        return np.sqrt(np.square(np.nan_to_num(std_epistemic)) + np.square(std_aleatoric))
+
+    def predict_mean_mode(self, samples: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
+        """Noise-off predictions (eV) [n]: adapters in mean mode, the members' average."""
+        loader = DataLoader(GraphDataset(samples), batch_size=batch_size, shuffle=False,
+                            collate_fn=Collate(self.backbone))
+        parts = []
+        with torch.inference_mode():
+            for graphs, _, _ in loader:
+                draws = torch.stack([forward_in_mode(member, graphs, "mean") for member in self.members])
+                parts.append(self.normaliser.to_ev(draws).mean(0))
+        return torch.cat(parts).double().numpy() if parts else np.zeros(0)
+
+    def predictive(self, samples: Sequence[Any], *, n_samples: int | None = None, seed: int = 0,
+                   progress: bool = False, trainer_kwargs: dict[str, Any] | None = None) -> Predictive:
         """Mean, stds, embedding distance and size of every sample (see :class:`Predictive`)."""
-        # z(x) once per structure: BaLoRA's alpha(x) input and the embedding-distance OOD score
+        # z(x) once per structure: BaLoRA's alpha(x) input, the noise head's and the OOD score's
         has_reference = (self.folder / TRAIN_EMBEDDINGS_FILE).exists()
-        frozen = (self.frozen_embeddings(samples) if len(samples) and (has_reference or self.method == "balora")
-                  else None)
+        needs_frozen = has_reference or self.method == "balora" or self.noise_head is not None
+        frozen = self.frozen_embeddings(samples) if len(samples) and needs_frozen else None
         mean, std = self.predict_samples(samples, n_samples=n_samples, seed=seed, progress=progress,
                                          trainer_kwargs=trainer_kwargs,
                                          frozen_embeddings=None if frozen is None else torch.from_numpy(frozen))
@@ -196,7 +238,8 @@ class BandgapModel:
             distance = np.full(len(samples), np.nan)
         else:
             distance = self.embedding_distance.score(frozen)
-        return Predictive(mean, std, self.total_std(std), distance,
+        aleatoric = self.aleatoric_std(frozen, mean)
+        return Predictive(mean, std, aleatoric, self.total_std(std, aleatoric), distance,
                           np.array([sample_num_atoms(s) for s in samples], dtype=int))
 
     def intervals(self, predictive: Predictive, *, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -209,6 +252,18 @@ class BandgapModel:
         if self.calibrator is None:
             return predictive.std_total_raw
         return self.calibrator.calibrated_std(predictive.std_total_raw, len(predictive.mean))
+
+    def point_prediction(self, predictive: Predictive) -> np.ndarray:
+        """The reported mean (eV, ≥ 0): the calibrator's rule, max(mean, 0) when uncalibrated."""
+        if self.calibrator is None:
+            return np.maximum(predictive.mean, 0.0)
+        return self.calibrator.point_prediction(predictive.mean, predictive.std_total_raw)
+
+    def cdf(self, predictive: Predictive, value_ev: float) -> np.ndarray:
+        """Calibrated P(gap ≤ value), censored at 0 eV (Gaussian when uncalibrated; NaN without a std)."""
+        if self.calibrator is None:
+            return np.where(value_ev < 0, 0.0, norm.cdf((value_ev - predictive.mean) / predictive.std_total_raw))
+        return self.calibrator.cdf(predictive.mean, predictive.std_total_raw, value_ev)
 
     def window_probability(self, predictive: Predictive, low_ev: float, high_ev: float) -> np.ndarray:
         """P(low ≤ gap ≤ high) from the calibrated predictive CDF (Gaussian when uncalibrated)."""
@@ -231,7 +286,7 @@ class BandgapModel:
             parts = [part for rank_parts in gathered for part in rank_parts]
         return parts
 
-    def predict(self, inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike, *, samples: int = 32,
+    def predict(self, inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike, *, samples: int | None = None,
                 seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,
                 trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
                 window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
@@ -246,7 +301,7 @@ class BandgapModel:
         return self.predict_resolved(slots, ids, samples=samples, seed=seed, cache_dir=cache_dir, progress=progress,
                                      trainer_kwargs=trainer_kwargs, workers=workers, window_ev=window_ev)
 
-    def predict_resolved(self, slots: Sequence[Path | Structure], ids: Sequence[str], *, samples: int = 32,
+    def predict_resolved(self, slots: Sequence[Path | Structure], ids: Sequence[str], *, samples: int | None = None,
                          seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,
                          trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
                          window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
@@ -257,7 +312,8 @@ class BandgapModel:
         predictive = self.predictive([feats[i] for i in valid], n_samples=samples, seed=seed, progress=progress,
                                      trainer_kwargs=trainer_kwargs)
         table = pd.DataFrame({"id": ids, "bandgap_mean_ev": np.nan, "bandgap_std_ev": np.nan,
-                              "bandgap_std_epistemic_ev": np.nan, "lower_95_ev": np.nan, "upper_95_ev": np.nan,
+                              "bandgap_std_epistemic_ev": np.nan, "bandgap_std_aleatoric_ev": np.nan,
+                              "lower_95_ev": np.nan, "upper_95_ev": np.nan, "p_metallic": np.nan,
                               "out_of_distribution": False, "ood_reason": "", "status": "skipped",
                               "reason": reasons})
         for column, values in self.summarise(predictive, window_ev=window_ev).items():
@@ -272,13 +328,16 @@ class BandgapModel:
 
     def summarise(self, predictive: Predictive, *, window_ev: tuple[float, float] | None = None,
                   interval_levels: Sequence[int] = (95,)) -> pd.DataFrame:
-        """The reported columns of every predicted structure: mean, calibrated std, epistemic std,
-        calibrated ``lower_<L>_ev``/``upper_<L>_ev`` per level L (%), OOD flag and reason, and
-        ``p_in_window`` with ``window_ev``."""
-        table = pd.DataFrame({"bandgap_mean_ev": predictive.mean, "bandgap_std_ev": self.calibrated_std(predictive),
-                              "bandgap_std_epistemic_ev": predictive.std_epistemic})
+        """The reported columns of every predicted structure: the non-negative mean, calibrated
+        total std, epistemic and aleatoric stds, calibrated ``lower_<L>_ev``/``upper_<L>_ev`` per
+        level L (%), ``p_metallic``, OOD flag and reason, and ``p_in_window`` with ``window_ev``."""
+        table = pd.DataFrame({"bandgap_mean_ev": self.point_prediction(predictive),
+                              "bandgap_std_ev": self.calibrated_std(predictive),
+                              "bandgap_std_epistemic_ev": predictive.std_epistemic,
+                              "bandgap_std_aleatoric_ev": predictive.std_aleatoric})
         for level in interval_levels:
             table[f"lower_{level}_ev"], table[f"upper_{level}_ev"] = self.intervals(predictive, confidence=level / 100)
+        table["p_metallic"] = self.cdf(predictive, METALLIC_GAP_EV)
         why = ood_reasons(epistemic_std_ev=predictive.std_epistemic, embedding_distance=predictive.embedding_distance,
                           n_atoms=predictive.n_atoms, thresholds=self.ood_thresholds)
         table["out_of_distribution"] = [bool(w) for w in why]

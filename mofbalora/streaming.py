@@ -54,7 +54,7 @@ def _read_chunks(folder: Path) -> pd.DataFrame | None:
 
 
 def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike,
-                       out: str | os.PathLike, *, samples: int = 32, seed: int = 0,
+                       out: str | os.PathLike, *, samples: int | None = None, seed: int = 0,
                        window_ev: tuple[float, float] | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                        resume: bool = True, write: bool = True, progress: bool = True,
                        cache_dir: str | os.PathLike | None = None, workers: int = 0,
@@ -72,6 +72,7 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    samples = samples or model.default_samples  # the S the calibrator saw
     slots, ids = resolve_inputs(inputs)
     folder = parts_folder(out)
     settings = _settings(model, ids, samples=samples, seed=seed, window_ev=list(window_ev) if window_ev else None)

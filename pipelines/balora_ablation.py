@@ -84,7 +84,7 @@ class Study:
 
     def scores_of(self, model: BandgapModel, draws: np.ndarray) -> dict[str, Any]:
         mean, std = draws.mean(0), draws.std(0, ddof=1)
-        total = model.total_std(std)
+        total = model.total_std(std, model.aleatoric_std_of(self.val_samples, mean))
         return ablation.validation_scores(
             draws, self.val_truth, self.n_atoms, total_std=total,
             calibrated_interval=model.calibrator.interval(mean, total, confidence=0.95),

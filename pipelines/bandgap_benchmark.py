@@ -40,13 +40,14 @@ sys.path.insert(0, str(ROOT))
 
 from mofbalora.analysis import figures, study  # noqa: E402
 from mofbalora.analysis.report import readme_block, render_report  # noqa: E402
-from mofbalora.calibrate import fit_calibrated  # noqa: E402
+from mofbalora.calibrate import complete_uncertainty_stages, fit_calibrated  # noqa: E402
 from mofbalora.data.datasets import default_cache_dir, load_labelled_dataset  # noqa: E402
 from mofbalora.data.io import atomic_path, write_text_atomic  # noqa: E402
 from mofbalora.data.splits import Split, make_split  # noqa: E402
 from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
 from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
-from mofbalora.model_folder import member_adapter_config, package_versions  # noqa: E402
+from mofbalora.backbones.batching import compute_frozen_embeddings  # noqa: E402
+from mofbalora.model_folder import bare_member, member_adapter_config, package_versions  # noqa: E402
 from mofbalora.predict import BandgapModel, load_model  # noqa: E402
 from mofbalora.training.config import ADAPTER_METHODS, SAMPLING_METHODS, TrainConfig  # noqa: E402
 from mofbalora.training.fit import FolderMismatchError, prepare_data, select_subset  # noqa: E402
@@ -179,7 +180,8 @@ def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, spli
     for folder in sorted(finished, key=lambda f: f != out):  # this name's own folder first
         if finished[folder] == wanted:
             logger.info("reusing finished run %s for %s", folder, name)
-            return folder
+            # a run trained before the current noise head or calibration settings gets them now
+            return complete_uncertainty_stages(folder, data=data, progress=progress)
     if out in finished:
         raise FolderMismatchError(f"{out}: holds a finished run with another training config; remove it or rename {name}")
     timing_path = out / "timing.json"
@@ -248,35 +250,44 @@ def laplace_predictions(model: BandgapModel, member: int, train: tuple[Any, Any,
 
 @dataclass
 class Realised:
-    """One method's per-seed predictions on every set, and what calibrating each seed gives."""
+    """One method's per-seed predictions on every set (with their per-structure data noise σ_n(x)),
+    and the learned homoscedastic noise per seed (the Laplace GLM's likelihood)."""
 
     runs: dict[str, study.MethodRuns]  # set -> runs
     noise_std_ev: list[float]  # per seed (one for a pooled ensemble)
 
 
+def aleatoric_by_set(model: BandgapModel, means: dict[str, np.ndarray], frozen: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """σ_n(x) (eV) of ``model``'s noise head on every set, at the predicted means ``means`` [n]."""
+    return {name: model.aleatoric_std(frozen[name], means[name]) for name in means}
+
+
+def frozen_by_set(backbone: str, sets: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """The bare pretrained backbone's crystal embeddings z(x) [n, dim] of every set."""
+    bare = bare_member(backbone=backbone, head="pretrained", seed=0)
+    return {name: compute_frozen_embeddings(bare, samples).numpy() for name, samples in sets.items()}
+
+
 def calibrated(realised: Realised, truth_by_set: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """Per realisation and set: conformal 68/95% hits, calibrated-Gaussian NLL and 95% width [K, n],
-    the calibrator fitted on the calibration split with sigma = sqrt(epistemic² + noise²)
-    (docs/method.md §9; a constant width for deterministic methods)."""
-    cal = realised.runs["calibration"].realisations()
+    the calibrator fitted on the calibration split normalised by the total std
+    sqrt(epistemic² + σ_n(x)²), every method alike (docs/method.md §9, §13)."""
+    cal = realised.runs["calibration"].total().realisations()
     out: dict[str, dict[str, list[np.ndarray]]] = {}
-    for k, (cal_mean, cal_std) in enumerate(cal):
-        noise = realised.noise_std_ev[k]
-        sigma = lambda std: (np.sqrt(np.nan_to_num(std) ** 2 + noise ** 2) if np.isfinite(std).all() else None)  # noqa: E731
-        calibrator = ConformalCalibrator().fit(cal_mean, sigma(cal_std), truth_by_set["calibration"])
+    for k, (cal_mean, cal_sigma) in enumerate(cal):
+        calibrator = ConformalCalibrator().fit(cal_mean, cal_sigma, truth_by_set["calibration"])
         for name, runs in realised.runs.items():
             if name in ("calibration", "val"):
                 continue
-            mean, std = runs.realisations()[k]
+            mean, sigma = runs.total().realisations()[k]
             truth = truth_by_set[name]
             entry = out.setdefault(name, {"hit_68": [], "hit_95": [], "nll": [], "width_95_ev": []})
             for level in (68, 95):
-                low, high = calibrator.interval(mean, sigma(std), confidence=level / 100, lower_bound_ev=None)
+                low, high = calibrator.interval(mean, sigma, confidence=level / 100, lower_bound_ev=None)
                 entry[f"hit_{level}"].append(((truth >= low) & (truth <= high)).astype(float))
                 if level == 95:
                     entry["width_95_ev"].append(high - low)
-            cal_sd = (calibrator.calibrated_std(sigma(std), len(mean)) if calibrator.normalised
-                      else np.full(len(mean), calibrator.normalised_rms_))  # deterministic: the residual RMS
+            cal_sd = calibrator.calibrated_std(sigma, len(mean))
             entry["nll"].append(-norm.logpdf(truth, loc=mean, scale=um.positive_std(cal_sd)))
     return {name: {key: np.array(values) for key, values in entry.items()} for name, entry in out.items()}
 
@@ -289,6 +300,8 @@ def method_table(runs: study.MethodRuns, hits: dict[str, np.ndarray], truth: np.
     if uncertainty:
         row["spearman"] = study.score(study.spearman, runs, truth, rng, n_boot)
         row["ause_ratio"] = study.score(study.ause_ratio, runs, truth, rng, n_boot)
+    # the std a user gets: epistemic and per-structure data noise together (every method has it)
+    row["spearman_total"] = study.score(study.spearman, runs.total(), truth, rng, n_boot)
     row["nll_mean"] = study.per_structure_score(hits["nll"], rng, n_boot)
     row["nll_median"] = study.per_structure_score(hits["nll"], rng, n_boot, reduce=np.median)
     for level in (68, 95):
@@ -398,6 +411,8 @@ def main(argv: list[str] | None = None) -> Path:
     truth = {"val": parts["val"][2], "calibration": parts["calibration"][2], "test": parts["test"][2],
              **{f"shift_{name}": value[2] for name, value in shifts.items()}}
     head = profile["head"]
+    # z(x) of every set, once: the per-structure data-noise heads' input (docs/method.md §13)
+    frozen = cached(run_dir / "predictions" / "frozen-embeddings.npz", lambda: frozen_by_set(profile["backbone"], sets))
 
     # Step 1: every method, every seed (docs/method.md §12); LoRA's seeds are the ensemble's members.
     folders: dict[str, list[Path]] = {}
@@ -421,19 +436,23 @@ def main(argv: list[str] | None = None) -> Path:
                                            lambda: method_draws(model, sets, samples=claim_s, label=folder.name))))
         pooled = spec["method"] == "lora-ensemble"
         if pooled:  # one folder; its draws are the members' predictions
-            members_draws = per_seed[0][1]
-            runs = {s: study.MethodRuns(name, members_draws[s], np.full_like(members_draws[s], np.nan), pooled=True)
-                    for s in sets}
+            ensemble_model, members_draws = per_seed[0]
+            noise = aleatoric_by_set(ensemble_model, {s: members_draws[s].mean(0) for s in sets}, frozen)
+            runs = {s: study.MethodRuns(name, members_draws[s], np.full_like(members_draws[s], np.nan), pooled=True,
+                                        aleatoric=noise[s][None]) for s in sets}
         else:
+            noise = [aleatoric_by_set(m, {s: d[s].mean(0) for s in sets}, frozen) for m, d in per_seed]
             runs = {s: study.MethodRuns(name, np.stack([d[s].mean(0) for _, d in per_seed]),
-                                        np.stack([study_spread(d[s]) for _, d in per_seed])) for s in sets}
+                                        np.stack([study_spread(d[s]) for _, d in per_seed]),
+                                        aleatoric=np.stack([n[s] for n in noise])) for s in sets}
         if pooled:
-            ensemble_model = per_seed[0][0]
             members = [json.loads(p.read_text())["noise_std_ev"] for p in sorted(folders[name][0].glob("members/*/noise.json"))]
             realised[name] = Realised(runs, [float(ensemble_model.noise_std_ev)])
-            # LoRA: each member on its own (seeds 0..M-1)
-            realised["lora"] = Realised({s: study.MethodRuns("lora", per_seed[0][1][s], np.full_like(per_seed[0][1][s], np.nan))
-                                         for s in sets}, members)
+            # LoRA: each member on its own (seeds 0..M-1), with the ensemble folder's noise head at its own mean
+            realised["lora"] = Realised({s: study.MethodRuns(
+                "lora", members_draws[s], np.full_like(members_draws[s], np.nan),
+                aleatoric=np.stack([ensemble_model.aleatoric_std(frozen[s], row) for row in members_draws[s]]))
+                for s in sets}, members)
         else:
             realised[name] = Realised(runs, [float(m.noise_std_ev) for m, _ in per_seed])
         epochs = [sum(epochs_run(folder)) for folder in folders[name]]
@@ -460,7 +479,9 @@ def main(argv: list[str] | None = None) -> Path:
                                                                hessian_structure=profile["laplace"]["hessian_structure"])))
     realised["laplace-lora"] = Realised(
         {s: study.MethodRuns("laplace-lora", np.stack([r[f"{s}_mean"] for r in laplace_runs]),
-                             np.stack([r[f"{s}_std"] for r in laplace_runs])) for s in sets},
+                             np.stack([r[f"{s}_std"] for r in laplace_runs]),
+                             aleatoric=np.stack([ensemble_model.aleatoric_std(frozen[s], r[f"{s}_mean"])
+                                                 for r in laplace_runs])) for s in sets},
         realised["lora"].noise_std_ev)
     cost["laplace-lora"] = {**cost["lora"], "laplace_fit_wall_s_per_seed": float(np.mean([r["fit_wall_s"] for r in laplace_runs])),
                             "inference_wall_s_per_structure": cost["lora"]["inference_wall_s_per_structure"]

@@ -3,13 +3,21 @@
 Stages, each resumable (a rerun skips what is done; an interrupted fit continues from its last
 checkpoint):
 1. fit: CGCNN + the chosen BaLoRA default on all of QMOF (pipelines/configs/release_qmof.yaml);
-2. calibrate on the held-out calibration split (conformal intervals, OOD thresholds);
-3. test: predictions on the test split at the model's S, scored with BCa bootstrap CIs;
-4. package: the files prediction needs, the split ids, release.json and MODEL_CARD.md into
+2. noise: the per-structure data-noise head, its variant chosen on validation
+   (pipelines/configs/uncertainty.yaml; mofbalora.data_noise);
+3. calibrate on the held-out calibration split (Mondrian conformal intervals, mean rule, OOD thresholds);
+4. test: predictions on the test split at the model's S, scored with BCa bootstrap CIs, and the
+   reliability figure of the window probability;
+5. package: the files prediction needs, the split ids, release.json and MODEL_CARD.md into
    mofbalora/pretrained/qmof-pbe-cgcnn-balora/ (at most 5 MB; checked).
 
-    python pipelines/release_model.py [--data PATH] [--stop-after fit|calibrate|test]
+    python pipelines/release_model.py [--data PATH] [--stop-after fit|noise|calibrate|test]
+                                      [--from-package DIR] [--keep-calibration]
                                       [--config YAML --run-dir DIR --package-dir DIR]  (smoke tests)
+
+``--from-package`` starts the run folder from a packaged model with the same config and split
+(its trained weights), so the later stages rerun without training again. ``--keep-calibration``
+scores a folder as it is, without a noise head or a new calibration (the "before" of a change).
 
 The run folder is results/release/qmof-pbe-cgcnn-balora/ (test predictions stay there: they
 hold QMOF labels and are never committed).
@@ -31,8 +39,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mofbalora.analysis.release import model_card, test_scores  # noqa: E402
-from mofbalora.calibrate import calibrate  # noqa: E402
+from mofbalora.analysis.figures import window_reliability  # noqa: E402
+from mofbalora.analysis.release import WINDOW_EV, model_card, test_scores  # noqa: E402
+from mofbalora.calibrate import CalibrationSettings, calibrate  # noqa: E402
+from mofbalora.data_noise import fit_data_noise  # noqa: E402
 from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E402
 from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
@@ -40,12 +50,16 @@ from mofbalora.model_folder import copy_for_prediction, package_versions, read_m
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.pretrained import SHIPPED  # noqa: E402
 from mofbalora.training.config import load_train_config  # noqa: E402
-from mofbalora.training.fit import fit, prepare_data  # noqa: E402
+from mofbalora.data.splits import Split  # noqa: E402
+from mofbalora.training.fit import IDENTITY_FILE, fit, fit_identity, prepare_data  # noqa: E402
+from mofbalora.training.noise_head import load_uncertainty_config  # noqa: E402
 
 from bandgap_benchmark import git_commit  # noqa: E402
 
 logger = logging.getLogger("release_model")
 CONFIG = ROOT / "pipelines" / "configs" / "release_qmof.yaml"
+UNCERTAINTY_CONFIG = ROOT / "pipelines" / "configs" / "uncertainty.yaml"
+FIGURES_DIR = ROOT / "docs" / "results" / "release"
 RELEASE = SHIPPED[0]
 RUN_DIR = ROOT / "results" / "release" / RELEASE.folder_name
 PACKAGE_DIR = ROOT / "mofbalora" / "pretrained" / RELEASE.folder_name
@@ -58,7 +72,11 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 
 def training_record(folder: Path) -> dict[str, Any]:
-    """Epochs run, best epoch and wall time of the fit stage (from its files)."""
+    """Epochs run, best epoch and wall time of the fit stage (from its files, or from the
+    release.json of the package a ``--from-package`` run started from)."""
+    seeded = folder / SEEDED_RECORD
+    if seeded.exists():
+        return json.loads(seeded.read_text())["training"]
     metrics = pd.read_csv(folder / "members" / "0" / "logs" / "version_0" / "metrics.csv")
     val = metrics.dropna(subset=["val_mae_ev"])
     started = (folder / "fit_identity.json").stat().st_mtime
@@ -71,8 +89,31 @@ def training_record(folder: Path) -> dict[str, Any]:
             "device": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
 
 
+SEEDED_RECORD = "seeded_from_release.json"
+
+
+def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | None) -> None:
+    """Start ``run_dir`` as the fitted folder of ``package`` (same config and split): its trained
+    weights, split and training record; later stages then run without training again.
+
+    Raises:
+        SystemExit: when the package was trained with another config.
+    """
+    if (run_dir / IDENTITY_FILE).exists():
+        return
+    meta = read_model_json(package)
+    if meta["train_config"] != config.to_dict():
+        raise SystemExit(f"{package} was trained with another config than this run's")
+    dataset = load_labelled_dataset(data, target=config.target)
+    copy_for_prediction(package, run_dir, meta_updates={"data": {**meta["data"], "source": str(dataset.source)}})
+    write_text_atomic(run_dir / SEEDED_RECORD, (package / "release.json").read_text())
+    identity = fit_identity(config, dataset, Split.load(run_dir / meta["split_file"]))
+    write_text_atomic(run_dir / IDENTITY_FILE, json.dumps(identity, indent=1))
+
+
 def test_predictions(folder: Path, parts: dict[str, Any]) -> pd.DataFrame:
-    """The model's predictions on the test split (cached in the run folder)."""
+    """The model's predictions on the test split (cached in the run folder), with each
+    structure's CRPS, predicted-gap bin and probability of the :data:`WINDOW_EV` window."""
     path = folder / TEST_TABLE
     if path.exists():
         return pd.read_csv(path)
@@ -80,10 +121,13 @@ def test_predictions(folder: Path, parts: dict[str, Any]) -> pd.DataFrame:
     calibration = model.meta["calibration"]
     ids, samples, gaps = parts["test"]
     predictive = model.predictive(samples, n_samples=calibration["samples"], seed=calibration["seed"], progress=True)
-    table = model.summarise(predictive, interval_levels=(68, 95))
+    table = model.summarise(predictive, interval_levels=(68, 95), window_ev=WINDOW_EV)
     table.insert(0, "id", ids)
     table.insert(1, "bandgap_true_ev", gaps)
     table["n_atoms"] = predictive.n_atoms
+    table["crps_ev"] = model.calibrator.crps(predictive.mean, predictive.std_total_raw, gaps)
+    bins = model.calibrator.gap_bins(predictive.mean)
+    table["gap_bin"] = 0 if bins is None else bins
     write_table_atomic(table, path)
     return table
 
@@ -102,8 +146,10 @@ def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], 
                  **{k: data[k] for k in ("n_train", "n_val", "n_calibration", "n_test", "n_skipped",
                                          "split_sha256", "labels_sha256")},
                  "train_n_atoms_range": [int(min(train_atoms)), int(max(train_atoms))]},
-        "calibration": {k: meta["calibration"][k] for k in ("samples", "seed", "n_calibration", "ood",
-                                                             "calibration_mae_ev")},
+        "calibration": {k: meta["calibration"][k] for k in ("samples", "seed", "n_calibration", "ood", "calibration_mae_ev",
+                                                             "mean_rule", "val_mae_ev_by_mean_rule", "n_bins")
+                        if k in meta["calibration"]},
+        "noise_head": {k: v for k, v in meta["noise_head"].items() if k != "file"} if meta.get("noise_head") else None,
         "training": training_record(folder),
         "test": scores,
         "versions": package_versions(),
@@ -128,7 +174,12 @@ def package(folder: Path, record: dict[str, Any], destination: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="QMOF folder or archive (default: ../shared/data/qmof)")
-    parser.add_argument("--stop-after", choices=["fit", "calibrate", "test"], default=None)
+    parser.add_argument("--stop-after", choices=["fit", "noise", "calibrate", "test"], default=None)
+    parser.add_argument("--from-package", default=None, help="start the run folder from this packaged model")
+    parser.add_argument("--keep-calibration", action="store_true",
+                        help="score the folder as it is: no noise head, no new calibration")
+    parser.add_argument("--uncertainty-config", default=str(UNCERTAINTY_CONFIG), help=argparse.SUPPRESS)
+    parser.add_argument("--figures-dir", default=str(FIGURES_DIR), help=argparse.SUPPRESS)
     parser.add_argument("--config", default=str(CONFIG), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", default=str(RUN_DIR), help=argparse.SUPPRESS)
     parser.add_argument("--package-dir", default=str(PACKAGE_DIR), help=argparse.SUPPRESS)
@@ -136,17 +187,30 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config_path, run_dir, package_dir = _paths(args)
     config = load_train_config(config_path)
-    folder = fit(config, data=args.data, out_dir=run_dir, resume=(run_dir / "fit_identity.json").exists())
+    uncertainty = load_uncertainty_config(args.uncertainty_config)
+    if args.from_package:
+        seed_from_package(Path(args.from_package), run_dir, config, args.data)
+    folder = fit(config, data=args.data, out_dir=run_dir, resume=(run_dir / IDENTITY_FILE).exists())
     if folder is None or args.stop_after == "fit":
         return
-    # all of QMOF's features are loaded once, for calibration and the test stage
+    # all of QMOF's features are loaded once, for the noise head, calibration and the test stage
     prepared = prepare_data(config, load_labelled_dataset(args.data, target=config.target), folder, progress=True)
+    if not args.keep_calibration:
+        fit_data_noise(folder, prepared=prepared, config=uncertainty["noise_head"], progress=True)
+    if args.stop_after == "noise":
+        return
     if read_model_json(folder).get("calibration") is None:
-        calibrate(folder, progress=True, prepared=prepared)
+        calibrate(folder, progress=True, prepared=prepared,
+                  settings=CalibrationSettings.from_dict(uncertainty["calibration"]))
     if args.stop_after == "calibrate":
         return
     parts = prepared.parts
-    scores = test_scores(test_predictions(folder, parts))
+    table = test_predictions(folder, parts)
+    scores = test_scores(table)
+    figures = Path(args.figures_dir)
+    figures.mkdir(parents=True, exist_ok=True)
+    window_reliability(scores["p_in_window_reliability"], figures / "reliability_p_in_window.png",
+                       title=f"{RELEASE.alias}: P(gap in {WINDOW_EV[0]:g}–{WINDOW_EV[1]:g} eV), test split")
     record = release_record(folder, parts, scores, config_path)
     write_text_atomic(folder / "release.json", json.dumps(record, indent=1, default=str))
     if args.stop_after == "test":

@@ -119,3 +119,24 @@ def screen_gap_vs_width(table: Any, low_ev: float, high_ev: float, path: Path, *
     ax.set_title(title)
     ax.legend(loc="upper right", markerscale=3)
     return _save(fig, path)
+
+
+def window_reliability(reliability: dict[str, Any], path: Path, *, title: str) -> Path:
+    """Reliability of a window probability: observed share against mean predicted P per bin,
+    with the bin counts (``analysis.release`` scores, ``p_in_window_reliability``)."""
+    bins = reliability["bins"]
+    predicted = np.array([b["mean_predicted"] for b in bins])
+    observed = np.array([b["observed_share"] for b in bins])
+    counts = np.array([b["n"] for b in bins])
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly reliable")
+    ax.plot(predicted, observed, marker="o", color="tab:blue", label="test split")
+    for x, y, n in zip(predicted, observed, counts):
+        ax.annotate(f"{n}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("mean predicted P(in window) in bin")
+    ax.set_ylabel("observed share in window")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left")
+    return _save(fig, path)

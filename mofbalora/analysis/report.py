@@ -44,11 +44,12 @@ def method_table(metrics: dict[str, Any]) -> str:
     for method, row in metrics["table"].items():
         cost = row["cost"]
         rows.append([_label(method), _seeds(metrics, method), _ci(row["mae_ev"]), _ci(row.get("spearman")),
-                     _ci(row.get("ause_ratio"), 2), f"{_ci(row['nll_mean'], 2)} / {_optional(row['nll_median']['value'], 2)}",
+                     _ci(row.get("spearman_total")), _ci(row.get("ause_ratio"), 2), f"{_ci(row['nll_mean'], 2)} / {_optional(row['nll_median']['value'], 2)}",
                      _ci(row["coverage_68"], 2), _ci(row["coverage_95"], 2), _optional(row["median_width_95_ev"], 2),
                      f"{cost['train_wall_s_per_seed']:.0f}", f"{1000 * cost['inference_wall_s_per_structure']:.0f} "
                      f"({cost['inference_passes_per_structure']})"])
-    return _table(["method", "seeds", "MAE (eV)", "Spearman ρ(std, \\|err\\|)", "AUSE / random", "NLL mean / median",
+    return _table(["method", "seeds", "MAE (eV)", "Spearman ρ(epistemic std, \\|err\\|)",
+                   "ρ(total std, \\|err\\|)", "AUSE / random", "NLL mean / median",
                    "cal. cov. 68%", "cal. cov. 95%", "median 95% width (eV)", "train s / seed",
                    "test ms / structure (passes)"], rows)
 
@@ -101,9 +102,10 @@ def sweep_table(metrics: dict[str, Any]) -> str:
 def shift_section(metrics: dict[str, Any]) -> str:
     parts = []
     for name, shift in metrics["shift"].items():
-        rows = [[_label(m), _ci(r["mae_ev"]), _ci(r.get("spearman")), _ci(r["coverage_95"], 2)] for m, r in shift["table"].items()]
+        rows = [[_label(m), _ci(r["mae_ev"]), _ci(r.get("spearman")), _ci(r.get("spearman_total")),
+                 _ci(r["coverage_95"], 2)] for m, r in shift["table"].items()]
         parts.append(f"### {name} shift ({shift['n']} structures)\n\n"
-                     + _table(["method", "MAE (eV)", "ρ", "cal. cov. 95%"], rows)
+                     + _table(["method", "MAE (eV)", "ρ (epistemic)", "ρ (total)", "cal. cov. 95%"], rows)
                      + "\n\nClaim 1 on this set (BaLoRA vs each peer):\n\n" + peers_table(shift["claim_1"]))
     return "\n\n".join(parts)
 
@@ -146,10 +148,12 @@ Every CI is a 95% bootstrap over training seeds (ensemble: members) and test str
 
 {method_table(metrics)}
 
-ρ is Spearman's between the epistemic std and |error|. AUSE / random: the area between the
-error-retention curve and the oracle's, over that of a random ranking (0 oracle, 1 random).
-NLL and coverage use the conformal calibration fitted on the calibration split per seed
-(deterministic methods: constant width). Costs: training wall time per seed on 2 cores; test
+ρ is Spearman's between the epistemic std and |error| (the quantity the claims are about); ρ(total)
+uses the std a user gets, sqrt(epistemic² + σ_n(x)²) with each method's per-structure data-noise
+head (docs/method.md §13; for deterministic methods σ_n(x) alone). AUSE / random: the area between
+the error-retention curve and the oracle's, over that of a random ranking (0 oracle, 1 random).
+NLL and coverage use the conformal calibration fitted on the calibration split per seed, normalised
+by the total std. Costs: training wall time per seed on 2 cores; test
 inference per structure, with the forward passes it takes.
 
 ![error retention](error_retention.png) ![cost](cost.png)

@@ -12,7 +12,7 @@ reported beside it.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -43,12 +43,23 @@ class MethodRuns:
     Attributes:
         means, stds: [K, n]; ``stds`` NaN for deterministic methods.
         pooled: the K rows are members of one ensemble: a realisation is their mean and spread.
+        aleatoric: the per-structure data-noise std σ_n(x) [K, n] ([1, n] pooled), or None.
+        with_noise: realisations give the total std sqrt(epistemic² + σ_n²) (a missing epistemic
+            std counts as 0) instead of the epistemic one; see :meth:`total`.
     """
 
     name: str
     means: np.ndarray
     stds: np.ndarray
     pooled: bool = False
+    aleatoric: np.ndarray | None = None
+    with_noise: bool = False
+
+    def total(self) -> "MethodRuns":
+        """The same runs, whose realisations carry the total std (docs/method.md eq. 7)."""
+        if self.aleatoric is None:
+            raise ValueError(f"{self.name}: no per-structure data noise to add")
+        return replace(self, with_noise=True)
 
     @property
     def n_units(self) -> int:
@@ -59,8 +70,13 @@ class MethodRuns:
         if self.pooled:
             chosen = self.means[units]
             spread = chosen.std(0, ddof=1) if len(units) > 1 else np.full(chosen.shape[1], np.nan)
-            return [(chosen.mean(0), spread)]
-        return [(self.means[u], self.stds[u]) for u in units]
+            return [(chosen.mean(0), self._with_noise(spread, 0))]
+        return [(self.means[u], self._with_noise(self.stds[u], u)) for u in units]
+
+    def _with_noise(self, std: np.ndarray, unit: int) -> np.ndarray:
+        if not self.with_noise:
+            return std
+        return np.sqrt(np.nan_to_num(std) ** 2 + self.aleatoric[unit] ** 2)
 
     def first(self) -> MethodPredictions:
         """The first seed's predictions (all members for an ensemble), for figures."""

@@ -67,3 +67,60 @@ def apply_head(backbone: GraphBackbone, kind: HeadKind) -> GraphBackbone:
     if kind == "residual":
         backbone.head = ResidualLinearHead(backbone.head, embedding_dim=backbone.embedding_dim)
     return backbone
+
+
+NoiseInputs = Literal["constant", "embedding", "embedding+mean"]
+
+
+class DataNoiseHead(nn.Module):
+    r"""Per-structure data-noise std :math:`\sigma_n(x)` in standardised target units (docs/method.md §13). **(ours)**
+
+    .. math:: \sigma_n(x) = \sigma_{\min} + \mathrm{softplus}\big(b + \mathrm{MLP}([\tilde z(x), \hat y(x)])\big)
+
+    where :math:`\tilde z` is the bare pretrained backbone's crystal embedding standardised with
+    the training split's statistics and :math:`\hat y` the model's predicted mean (standardised).
+    ``inputs`` says what the MLP sees: ``constant`` (nothing: one learned number, the
+    homoscedastic baseline), ``embedding`` or ``embedding+mean``. The floor keeps the likelihood
+    finite where the head would otherwise shrink to zero on a memorised structure.
+
+    Shapes: z [G, F], mean [G] -> [G].
+    """
+
+    def __init__(self, *, embedding_dim: int, inputs: NoiseInputs, hidden: int, floor: float) -> None:
+        super().__init__()
+        if inputs not in get_args(NoiseInputs):
+            raise ValueError(f"inputs must be one of {get_args(NoiseInputs)}, got {inputs!r}")
+        if floor < 0 or hidden < 1:
+            raise ValueError(f"need floor >= 0 and hidden >= 1, got {floor}, {hidden}")
+        self.inputs, self.floor = inputs, float(floor)
+        self.register_buffer("z_mean", torch.zeros(embedding_dim))
+        self.register_buffer("z_scale", torch.ones(embedding_dim))
+        self.bias = nn.Parameter(torch.zeros(()))
+        width = {"constant": 0, "embedding": embedding_dim, "embedding+mean": embedding_dim + 1}[inputs]
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.Softplus(), nn.Linear(hidden, 1)) if width else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.bias)
+        if self.mlp is not None:
+            self.mlp[0].reset_parameters()
+            nn.init.zeros_(self.mlp[2].weight)  # starts as the constant head
+            nn.init.zeros_(self.mlp[2].bias)
+
+    def set_reference(self, z_train: torch.Tensor, initial_std: float) -> "DataNoiseHead":
+        """Standardise inputs with the training embeddings; start at ``initial_std`` everywhere."""
+        with torch.no_grad():
+            self.z_mean.copy_(z_train.mean(0))
+            self.z_scale.copy_(z_train.std(0).clamp_min(1e-6))
+            excess = max(initial_std - self.floor, 1e-3)
+            self.bias.fill_(float(excess + torch.log(-torch.expm1(torch.tensor(-excess)))))  # softplus⁻¹
+        return self
+
+    def forward(self, z: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        logit = self.bias.expand(len(mean))
+        if self.mlp is not None:
+            features = (z - self.z_mean) / self.z_scale
+            if self.inputs == "embedding+mean":
+                features = torch.cat([features, mean.unsqueeze(1)], dim=1)
+            logit = logit + self.mlp(features).squeeze(1)
+        return self.floor + nn.functional.softplus(logit)

@@ -2,8 +2,13 @@
 
 Fitted on a calibration split that training never saw (docs/method.md §9). For a model with a
 predictive std (BaLoRA, the LoRA ensemble) the system is normalised by that std; for a
-deterministic model (``std`` NaN) it is the standard, constant-width system. The result is a
-calibrated predictive CDF per structure, from which intervals and window probabilities follow.
+deterministic model (``std`` NaN) it is the standard, constant-width system. With
+``mondrian_min_per_bin`` the system is Mondrian: the calibration split is cut into equal-count bins
+of the predicted gap (crepes ``MondrianCategorizer``), as many as its size allows, and each bin
+gets its own residual distribution, so coverage holds per gap range and not only on average
+(docs/method.md §9). The calibrated predictive distribution is censored at 0 eV: the mass the
+conformal CDF puts below 0 is a point mass at 0 (a band gap is non-negative), which gives
+``p_metallic`` and truncated intervals and window probabilities.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from crepes import ConformalPredictiveSystem
+from crepes.extras import MondrianCategorizer
 
 #: the smallest calibration set whose 95% interval is finite: ceil((n + 1) · 0.975) <= n
 MIN_CALIBRATION = 39
@@ -19,17 +25,45 @@ MIN_CALIBRATION = 39
 #: the CPDs are smoothed with this fixed seed, so a prediction never depends on a global RNG
 SMOOTHING_SEED = 0
 
+#: how the reported mean is made non-negative (docs/method.md §9): ``clip`` max(ŷ, 0), or
+#: ``censored`` the mean of the calibrated predictive distribution censored at 0 eV
+MEAN_RULES = ("clip", "censored")
+
+
+def predicted_gap(features: np.ndarray) -> np.ndarray:
+    """The Mondrian score: the predicted gap (eV), the only column of ``features``."""
+    return np.asarray(features)[:, 0]
+
 
 class ConformalCalibrator:
-    """Normalised (or standard) conformal predictive system; scikit-learn style.
+    """Normalised (or standard), optionally Mondrian, conformal predictive system; scikit-learn style.
+
+    Args:
+        mondrian_min_per_bin: calibration structures per predicted-gap bin; the number of bins is
+            ``n_cal // mondrian_min_per_bin`` (at most ``mondrian_max_bins``). None or one bin: no Mondrian.
+        mondrian_max_bins: the most bins.
+        mean_rule: one of :data:`MEAN_RULES`.
 
     Fitted attributes:
         residuals_: calibration residuals y − ŷ (eV), [n_cal].
+        predictions_: calibration predictions ŷ (eV), [n_cal] (they place each residual in its bin).
         sigmas_: the calibration stds (eV) or None for a deterministic model.
+        bin_thresholds_: predicted-gap bin edges (eV, first −inf, last inf) or None.
         normalised_rms_: RMS of the normalised residuals; calibrated std = sigma · normalised_rms_.
     """
 
-    def fit(self, y_pred: np.ndarray, y_std: np.ndarray | None, y_true: np.ndarray) -> "ConformalCalibrator":
+    def __init__(self, *, mondrian_min_per_bin: int | None = None, mondrian_max_bins: int = 8,
+                 mean_rule: str = "clip") -> None:
+        if mean_rule not in MEAN_RULES:
+            raise ValueError(f"mean_rule must be one of {MEAN_RULES}, got {mean_rule!r}")
+        if mondrian_min_per_bin is not None and mondrian_min_per_bin < MIN_CALIBRATION:
+            raise ValueError(f"mondrian_min_per_bin must be >= {MIN_CALIBRATION}, got {mondrian_min_per_bin}")
+        self.mondrian_min_per_bin, self.mondrian_max_bins, self.mean_rule = (
+            mondrian_min_per_bin, mondrian_max_bins, mean_rule)
+
+    def fit(self, y_pred: np.ndarray, y_std: np.ndarray | None, y_true: np.ndarray, *,
+            bin_thresholds: np.ndarray | None = None) -> "ConformalCalibrator":
+        """Fit on the calibration split; ``bin_thresholds`` (stored edges) replace the size rule."""
         y_pred, y_true = _as_1d(y_pred, "y_pred"), _as_1d(y_true, "y_true")
         if len(y_pred) != len(y_true):
             raise ValueError("y_pred and y_true must have the same length")
@@ -37,12 +71,24 @@ class ConformalCalibrator:
             raise ValueError(f"need at least {MIN_CALIBRATION} calibration structures for a finite 95% interval, "
                              f"got {len(y_pred)}")
         sigmas = _sigmas(y_std, len(y_pred))
-        self.residuals_ = y_true - y_pred
+        self.residuals_, self.predictions_ = y_true - y_pred, y_pred
         self.sigmas_ = sigmas
         scale = 1.0 if sigmas is None else sigmas
         self.normalised_rms_ = float(np.sqrt(np.mean((self.residuals_ / scale) ** 2)))
-        self._cps = ConformalPredictiveSystem().fit(self.residuals_, sigmas=sigmas)
+        n_bins = 1 if self.mondrian_min_per_bin is None else min(len(y_pred) // self.mondrian_min_per_bin,
+                                                                  self.mondrian_max_bins)
+        self._categorizer = None
+        if bin_thresholds is not None:
+            self._categorizer = _categorizer_from_thresholds(np.asarray(bin_thresholds, dtype=float))
+        elif n_bins > 1:
+            self._categorizer = MondrianCategorizer().fit(y_pred[:, None], f=predicted_gap, no_bins=n_bins)
+        self.bin_thresholds_ = None if self._categorizer is None else np.asarray(self._categorizer.bin_thresholds)
+        self._cps = ConformalPredictiveSystem().fit(self.residuals_, sigmas=sigmas, bins=self.gap_bins(y_pred))
         return self
+
+    def gap_bins(self, y_pred: np.ndarray) -> np.ndarray | None:
+        """The Mondrian bin (0, 1, ...) of each predicted gap (eV), or None without bins."""
+        return None if self._categorizer is None else np.asarray(self._categorizer.apply(y_pred[:, None]))
 
     @property
     def normalised(self) -> bool:
@@ -58,28 +104,61 @@ class ConformalCalibrator:
         if len(y_pred) == 0:
             return np.zeros(0), np.zeros(0)
         tail = 100 * (1 - confidence) / 2
-        bounds = self._cps.predict(y_pred, sigmas=sigmas, lower_percentiles=[tail], higher_percentiles=[100 - tail])
+        bounds = self._cps.predict(y_pred, sigmas=sigmas, bins=self.gap_bins(y_pred), lower_percentiles=[tail],
+                                   higher_percentiles=[100 - tail],
+                                   y_min=-np.inf if lower_bound_ev is None else lower_bound_ev)
         bounds = np.asarray(bounds, dtype=float).reshape(len(y_pred), 2)
-        lower, upper = bounds[:, 0], bounds[:, 1]
-        if lower_bound_ev is not None:
-            lower = np.maximum(lower, lower_bound_ev)
-        return lower, upper
+        return bounds[:, 0], bounds[:, 1]
 
     def cdf(self, y_pred: np.ndarray, y_std: np.ndarray | None, value_ev: float | np.ndarray) -> np.ndarray:
-        """Calibrated P(gap ≤ value) per structure, from the conformal predictive distribution."""
+        """Calibrated P(gap ≤ value) per structure, from the conformal predictive distribution
+        censored at 0 eV: 0 below 0 eV, and the mass below 0 sits at 0 eV."""
         y_pred, sigmas = self._inputs(y_pred, y_std)
         if len(y_pred) == 0:
             return np.zeros(0)
         values = np.broadcast_to(np.asarray(value_ev, dtype=float), y_pred.shape)
-        p = self._cps.predict(y_pred, sigmas=sigmas, y=values, seed=SMOOTHING_SEED)
-        return np.asarray(p, dtype=float).reshape(len(y_pred))
+        p = self._cps.predict(y_pred, sigmas=sigmas, bins=self.gap_bins(y_pred), y=values, seed=SMOOTHING_SEED)
+        return np.where(values < 0, 0.0, np.asarray(p, dtype=float).reshape(len(y_pred)))
 
     def window_probability(self, y_pred: np.ndarray, y_std: np.ndarray | None, low_ev: float,
                            high_ev: float) -> np.ndarray:
-        """Calibrated P(low ≤ gap ≤ high)."""
+        """Calibrated P(low ≤ gap ≤ high); a window starting at or below 0 eV holds the point mass at 0."""
         if not low_ev < high_ev:
             raise ValueError(f"window must have low < high, got {low_ev}:{high_ev}")
-        return np.clip(self.cdf(y_pred, y_std, high_ev) - self.cdf(y_pred, y_std, low_ev), 0.0, 1.0)
+        below = np.zeros(len(np.atleast_1d(y_pred))) if low_ev <= 0 else self.cdf(y_pred, y_std, low_ev)
+        return np.clip(self.cdf(y_pred, y_std, high_ev) - below, 0.0, 1.0)
+
+    def point_prediction(self, y_pred: np.ndarray, y_std: np.ndarray | None) -> np.ndarray:
+        """The reported mean (eV, ≥ 0) by :attr:`mean_rule`: ``clip`` max(ŷ, 0), or ``censored``
+        the mean of the calibrated distribution censored at 0, mean over calibration residuals of
+        max(ŷ + σ·r_i/σ_i, 0) in ŷ's bin."""
+        y_pred, sigmas = self._inputs(y_pred, y_std)
+        if self.mean_rule == "clip":
+            return np.maximum(y_pred, 0.0)
+        scale = np.ones_like(y_pred) if sigmas is None else sigmas
+        alphas = self.residuals_ / (1.0 if self.sigmas_ is None else self.sigmas_)
+        test_bins, cal_bins = self.gap_bins(y_pred), self.gap_bins(self.predictions_)
+        out = np.empty_like(y_pred)
+        for b in np.unique(test_bins) if test_bins is not None else [None]:
+            rows = slice(None) if b is None else test_bins == b
+            a = alphas if b is None else alphas[cal_bins == b]
+            out[rows] = np.maximum(y_pred[rows, None] + scale[rows, None] * a[None, :], 0.0).mean(1)
+        return out
+
+    def crps(self, y_pred: np.ndarray, y_std: np.ndarray | None, y_true: np.ndarray) -> np.ndarray:
+        """Continuous ranked probability score (eV) of each structure's calibrated predictive
+        distribution, [n] (crepes' CRPS, one structure at a time so that it can be bootstrapped)."""
+        y_pred, sigmas = self._inputs(y_pred, y_std)
+        y_true, bins = _as_1d(y_true, "y_true"), self.gap_bins(y_pred)
+        if len(y_true) != len(y_pred):
+            raise ValueError("y_pred and y_true must have the same length")
+        out = np.empty(len(y_pred))
+        for i in range(len(y_pred)):
+            one = slice(i, i + 1)
+            result = self._cps.evaluate(y_pred[one], y_true[one], sigmas=None if sigmas is None else sigmas[one],
+                                        bins=None if bins is None else bins[one], metrics=["CRPS"])
+            out[i] = result["CRPS"]
+        return out
 
     def calibrated_std(self, y_std: np.ndarray | None, n: int) -> np.ndarray:
         """sigma · RMS of the calibration split's normalised residuals (eV); NaN for deterministic models."""
@@ -92,15 +171,24 @@ class ConformalCalibrator:
         """JSON-able fitted state; :meth:`from_dict` refits the (cheap) crepes system from it."""
         self._check_fitted()
         return {"kind": "crepes.ConformalPredictiveSystem", "normalised": self.normalised,
-                "residuals_ev": self.residuals_.tolist(),
-                "sigmas_ev": None if self.sigmas_ is None else self.sigmas_.tolist()}
+                "residuals_ev": self.residuals_.tolist(), "predictions_ev": self.predictions_.tolist(),
+                "sigmas_ev": None if self.sigmas_ is None else self.sigmas_.tolist(),
+                "bin_thresholds_ev": None if self.bin_thresholds_ is None else
+                [None if not np.isfinite(t) else float(t) for t in self.bin_thresholds_],
+                "mean_rule": self.mean_rule}
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> "ConformalCalibrator":
+        """Refit from :meth:`to_dict` (a state from before Mondrian bins and stored predictions fits
+        on ŷ = 0, which reproduces its residuals exactly)."""
         residuals = np.asarray(state["residuals_ev"], dtype=float)
+        predictions = np.asarray(state.get("predictions_ev") or np.zeros_like(residuals), dtype=float)
         sigmas = None if state["sigmas_ev"] is None else np.asarray(state["sigmas_ev"], dtype=float)
-        # fit on (ŷ = 0, y = residual) reproduces exactly the stored residuals
-        return cls().fit(np.zeros_like(residuals), sigmas, residuals)
+        thresholds = state.get("bin_thresholds_ev")
+        edges = None if thresholds is None else np.array(
+            [(-np.inf if i == 0 else np.inf) if t is None else t for i, t in enumerate(thresholds)])
+        return cls(mean_rule=state.get("mean_rule", "clip")).fit(predictions, sigmas, predictions + residuals,
+                                                                  bin_thresholds=edges)
 
     def _inputs(self, y_pred: np.ndarray, y_std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         self._check_fitted()
@@ -115,6 +203,14 @@ class ConformalCalibrator:
     def _check_fitted(self) -> None:
         if not hasattr(self, "residuals_"):
             raise ValueError("call fit first")
+
+
+def _categorizer_from_thresholds(thresholds: np.ndarray) -> MondrianCategorizer:
+    """A fitted MondrianCategorizer on the predicted gap with stored bin edges."""
+    categorizer = MondrianCategorizer()
+    categorizer.f, categorizer.bin_thresholds = predicted_gap, thresholds
+    categorizer.fitted = categorizer.fitted_ = True
+    return categorizer
 
 
 def _as_1d(values: Any, name: str) -> np.ndarray:

@@ -199,3 +199,37 @@ def floor_statistics(y_pred: np.ndarray, y_true: np.ndarray, *, tolerance_ev: fl
     return {"min_prediction_ev": float(y_pred.min()), "share_within_tolerance_of_min": float(near.mean()),
             "tolerance_ev": tolerance_ev, "n_gap_below": int(low.sum()), "low_gap_ev": low_gap_ev,
             "mae_gap_below_ev": float(np.abs(y_pred - y_true)[low].mean()) if low.any() else float("nan")}
+
+
+def interval_score(lower: np.ndarray, upper: np.ndarray, y_true: np.ndarray, *, confidence: float) -> np.ndarray:
+    """Winkler interval score (eV) per point: width + (2/a)·(distance outside), a = 1 − confidence.
+
+    Lower is better; a proper score for the central interval at that confidence (Gneiting and
+    Raftery 2007, eq. 43).
+    """
+    lower, upper, y_true = _check(lower, upper, y_true)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    a = 1.0 - confidence
+    return (upper - lower) + (2 / a) * np.maximum(lower - y_true, 0) + (2 / a) * np.maximum(y_true - upper, 0)
+
+
+def probability_reliability(p_predicted: np.ndarray, outcome: np.ndarray, *, n_bins: int = 10) -> "pd.DataFrame":
+    """Reliability table of predicted probabilities against observed outcomes (0/1).
+
+    Equal-width bins on [0, 1]; per non-empty bin: its edges, count ``n``, ``mean_predicted`` and
+    ``observed_share`` (sklearn's ``calibration_curve``, uniform strategy, with the counts beside).
+    """
+    import pandas as pd
+    from sklearn.calibration import calibration_curve
+
+    p_predicted, outcome = _check(p_predicted, outcome)
+    if ((p_predicted < 0) | (p_predicted > 1)).any() or not np.isin(outcome, (0, 1)).all():
+        raise ValueError("p_predicted must lie in [0, 1] and outcome be 0 or 1")
+    observed, predicted = calibration_curve(outcome, p_predicted, n_bins=n_bins, strategy="uniform")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.searchsorted(edges[1:-1], p_predicted)  # as calibration_curve bins them
+    counts = np.bincount(index, minlength=n_bins)
+    present = np.flatnonzero(counts)
+    return pd.DataFrame({"bin_low": edges[present], "bin_high": edges[present + 1], "n": counts[present],
+                         "mean_predicted": predicted, "observed_share": observed})

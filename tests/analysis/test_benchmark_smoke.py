@@ -58,7 +58,8 @@ def test_every_method_and_statistic_is_reported(report_dir):
         if method in UNCERTAIN:
             assert {"spearman", "ause_ratio"} <= set(row) and math.isfinite(row["ause_ratio"]["value"]), method
         assert row["mae_ev"]["ci_low"] <= row["mae_ev"]["value"] <= row["mae_ev"]["ci_high"], method
-        assert 0 <= row["coverage_95"]["value"] <= 1 and row["coverage_95"]["value"] >= row["coverage_68"]["value"]
+        # conformal on 35% of 500 structures: nominal coverage on the test split, not just any share
+        assert row["coverage_95"]["value"] >= 0.85 and row["coverage_68"]["value"] < 0.95, method
         assert {"train_wall_s_per_seed", "inference_wall_s_per_structure", "inference_passes_per_structure"} <= set(row["cost"])
     seeds = metrics["setup"]["seeds"]
     assert len(table["balora"]["mae_ev"]["per_seed"]) == len(seeds["balora"]) == 2  # the seed level is real
@@ -93,7 +94,11 @@ def test_verdicts_follow_their_rules(report_dir):
     assert c2["control"]["method"] == "lora-mcdropout"
     for sweep in (c2["balora"], c2["control"]):
         assert len(sweep["split_half_reliability"]) == len(sweep["noise_only_expected_spearman"]) == 3
-        assert sweep["noise_only_expected_spearman"][-1] == sweep["spearman"][-1]
+        # the attenuation curve through the reported reliabilities: ρ(S) = ρ(S_max) √(rel(S) / rel(S_max))
+        rel, rho = sweep["split_half_reliability"], sweep["spearman"]
+        for r, expected in zip(rel, sweep["noise_only_expected_spearman"]):
+            if r > 0 and rel[-1] > 0:
+                assert expected == pytest.approx(rho[-1] * math.sqrt(r / rel[-1]))
 
 
 def test_shift_sets_have_their_own_scores_and_claim_1(report_dir):

@@ -81,3 +81,78 @@ def test_embedding_distance_flags_far_points_and_large_cells():
                           n_atoms=np.array([50, 50, 50, 150]), thresholds=thresholds)
     assert reasons[0] == "" and "epistemic std" in reasons[1] and "embedding far" in reasons[2]
     assert "150 atoms, more than any training structure" in reasons[3]
+
+
+@pytest.fixture
+def noise_by_gap():
+    """Residual spread that depends on the predicted gap in a way the std does not know: twice as
+    wide below 1.5 eV, so one global residual distribution under-covers there."""
+    rng = np.random.default_rng(1)
+    n = 8000
+    pred = rng.uniform(0.5, 4.0, n)
+    sigma = rng.uniform(0.2, 1.0, n)
+    truth = pred + sigma * rng.normal(size=n) * np.where(pred < 1.5, 2.0, 1.0)
+    return pred, sigma, truth
+
+
+def _coverage_by_range(calibrator, pred, sigma, truth):
+    lower, upper = calibrator.interval(pred, sigma, lower_bound_ev=None)
+    inside = (truth >= lower) & (truth <= upper)
+    return inside[pred < 1.5].mean(), inside[pred >= 1.5].mean()
+
+
+def test_mondrian_bins_hold_coverage_in_each_gap_range(noise_by_gap):
+    pred, sigma, truth = noise_by_gap
+    cal, test = slice(0, 1500), slice(1500, None)
+    plain = ConformalCalibrator().fit(pred[cal], sigma[cal], truth[cal])
+    mondrian = ConformalCalibrator(mondrian_min_per_bin=150, mondrian_max_bins=8).fit(pred[cal], sigma[cal], truth[cal])
+    assert plain.bin_thresholds_ is None and len(mondrian.bin_thresholds_) == 8 + 1  # min(1500 // 150, 8) bins
+    low_plain, _ = _coverage_by_range(plain, pred[test], sigma[test], truth[test])
+    low, high = _coverage_by_range(mondrian, pred[test], sigma[test], truth[test])
+    assert low_plain < 0.9  # the marginal system fails where the noise is wider
+    assert low == pytest.approx(0.95, abs=0.025) and high == pytest.approx(0.95, abs=0.025)
+
+
+def test_mondrian_calibrator_is_saved_loaded_and_applied(noise_by_gap):
+    import json
+
+    pred, sigma, truth = noise_by_gap
+    calibrator = ConformalCalibrator(mondrian_min_per_bin=300).fit(pred[:1500], sigma[:1500], truth[:1500])
+    loaded = ConformalCalibrator.from_dict(json.loads(json.dumps(calibrator.to_dict())))
+    np.testing.assert_array_equal(loaded.bin_thresholds_, calibrator.bin_thresholds_)
+    np.testing.assert_array_equal(loaded.gap_bins(pred[1500:]), calibrator.gap_bins(pred[1500:]))
+    for a, b in zip(loaded.interval(pred[1500:], sigma[1500:]), calibrator.interval(pred[1500:], sigma[1500:])):
+        np.testing.assert_allclose(a, b)
+    np.testing.assert_allclose(loaded.crps(pred[1500:1600], sigma[1500:1600], truth[1500:1600]),
+                               calibrator.crps(pred[1500:1600], sigma[1500:1600], truth[1500:1600]))
+
+
+def test_predictive_distribution_is_censored_at_zero():
+    rng = np.random.default_rng(2)
+    pred = rng.uniform(-0.6, 3.0, 3000)
+    sigma = rng.uniform(0.2, 0.8, 3000)
+    truth = pred + sigma * rng.normal(size=3000)
+    calibrator = ConformalCalibrator(mean_rule="censored").fit(pred[:1000], sigma[:1000], truth[:1000])
+    test_pred, test_sigma = np.array([-2.0, -0.3, 0.05, 2.0]), np.full(4, 0.5)
+    lower, upper = calibrator.interval(test_pred, test_sigma)
+    assert (lower >= 0).all() and (upper >= lower).all() and upper[0] == 0.0  # all mass below 0: [0, 0]
+    assert (calibrator.cdf(test_pred, test_sigma, -0.01) == 0).all()
+    # a window from 0 eV holds the point mass at 0: P(0 <= gap <= 0.1) is P(gap <= 0.1)
+    np.testing.assert_allclose(calibrator.window_probability(test_pred, test_sigma, 0.0, 0.1),
+                               calibrator.cdf(test_pred, test_sigma, 0.1))
+    assert calibrator.cdf(test_pred, test_sigma, 0.1)[0] == pytest.approx(1.0, abs=1 / 1001)  # conformal resolution
+    censored = calibrator.point_prediction(test_pred, test_sigma)
+    assert censored[0] == 0 and (censored[1:] > 0).all() and censored[-1] == pytest.approx(2.0 + np.mean(truth[:1000] - pred[:1000]), abs=0.1)
+    calibrator.mean_rule = "clip"
+    np.testing.assert_array_equal(calibrator.point_prediction(test_pred, test_sigma), [0.0, 0.0, 0.05, 2.0])
+
+
+def test_crps_per_structure_is_crepes_mean(heteroscedastic):
+    pred, sigma, truth = heteroscedastic
+    calibrator = ConformalCalibrator().fit(pred[:500], sigma[:500], truth[:500])
+    per_structure = calibrator.crps(pred[500:800], sigma[500:800], truth[500:800])
+    crepes_mean = calibrator._cps.evaluate(pred[500:800], truth[500:800], sigmas=sigma[500:800], metrics=["CRPS"])
+    assert per_structure.mean() == pytest.approx(crepes_mean["CRPS"])
+    # a sharper, still calibrated distribution (the true sigma, not a constant) scores lower
+    constant = ConformalCalibrator().fit(pred[:500], np.full(500, np.nan), truth[:500])
+    assert per_structure.mean() < constant.crps(pred[500:800], None, truth[500:800]).mean()

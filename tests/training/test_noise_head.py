@@ -1,0 +1,89 @@
+"""The per-structure data-noise head: a known answer on synthetic data, and the stage on real QMOF."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mofbalora.backbones.heads import DataNoiseHead
+from mofbalora.training.noise_head import NoiseHeadConfig, fit_noise_head, load_uncertainty_config
+
+from tests.conftest import ROOT
+
+from .conftest import tiny_config
+
+CONFIG_FILE = "pipelines/configs/uncertainty.yaml"
+
+
+def _clusters(n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Two clusters of embeddings; the truth scatters 10x more around the mean in cluster 1."""
+    generator = torch.Generator().manual_seed(seed)
+    cluster = torch.arange(n) % 2
+    z = torch.randn(n, 8, generator=generator) * 0.3 + cluster[:, None] * 2.0
+    mean = torch.randn(n, generator=generator)
+    truth = mean + torch.randn(n, generator=generator) * torch.where(cluster == 1, 1.0, 0.1)
+    return z, mean, truth
+
+
+def test_embedding_head_learns_which_cluster_is_noisy():
+    config = NoiseHeadConfig(epochs=300, patience=30, floor_ev=0.01)
+    train, val = _clusters(2000, 0), _clusters(500, 1)
+    head = fit_noise_head(inputs="embedding", config=config, std_scale=1.0, train=train, val=val)
+    z, mean, _ = _clusters(1000, 2)
+    with torch.no_grad():
+        std = head(z, mean)
+    quiet, noisy = std[::2].median().item(), std[1::2].median().item()
+    assert quiet == pytest.approx(0.1, rel=0.3) and noisy == pytest.approx(1.0, rel=0.2)
+    constant = fit_noise_head(inputs="constant", config=config, std_scale=1.0, train=train, val=val)
+    with torch.no_grad():
+        values = constant(z, mean)
+    assert torch.allclose(values, values[0]) and values[0].item() == pytest.approx(np.sqrt((0.01 + 1) / 2), rel=0.15)
+
+
+def test_floor_and_bad_settings():
+    head = DataNoiseHead(embedding_dim=4, inputs="embedding+mean", hidden=8, floor=0.3)
+    head.set_reference(torch.randn(50, 4), initial_std=0.2)  # below the floor: starts at the floor
+    with torch.no_grad():
+        head.bias.fill_(-50.0)
+        assert torch.allclose(head(torch.randn(5, 4), torch.zeros(5)), torch.full((5,), 0.3))
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        DataNoiseHead(embedding_dim=4, inputs="graph", hidden=8, floor=0.1)
+    with pytest.raises(ValueError, match="non-empty subset"):
+        NoiseHeadConfig(variants=["constant", "graph"])
+
+
+def test_declared_config_is_what_the_defaults_are():
+    """The CLI (no YAML) and the pipelines (the YAML) use the same declared rule."""
+    from mofbalora.calibrate import CalibrationSettings
+
+    declared = load_uncertainty_config(ROOT / CONFIG_FILE)
+    assert declared["noise_head"] == NoiseHeadConfig()
+    assert CalibrationSettings.from_dict(declared["calibration"]) == CalibrationSettings()
+
+
+@pytest.mark.qmof
+def test_noise_stage_on_real_qmof(tmp_path, tiny_dataset):
+    """Smoke setting: fit a LoRA model, then the head stage chooses a variant on validation and
+    predictions carry a per-structure aleatoric std at or above the floor."""
+    from mofbalora.calibrate import fit_calibrated
+    from mofbalora.data.splits import Split
+    from mofbalora.predict import load_model
+
+    config = NoiseHeadConfig(epochs=50, patience=10)
+    folder = fit_calibrated(tiny_config("lora", epochs=2), data=tiny_dataset, out_dir=tmp_path / "lora",
+                            noise_head=config, progress=False)
+    meta = json.loads((folder / "model.json").read_text())
+    record = meta["noise_head"]
+    assert [row["inputs"] for row in record["selection"]] == list(config.variants)
+    best = min(record["selection"], key=lambda row: row["val_nll_total"])
+    assert record["chosen"] == best["inputs"] and (folder / record["file"]).exists()
+    assert meta["calibration"]["conformal"]["normalised"]  # normalised by sigma_n(x) although LoRA has no epistemic std
+    split = Split.load(folder / "split.json")
+    table = load_model(folder).predict([tiny_dataset / f"{i}.cif" for i in split.test])
+    aleatoric = table["bandgap_std_aleatoric_ev"]
+    assert (aleatoric >= config.floor_ev - 1e-9).all() and table["bandgap_std_epistemic_ev"].isna().all()
+    if record["chosen"] != "constant":
+        assert aleatoric.nunique() == len(table)
+    assert (table["bandgap_mean_ev"] >= 0).all() and (table["lower_95_ev"] >= 0).all()
+    assert table["p_metallic"].between(0, 1).all()
