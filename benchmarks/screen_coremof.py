@@ -74,7 +74,7 @@ def main() -> None:
     low, high = (float(x) for x in args.gap.split(":"))
     folder = resolve_model(args.model)
     model = load_model(folder)
-    samples = args.samples or model.meta["calibration"]["samples"]
+    samples = args.samples or model.default_samples
     cifs = extract_coremof(WORK / "cifs", limit=args.n)
     speed, one_call = throughput(model, cifs[: args.throughput_n], samples, (low, high))
     print(json.dumps(speed))
@@ -118,11 +118,19 @@ def main() -> None:
         "",
         "## Results",
         f"- Skipped by reason: {skipped}.",
-        f"- Calibrated P(in window), counts per bin of 0.1 from 0 to 1: {counts.tolist()}; share ≥ 0.99: "
+        f"- Calibrated P(in window), counts per bin of 0.1 from 0 to 1: {counts.tolist()}; P ≥ 0.9: "
+        f"{int((ok['p_in_window'] >= 0.9).sum())} MOFs; share ≥ 0.99: "
         f"{float((ok['p_in_window'] >= 0.99).mean()):.3f}; max {ok['p_in_window'].max():.3f}.",
         f"- Median calibrated std {ok['bandgap_std_ev'].median():.3f} eV, median epistemic std "
-        f"{ok['bandgap_std_epistemic_ev'].median():.3f} eV, median 95% width "
-        f"{(ok['upper_95_ev'] - ok['lower_95_ev']).median():.2f} eV.",
+        f"{ok['bandgap_std_epistemic_ev'].median():.3f} eV"
+        + (f", data-noise std 10th / 50th / 90th percentile "
+           f"{' / '.join(f'{q:.3f}' for q in ok['bandgap_std_aleatoric_ev'].quantile([0.1, 0.5, 0.9]))} eV"
+           if "bandgap_std_aleatoric_ev" in ok else "")
+        + f"; 95% width 10th / 50th / 90th percentile "
+        f"{' / '.join(f'{q:.2f}' for q in (ok['upper_95_ev'] - ok['lower_95_ev']).quantile([0.1, 0.5, 0.9]))} eV.",
+        f"- Below 0 eV: {int((ok['bandgap_mean_ev'] < 0).sum())} means, {int((ok['lower_95_ev'] < 0).sum())} lower and "
+        f"{int((ok['upper_95_ev'] < 0).sum())} upper bounds"
+        + (f"; P(gap < 0.1 eV) ≥ 0.5 for {int((ok['p_metallic'] >= 0.5).sum())} MOFs." if "p_metallic" in ok else "."),
         f"- Flagged out of distribution: {int(ok['out_of_distribution'].sum())} of {len(ok)} ({json.dumps(reasons)}).",
         f"- Figure: [{figure.name}]({figure.name}); ranked table: [{Path(args.out).name}.csv]({Path(args.out).name}.csv).",
         "",

@@ -24,6 +24,7 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:
         import warnings
 
+        import lightning.pytorch  # noqa: F401  its import sets its loggers' levels; ours must come after
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=DeprecationWarning)

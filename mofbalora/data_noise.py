@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mofbalora.model_folder import read_model_json, save_noise_head, write_model_json
+from mofbalora.model_folder import (
+    TRAIN_EMBEDDINGS_FILE, load_train_embeddings, read_model_json, save_noise_head, write_model_json,
+)
 from mofbalora.predict import BandgapModel, load_model
 from mofbalora.training.fit import PreparedData
 from mofbalora.training.noise_head import NoiseHeadConfig, fit_noise_head
@@ -48,6 +50,10 @@ def fit_data_noise(folder: str | os.PathLike, *, prepared: PreparedData, config:
     model = load_model(folder)
     model.noise_head = None  # the selection scores each candidate head on its own
     train = _part_inputs(model, *prepared.parts["train"][1:])
+    # the neighbour variant searches the folder's training embeddings: they must be these, in order
+    reference = load_train_embeddings(folder).float()
+    if reference.shape != train[0].shape or not torch.allclose(reference, train[0], atol=1e-4):
+        raise ValueError(f"{folder}: {TRAIN_EMBEDDINGS_FILE} does not hold the training split's embeddings in order")
     val = _part_inputs(model, *prepared.parts["val"][1:])
     _, val_samples, val_gaps = prepared.parts["val"]
     val_predictive = model.predictive(val_samples, seed=meta["train_config"]["seed"], progress=progress)

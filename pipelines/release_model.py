@@ -115,8 +115,8 @@ def test_predictions(folder: Path, parts: dict[str, Any]) -> pd.DataFrame:
     """The model's predictions on the test split (cached in the run folder), with each
     structure's CRPS, predicted-gap bin and probability of the :data:`WINDOW_EV` window."""
     path = folder / TEST_TABLE
-    if path.exists():
-        return pd.read_csv(path)
+    if path.exists() and path.stat().st_mtime >= (folder / "model.json").stat().st_mtime:
+        return pd.read_csv(path)  # made by the model as it is now (a new head or calibration redoes it)
     model = load_model(folder)
     calibration = model.meta["calibration"]
     ids, samples, gaps = parts["test"]

@@ -8,7 +8,7 @@ softplus units saturate (the 0.65 eV floor; docs/method.md §8). **(ours)**, cho
 
 from __future__ import annotations
 
-from typing import Callable, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 import torch
 from torch import nn
@@ -69,34 +69,49 @@ def apply_head(backbone: GraphBackbone, kind: HeadKind) -> GraphBackbone:
     return backbone
 
 
-NoiseInputs = Literal["constant", "embedding", "embedding+mean"]
+NoiseInputs = Literal["constant", "embedding", "embedding+mean", "embedding+neighbours"]
+
+#: added to the neighbours' mean |residual| (standardised units) before its log, so that a run of
+#: exact fits among the neighbours gives a finite feature
+NEIGHBOUR_EPSILON = 0.02
 
 
 class DataNoiseHead(nn.Module):
     r"""Per-structure data-noise std :math:`\sigma_n(x)` in standardised target units (docs/method.md §13). **(ours)**
 
-    .. math:: \sigma_n(x) = \sigma_{\min} + \mathrm{softplus}\big(b + \mathrm{MLP}([\tilde z(x), \hat y(x)])\big)
+    .. math:: \sigma_n(x) = \sigma_{\min} + \mathrm{softplus}\big(b + \mathrm{MLP}(u(x))\big)
 
     where :math:`\tilde z` is the bare pretrained backbone's crystal embedding standardised with
-    the training split's statistics and :math:`\hat y` the model's predicted mean (standardised).
-    ``inputs`` says what the MLP sees: ``constant`` (nothing: one learned number, the
-    homoscedastic baseline), ``embedding`` or ``embedding+mean``. The floor keeps the likelihood
-    finite where the head would otherwise shrink to zero on a memorised structure.
+    the training split's statistics and :math:`u(x)` is what ``inputs`` says the MLP sees:
+    ``constant`` (nothing: one learned number, the homoscedastic baseline), ``embedding``
+    (:math:`\tilde z`), ``embedding+mean`` (:math:`\tilde z` and the predicted mean) or
+    ``embedding+neighbours`` (:math:`\tilde z` and the log mean |training residual| of the
+    ``neighbours`` nearest training structures in :math:`\tilde z`, leaving a training structure
+    itself out). The floor keeps the likelihood finite where the head would otherwise shrink to
+    zero on a memorised structure.
+
+    The neighbour variant keeps the training residuals as a buffer; the training embeddings it
+    searches are the model folder's (``train_embeddings.safetensors``) and are given with
+    :meth:`set_neighbours`, not saved twice.
 
     Shapes: z [G, F], mean [G] -> [G].
     """
 
-    def __init__(self, *, embedding_dim: int, inputs: NoiseInputs, hidden: int, floor: float) -> None:
+    def __init__(self, *, embedding_dim: int, inputs: NoiseInputs, hidden: int, floor: float,
+                 neighbours: int = 10, n_reference: int = 0) -> None:
         super().__init__()
         if inputs not in get_args(NoiseInputs):
             raise ValueError(f"inputs must be one of {get_args(NoiseInputs)}, got {inputs!r}")
-        if floor < 0 or hidden < 1:
-            raise ValueError(f"need floor >= 0 and hidden >= 1, got {floor}, {hidden}")
-        self.inputs, self.floor = inputs, float(floor)
+        if floor < 0 or hidden < 1 or neighbours < 1:
+            raise ValueError(f"need floor >= 0, hidden >= 1 and neighbours >= 1, got {floor}, {hidden}, {neighbours}")
+        self.inputs, self.floor, self.neighbours = inputs, float(floor), int(neighbours)
         self.register_buffer("z_mean", torch.zeros(embedding_dim))
         self.register_buffer("z_scale", torch.ones(embedding_dim))
+        if inputs == "embedding+neighbours":
+            self.register_buffer("reference_abs_residual", torch.zeros(n_reference))
+        self._index: Any = None
         self.bias = nn.Parameter(torch.zeros(()))
-        width = {"constant": 0, "embedding": embedding_dim, "embedding+mean": embedding_dim + 1}[inputs]
+        width = {"constant": 0, "embedding": embedding_dim}.get(inputs, embedding_dim + 1)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.Softplus(), nn.Linear(hidden, 1)) if width else None
         self.reset_parameters()
 
@@ -116,11 +131,38 @@ class DataNoiseHead(nn.Module):
             self.bias.fill_(float(excess + torch.log(-torch.expm1(torch.tensor(-excess)))))  # softplus⁻¹
         return self
 
-    def forward(self, z: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    def set_neighbours(self, z_train: torch.Tensor, abs_residual: torch.Tensor | None = None) -> "DataNoiseHead":
+        """The training structures' embeddings [n, F] to search, and (when fitting) their
+        |residuals| [n] in standardised units; loading gives only the embeddings."""
+        from sklearn.neighbors import NearestNeighbors
+
+        if abs_residual is not None:
+            self.reference_abs_residual = abs_residual.detach().float().clone()
+        if len(z_train) != len(self.reference_abs_residual):
+            raise ValueError(f"{len(z_train)} training embeddings for {len(self.reference_abs_residual)} residuals")
+        self._index = NearestNeighbors(n_neighbors=self.neighbours + 1).fit(self._standardise(z_train).numpy())
+        return self
+
+    def neighbour_feature(self, z: torch.Tensor, *, exclude_self: bool = False) -> torch.Tensor:
+        """log(NEIGHBOUR_EPSILON + mean |residual| of the nearest training structures), [G]."""
+        if self._index is None:
+            raise ValueError("call set_neighbours first")
+        _, index = self._index.kneighbors(self._standardise(z).numpy(), n_neighbors=self.neighbours + exclude_self)
+        index = torch.from_numpy(index[:, 1:] if exclude_self else index)
+        return torch.log(NEIGHBOUR_EPSILON + self.reference_abs_residual[index].mean(1))
+
+    def _standardise(self, z: torch.Tensor) -> torch.Tensor:
+        return (z.detach().float() - self.z_mean) / self.z_scale
+
+    def forward(self, z: torch.Tensor, mean: torch.Tensor, neighbour: torch.Tensor | None = None) -> torch.Tensor:
+        """σ_n [G]; ``neighbour`` is :meth:`neighbour_feature`, computed here when not given."""
         logit = self.bias.expand(len(mean))
         if self.mlp is not None:
             features = (z - self.z_mean) / self.z_scale
             if self.inputs == "embedding+mean":
                 features = torch.cat([features, mean.unsqueeze(1)], dim=1)
+            elif self.inputs == "embedding+neighbours":
+                neighbour = self.neighbour_feature(z) if neighbour is None else neighbour
+                features = torch.cat([features, neighbour.unsqueeze(1).to(features.dtype)], dim=1)
             logit = logit + self.mlp(features).squeeze(1)
         return self.floor + nn.functional.softplus(logit)

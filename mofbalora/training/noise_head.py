@@ -39,14 +39,16 @@ class NoiseHeadConfig:
             N(mean, σ_epi² + σ_n²) is kept (the rule is declared in the YAML before any test run).
         hidden: MLP width.
         floor_ev: smallest σ_n (eV).
+        neighbours: k of the ``embedding+neighbours`` variant's nearest training structures.
         epochs, batch_size, lr, weight_decay, patience: AdamW on the training residuals, early
             stopping on the validation NLL.
         seed: initialisation and shuffling seed.
     """
 
-    variants: tuple[str, ...] = ("constant", "embedding", "embedding+mean")
+    variants: tuple[str, ...] = ("constant", "embedding", "embedding+mean", "embedding+neighbours")
     hidden: int = 32
     floor_ev: float = 0.05
+    neighbours: int = 10
     epochs: int = 300
     batch_size: int = 512
     lr: float = 3e-3
@@ -60,7 +62,7 @@ class NoiseHeadConfig:
         if unknown or not self.variants:
             raise ValueError(f"noise_head.variants must be a non-empty subset of {get_args(NoiseInputs)}, "
                              f"got {list(self.variants)}")
-        for name in ("hidden", "epochs", "batch_size", "patience"):
+        for name in ("hidden", "epochs", "batch_size", "patience", "neighbours"):
             if getattr(self, name) < 1:
                 raise ValueError(f"noise_head.{name} must be >= 1, got {getattr(self, name)}")
         if self.floor_ev < 0 or self.lr <= 0:
@@ -103,14 +105,15 @@ class _NoiseHeadModule(L.LightningModule):
         self.head, self.config = head, config
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> torch.Tensor:
-        z, mean, residual = batch
-        loss = gaussian_nll_std(self.head(z, mean), residual)
+        z, mean, residual, neighbour = batch
+        loss = gaussian_nll_std(self.head(z, mean, neighbour), residual)
         self.log("train_nll", loss, on_step=False, on_epoch=True, batch_size=len(mean))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_index: int) -> None:
-        z, mean, residual = batch
-        self.log("val_nll", gaussian_nll_std(self.head(z, mean), residual), on_epoch=True, batch_size=len(mean))
+        z, mean, residual, neighbour = batch
+        self.log("val_nll", gaussian_nll_std(self.head(z, mean, neighbour), residual), on_epoch=True,
+                 batch_size=len(mean))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.head.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
@@ -121,19 +124,27 @@ def fit_noise_head(*, inputs: str, config: NoiseHeadConfig, std_scale: float, tr
     """One head variant fitted on ``train`` = (z [n, F], mean [n], truth [n]), standardised units.
 
     ``std_scale`` (eV per standardised unit) turns ``config.floor_ev`` into the head's floor.
-    The weights of the epoch with the lowest validation NLL are returned.
+    The weights of the epoch with the lowest validation NLL are returned. For the neighbour
+    variant, ``z_train`` is also the set searched, and a training structure's own residual is
+    left out of its feature.
     """
     z_train, mean_train, truth_train = (t.float() for t in train)
     z_val, mean_val, truth_val = (t.float() for t in val)
     L.seed_everything(config.seed, verbose=False)
     residual_train = truth_train - mean_train
     head = DataNoiseHead(embedding_dim=z_train.shape[1], inputs=inputs, hidden=config.hidden,
-                         floor=config.floor_ev / std_scale)
+                         floor=config.floor_ev / std_scale, neighbours=config.neighbours, n_reference=len(z_train))
     head.set_reference(z_train, initial_std=float(residual_train.pow(2).mean().sqrt()))
+    if inputs == "embedding+neighbours":
+        head.set_neighbours(z_train, residual_train.abs())
+        neighbour_train = head.neighbour_feature(z_train, exclude_self=True)
+        neighbour_val = head.neighbour_feature(z_val)
+    else:
+        neighbour_train, neighbour_val = torch.zeros(len(z_train)), torch.zeros(len(z_val))
     generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(TensorDataset(z_train, mean_train, residual_train), batch_size=config.batch_size,
-                              shuffle=True, generator=generator)
-    val_loader = DataLoader(TensorDataset(z_val, mean_val, truth_val - mean_val), batch_size=len(mean_val))
+    train_loader = DataLoader(TensorDataset(z_train, mean_train, residual_train, neighbour_train),
+                              batch_size=config.batch_size, shuffle=True, generator=generator)
+    val_loader = DataLoader(TensorDataset(z_val, mean_val, truth_val - mean_val, neighbour_val), batch_size=len(mean_val))
     module = _NoiseHeadModule(head, config)
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = ModelCheckpoint(dirpath=scratch, filename="best", monitor="val_nll", mode="min")
@@ -142,7 +153,7 @@ def fit_noise_head(*, inputs: str, config: NoiseHeadConfig, std_scale: float, tr
                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+    module.load_state_dict(state)  # the head's _index (not a tensor) survives
     logger.info("noise head %s: best val NLL %.4f after %d epochs", inputs, float(checkpoint.best_model_score),
                 trainer.current_epoch)
     return head.eval()
