@@ -135,7 +135,7 @@ def _noise_text(record: dict[str, Any]) -> list[str]:
                 "epistemic std does."]
     rows = "; ".join(f"{r['inputs']}: NLL {r['val_nll_total']:.3f}, ρ {r['val_spearman_total_std_abs_error']:.3f}"
                      for r in noise["selection"])
-    return [f"The data-noise std is per structure (docs/method.md §13): a `{noise['chosen']}` head, chosen by "
+    return [f"The data-noise std is per structure (docs/method.md §13): the `{noise['chosen']}` head, chosen by "
             f"validation NLL among {rows}. Intervals are Mondrian-conformal over {record['calibration'].get('n_bins', 1)} "
             f"predicted-gap bins and censored at 0 eV; the reported mean uses the `{record['calibration'].get('mean_rule', 'clip')}` "
             "rule (docs/method.md §9)."]
@@ -211,14 +211,16 @@ def model_card(record: dict[str, Any]) -> str:
         f"flagged; their MAE is {ood['mae_flagged_ev']:.2f} eV against {ood['mae_unflagged_ev']:.2f} eV for the rest. "
         "Intervals of flagged structures are less trustworthy: the conformal guarantee holds for structures like "
         "the calibration split.",
-        "- Coverage is marginal over QMOF-like structures, not per structure. How well the epistemic std ranks "
-        "errors is the ρ above.",
+        "- Coverage is marginal over QMOF-like structures (and over each predicted-gap bin), not per structure. "
+        "How well the stds rank errors is the ρ above.",
         "",
         "## Intended use",
         "Ranking and pre-screening MOF candidates by PBE band gap before DFT, with the calibrated interval and "
         "window probability (`mofbalora screen`) deciding which to compute. Not a replacement for DFT on a final "
         "candidate, and not for non-MOF materials.",
         "",
-        "Reproduce: `make release-model` (resumable; `pipelines/release_model.py`).",
+        "Reproduce: `make release-model` (resumable; `pipelines/release_model.py`). The stages after training "
+        "alone (noise head, calibration, test, package) from the first release's weights: "
+        "`python pipelines/release_model.py --from-package mofbalora/pretrained/qmof-pbe-cgcnn-balora-v1`.",
     ]
     return "\n".join(lines) + "\n"
