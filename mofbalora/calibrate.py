@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +27,7 @@ from mofbalora.data_noise import fit_data_noise
 from mofbalora.data.splits import Split
 from mofbalora.model_folder import read_model_json, write_model_json
 from mofbalora.predict import BandgapModel, load_model
-from mofbalora.training.config import TrainConfig
+from mofbalora.training.config import TrainConfig, strict_from_dict
 from mofbalora.training.fit import PreparedData, fit, prepare_data
 from mofbalora.training.noise_head import NoiseHeadConfig
 from mofbalora.uncertainty.conformal import MEAN_RULES, ConformalCalibrator
@@ -58,10 +58,7 @@ class CalibrationSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "CalibrationSettings":
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown calibration keys {sorted(unknown)}")
-        return cls(**values)
+        return strict_from_dict(cls, values, "calibration")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean_rules": list(self.mean_rules)}

@@ -194,6 +194,8 @@ class BandgapModel:
         """σ_n(x) in eV: the noise head's (docs/method.md §13), else the one learned number, else NaN."""
         if self.noise_head is None:
             return np.full(len(mean_ev), np.nan if self.noise_std_ev is None else self.noise_std_ev)
+        if len(mean_ev) == 0:
+            return np.zeros(0)
         with torch.inference_mode():
             std = self.noise_head(torch.as_tensor(frozen, dtype=torch.float32),
                                   torch.as_tensor(self.normaliser.to_standard(mean_ev), dtype=torch.float32))

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-calibration", action="store_true",
                         help="score the folder as it is: no noise head, no new calibration")
     parser.add_argument("--uncertainty-config", default=str(UNCERTAINTY_CONFIG), help=argparse.SUPPRESS)
-    parser.add_argument("--figures-dir", default=str(FIGURES_DIR), help=argparse.SUPPRESS)
+    parser.add_argument("--figures-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--config", default=str(CONFIG), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", default=str(RUN_DIR), help=argparse.SUPPRESS)
     parser.add_argument("--package-dir", default=str(PACKAGE_DIR), help=argparse.SUPPRESS)
@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     parts = prepared.parts
     table = test_predictions(folder, parts)
     scores = test_scores(table)
-    figures = Path(args.figures_dir)
+    # the release's figures are published; another run folder (a smoke test) keeps its own
+    figures = Path(args.figures_dir) if args.figures_dir else FIGURES_DIR if run_dir == RUN_DIR else run_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     window_reliability(scores["p_in_window_reliability"], figures / "reliability_p_in_window.png",
                        title=f"{RELEASE.alias}: P(gap in {WINDOW_EV[0]:g}–{WINDOW_EV[1]:g} eV), test split")

@@ -20,6 +20,15 @@ SAMPLING_METHODS = ("balora", "lora-mcdropout")
 ADAPTER_KIND = {"lora": "lora", "lora-ensemble": "lora", "balora": "balora", "lora-mcdropout": "mcdropout"}
 
 
+def strict_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
+    """``cls(**values)`` for a config dataclass; an unknown key is an error naming the valid ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {what} keys {sorted(unknown)}; valid: {sorted(known)}")
+    return cls(**values)
+
+
 @dataclass
 class SplitConfig:
     """train, val, calibration, test fractions (three values: no calibration part)."""
@@ -98,11 +107,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown training config keys {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**values)
+        return strict_from_dict(cls, values, "training config")
 
     def with_overrides(self, **overrides: Any) -> "TrainConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_args
 
@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from mofbalora.backbones.heads import DataNoiseHead, NoiseInputs
+from mofbalora.training.config import strict_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,7 @@ class NoiseHeadConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "NoiseHeadConfig":
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown noise_head keys {sorted(unknown)}")
-        return cls(**values)
+        return strict_from_dict(cls, values, "noise_head")
 
 
 def load_uncertainty_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -77,18 +77,24 @@ class ConformalCalibrator:
         self.normalised_rms_ = float(np.sqrt(np.mean((self.residuals_ / scale) ** 2)))
         n_bins = 1 if self.mondrian_min_per_bin is None else min(len(y_pred) // self.mondrian_min_per_bin,
                                                                   self.mondrian_max_bins)
-        self._categorizer = None
         if bin_thresholds is not None:
-            self._categorizer = _categorizer_from_thresholds(np.asarray(bin_thresholds, dtype=float))
-        elif n_bins > 1:
-            self._categorizer = MondrianCategorizer().fit(y_pred[:, None], f=predicted_gap, no_bins=n_bins)
-        self.bin_thresholds_ = None if self._categorizer is None else np.asarray(self._categorizer.bin_thresholds)
+            self.bin_thresholds_ = np.asarray(bin_thresholds, dtype=float)
+        elif n_bins > 1:  # equal-count edges from crepes; -inf and inf at the ends
+            categorizer = MondrianCategorizer().fit(y_pred[:, None], f=predicted_gap, no_bins=n_bins)
+            self.bin_thresholds_ = np.asarray(categorizer.bin_thresholds, dtype=float)
+        else:
+            self.bin_thresholds_ = None
         self._cps = ConformalPredictiveSystem().fit(self.residuals_, sigmas=sigmas, bins=self.gap_bins(y_pred))
         return self
 
     def gap_bins(self, y_pred: np.ndarray) -> np.ndarray | None:
-        """The Mondrian bin (0, 1, ...) of each predicted gap (eV), or None without bins."""
-        return None if self._categorizer is None else np.asarray(self._categorizer.apply(y_pred[:, None]))
+        """The Mondrian bin (0, 1, ...) of each predicted gap (eV), or None without bins: bin i holds
+        (edge_i, edge_i+1], as crepes' binning cuts, but without its random tie-breaking jitter
+        (calibration predictions sit exactly on the edges, and a prediction must not depend on a
+        global RNG)."""
+        if self.bin_thresholds_ is None:
+            return None
+        return np.searchsorted(self.bin_thresholds_[1:-1], np.asarray(y_pred, dtype=float), side="left")
 
     @property
     def normalised(self) -> bool:
@@ -203,14 +209,6 @@ class ConformalCalibrator:
     def _check_fitted(self) -> None:
         if not hasattr(self, "residuals_"):
             raise ValueError("call fit first")
-
-
-def _categorizer_from_thresholds(thresholds: np.ndarray) -> MondrianCategorizer:
-    """A fitted MondrianCategorizer on the predicted gap with stored bin edges."""
-    categorizer = MondrianCategorizer()
-    categorizer.f, categorizer.bin_thresholds = predicted_gap, thresholds
-    categorizer.fitted = categorizer.fitted_ = True
-    return categorizer
 
 
 def _as_1d(values: Any, name: str) -> np.ndarray:

@@ -23,6 +23,12 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
     assert test["n_test"] == record["data"]["n_test"] > 0
     for key in ("mae_ev", "coverage_95", "spearman_epistemic_std_abs_error"):
         assert test[key]["ci_low"] <= test[key]["value"] <= test[key]["ci_high"], key
+    # the per-structure noise stage ran, and the test stage scored the calibrated distribution
+    assert record["noise_head"]["chosen"] in record["noise_head"]["config"]["variants"]
+    assert (package / "noise_head.safetensors").exists()
+    assert test["crps_ev"]["value"] > 0 and test["n_negative"] == {"mean": 0, "lower_95": 0, "upper_95": 0}
+    assert sum(b["n"] for b in test["p_in_window_reliability"]["bins"]) == test["n_test"]
+    assert (run / "figures" / "reliability_p_in_window.png").read_bytes()[:4] == b"\x89PNG"
     card = (package / "MODEL_CARD.md").read_text()
     assert f"{test['mae_ev']['value']:.3f}" in card and record["data"]["split_sha256"] in card
     assert not list(package.rglob("*.ckpt")) and not (package / "members" / "0" / "logs").exists()

@@ -61,8 +61,9 @@ def test_predict_one_row_per_input_with_status(tmp_path, cli_model, mixed_inputs
                                       str(folder)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out)
-    assert list(table.columns) == ["id", "bandgap_mean_ev", "bandgap_std_ev", "bandgap_std_epistemic_ev", "lower_95_ev",
-                                   "upper_95_ev", "out_of_distribution", "ood_reason", "status", "reason"]
+    assert list(table.columns) == ["id", "bandgap_mean_ev", "bandgap_std_ev", "bandgap_std_epistemic_ev",
+                                   "bandgap_std_aleatoric_ev", "lower_95_ev", "upper_95_ev", "p_metallic",
+                                   "out_of_distribution", "ood_reason", "status", "reason"]
     assert len(table) == len(test_ids) + 4
     status = dict(zip(table["id"], table["status"]))
     assert all(status[i] == "ok" for i in test_ids)
