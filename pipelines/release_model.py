@@ -208,11 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     table = test_predictions(folder, parts)
     scores = test_scores(table)
     # the release's figures are published; another run folder (a smoke test) keeps its own
+    record = release_record(folder, parts, scores, config_path)  # its commit stamp before any file is written
     figures = Path(args.figures_dir) if args.figures_dir else FIGURES_DIR if run_dir == RUN_DIR else run_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     window_reliability(scores["p_in_window_reliability"], figures / "reliability_p_in_window.png",
                        title=f"{RELEASE.alias}: P(gap in {WINDOW_EV[0]:g}–{WINDOW_EV[1]:g} eV), test split")
-    record = release_record(folder, parts, scores, config_path)
     write_text_atomic(folder / "release.json", json.dumps(record, indent=1, default=str))
     if args.stop_after == "test":
         return
