@@ -29,9 +29,10 @@ from mofbalora.uncertainty import metrics as um
 logger = logging.getLogger(__name__)
 
 
-def _part_inputs(model: BandgapModel, samples: list[Any], gaps_ev: np.ndarray) -> tuple[torch.Tensor, ...]:
-    """(z(x), noise-off mean, truth) in standardised units, as tensors."""
-    z = torch.from_numpy(model.frozen_embeddings(samples)).float()
+def _part_inputs(model: BandgapModel, samples: list[Any], gaps_ev: np.ndarray, *,
+                 z: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """(z(x), noise-off mean, truth) in standardised units, as tensors; ``z`` when already known."""
+    z = torch.from_numpy(model.frozen_embeddings(samples)).float() if z is None else z
     mean = model.normaliser.to_standard(model.predict_mean_mode(samples))
     truth = model.normaliser.to_standard(np.asarray(gaps_ev, dtype=float))
     return z, torch.as_tensor(mean).float(), torch.as_tensor(truth).float()
@@ -49,11 +50,14 @@ def fit_data_noise(folder: str | os.PathLike, *, prepared: PreparedData, config:
         return meta["noise_head"]
     model = load_model(folder)
     model.noise_head = None  # the selection scores each candidate head on its own
-    train = _part_inputs(model, *prepared.parts["train"][1:])
-    # the neighbour variant searches the folder's training embeddings: they must be these, in order
-    reference = load_train_embeddings(folder).float()
-    if reference.shape != train[0].shape or not torch.allclose(reference, train[0], atol=1e-4):
-        raise ValueError(f"{folder}: {TRAIN_EMBEDDINGS_FILE} does not hold the training split's embeddings in order")
+    # the training split's z(x) were stored by the fit (the OOD reference, in split order); the
+    # neighbour variant searches that same file at prediction time
+    _, train_samples, train_gaps = prepared.parts["train"]
+    z_train = load_train_embeddings(folder).float()
+    if len(z_train) != len(train_samples):
+        raise ValueError(f"{folder}: {TRAIN_EMBEDDINGS_FILE} holds {len(z_train)} embeddings for "
+                         f"{len(train_samples)} training structures")
+    train = (z_train, *_part_inputs(model, train_samples, train_gaps, z=z_train)[1:])
     val = _part_inputs(model, *prepared.parts["val"][1:])
     _, val_samples, val_gaps = prepared.parts["val"]
     val_predictive = model.predictive(val_samples, seed=meta["train_config"]["seed"], progress=progress)

@@ -158,7 +158,7 @@ class DataNoiseHead(nn.Module):
         """σ_n [G]; ``neighbour`` is :meth:`neighbour_feature`, computed here when not given."""
         logit = self.bias.expand(len(mean))
         if self.mlp is not None:
-            features = (z - self.z_mean) / self.z_scale
+            features = self._standardise(z)
             if self.inputs == "embedding+mean":
                 features = torch.cat([features, mean.unsqueeze(1)], dim=1)
             elif self.inputs == "embedding+neighbours":

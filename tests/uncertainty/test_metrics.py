@@ -88,3 +88,28 @@ def test_floor_statistics_find_a_pile_up():
     assert stats["mae_gap_below_ev"] > 0.2
     assert um.floor_statistics(truth + 0.01, truth)["share_within_tolerance_of_min"] < 0.02
     assert um.interval_share(truth - 0.1, truth + 0.1, floored) == pytest.approx(np.mean(np.abs(floored - truth) <= 0.1))
+
+
+def test_reliability_of_probabilities_with_a_known_answer():
+    """Outcomes drawn with the stated probability: every bin's observed share matches its mean
+    predicted P; outcomes drawn with P² (overconfident predictions) are caught in the middle bins."""
+    from mofbalora.uncertainty.metrics import probability_reliability
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=20000)
+    honest = probability_reliability(p, (rng.uniform(size=p.size) < p).astype(float))
+    assert len(honest) == 10 and honest["n"].sum() == p.size
+    assert np.abs(honest["observed_share"] - honest["mean_predicted"]).max() < 0.03
+    assert np.allclose(honest["mean_predicted"], (honest["bin_low"] + honest["bin_high"]) / 2, atol=0.01)
+    overconfident = probability_reliability(p, (rng.uniform(size=p.size) < p**2).astype(float))
+    assert (overconfident["mean_predicted"] - overconfident["observed_share"]).iloc[3:7].min() > 0.15
+    with pytest.raises(ValueError):
+        probability_reliability(p * 2, np.ones_like(p))
+
+
+def test_interval_score_by_hand():
+    from mofbalora.uncertainty.metrics import interval_score
+
+    scores = interval_score(np.array([1.0, 1.0, 1.0]), np.array([2.0, 2.0, 2.0]), np.array([1.5, 0.5, 2.25]),
+                            confidence=0.9)
+    np.testing.assert_allclose(scores, [1.0, 1.0 + 20 * 0.5, 1.0 + 20 * 0.25])
