@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mofbalora.adapters import forward_in_mode, set_adapter_mode
+from mofbalora.adapters.folding import fold_batchnorm
 from mofbalora.backbones.batching import Collate, GraphDataset, compute_frozen_embeddings
 from mofbalora.data.datasets import default_cache_dir
 from mofbalora.data.structures import expand_inputs, unique_structure_ids
@@ -116,6 +117,7 @@ class BandgapModel:
         for member in members:
             if self.method not in SAMPLING_METHODS:
                 merge_if_adapted(member)  # mean mode at bare-backbone cost
+            fold_batchnorm(member)  # inference only: one pass less per layer, the same numbers
         self._bare: nn.Module | None = None
         self._distance: EmbeddingDistance | None = None
 
@@ -139,7 +141,8 @@ class BandgapModel:
         """The bare pretrained backbone's crystal embeddings [n, dim] (no adapters, no fine-tuning)."""
         if self._bare is None:
             config = self.meta["train_config"]
-            self._bare = bare_member(backbone=config["backbone"], head="pretrained", seed=config.get("seed", 0))
+            self._bare = fold_batchnorm(bare_member(backbone=config["backbone"], head="pretrained",
+                                                    seed=config.get("seed", 0)))
         return compute_frozen_embeddings(self._bare, samples).numpy()
 
     def predict_draws(self, samples: Sequence[Any], *, n_samples: int | None = None, seed: int = 0,
@@ -158,8 +161,10 @@ class BandgapModel:
         if not samples:
             return np.zeros((1, 0))
         n_samples = n_samples or self.default_samples
-        # About this many structure-samples per pass keeps tensors cache-friendly on CPU.
-        structures_per_pass = 64 if self.backbone.name == "cgcnn" else 16
+        # About this many structure-samples per pass keeps tensors cache-friendly on CPU: for qmof-pbe
+        # at S = 8 on 2 cores, 16 (2 structures a pass) took 48 ms per MOF against 88 ms at 64
+        # (benchmarks/results.json, "screening"); the draws do not depend on it (keyed noise).
+        structures_per_pass = 16
         batch_size = batch_size or max(1, structures_per_pass // (n_samples if self.method in SAMPLING_METHODS else 1))
         dataset = GraphDataset(samples, frozen_embeddings=frozen_embeddings if self.method == "balora" else None)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
@@ -288,11 +293,12 @@ class BandgapModel:
             parts = [part for rank_parts in gathered for part in rank_parts]
         return parts
 
-    def predict(self, inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike, *, samples: int | None = None,
+    def predict(self, inputs: Sequence[Any] | str | os.PathLike | Structure, *, samples: int | None = None,
                 seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,
                 trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
                 window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
-        """Predict PBE band gaps for CIF paths (files, folders, globs) and/or pymatgen Structures.
+        """Predict PBE band gaps for CIF paths (files, folders, globs), pymatgen Structures and ASE
+        Atoms, mixed in one list.
 
         Returns:
             One row per input, columns :data:`PREDICTION_COLUMNS` (plus ``p_in_window`` with
@@ -302,6 +308,16 @@ class BandgapModel:
         slots, ids = resolve_inputs(inputs)
         return self.predict_resolved(slots, ids, samples=samples, seed=seed, cache_dir=cache_dir, progress=progress,
                                      trainer_kwargs=trainer_kwargs, workers=workers, window_ev=window_ev)
+
+    def screen(self, inputs: Sequence[Any] | str | os.PathLike | Structure, *, gap_ev: tuple[float, float],
+               samples: int | None = None, seed: int = 0, **kwargs: Any) -> pd.DataFrame:
+        """Rank inputs (as for :meth:`predict`) by the calibrated probability ``p_in_window`` that
+        their PBE gap lies in ``gap_ev`` = (low, high) eV; the table ``mofbalora screen`` writes."""
+        from mofbalora.uncertainty.screening import rank_by_window
+
+        low, high = gap_ev
+        table = self.predict(inputs, samples=samples, seed=seed, window_ev=(low, high), **kwargs)
+        return rank_by_window(table, low, high)
 
     def predict_resolved(self, slots: Sequence[Path | Structure], ids: Sequence[str], *, samples: int | None = None,
                          seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,
@@ -373,15 +389,31 @@ class BandgapModel:
         return feats, reasons
 
 
-def resolve_inputs(inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike | Structure
+def _as_structure(item: Any) -> Structure | None:
+    """A pymatgen Structure for a Structure or an ASE ``Atoms`` (periodic), else None (a path)."""
+    if isinstance(item, Structure):
+        return item
+    from ase import Atoms
+
+    if isinstance(item, Atoms):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_structure(item)
+    return None
+
+
+def resolve_inputs(inputs: Sequence[Any] | str | os.PathLike | Structure
                    ) -> tuple[list[Path | Structure], list[str]]:
     """Expand files, folders and globs in input order and give every input its id: the file stem
-    (made unique by parent folders), or ``structure_<position>`` for a pymatgen Structure."""
-    if isinstance(inputs, (str, os.PathLike, Structure)):
+    (made unique by parent folders), or ``structure_<position>`` for a pymatgen Structure or ASE
+    ``Atoms`` (converted to a Structure). The id only names the row: a prediction depends on the
+    structure's content, the model and the seed, not on its position."""
+    if isinstance(inputs, (str, os.PathLike)) or _as_structure(inputs) is not None:
         inputs = [inputs]
     slots: list[Path | Structure] = []
     for item in inputs:
-        slots.extend([item] if isinstance(item, Structure) else expand_inputs([item]))
+        structure = _as_structure(item)
+        slots.extend([structure] if structure is not None else expand_inputs([item]))
     path_ids = iter(unique_structure_ids([slot for slot in slots if not isinstance(slot, Structure)]))
     ids = [f"structure_{number}" if isinstance(slot, Structure) else next(path_ids) for number, slot in enumerate(slots)]
     return slots, ids

@@ -53,6 +53,18 @@ def _read_chunks(folder: Path) -> pd.DataFrame | None:
     return read_predictions(*files) if files else None
 
 
+def skipped_summary(tables: list[pd.DataFrame]) -> str:
+    """"skipped N (mostly: <reason>)" over the tables so far, for the progress line; the reason is
+    cut at its first colon (the kind, not the file's details)."""
+    if not tables:
+        return "skipped 0"
+    status = pd.concat([t[["status", "reason"]] for t in tables], ignore_index=True)
+    reasons = status.loc[status["status"] == "skipped", "reason"].astype(str).str.split(":").str[0].str.strip()
+    if reasons.empty:
+        return "skipped 0"
+    return f"skipped {len(reasons)} (mostly: {reasons.value_counts().index[0][:40]})"
+
+
 def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike | Structure] | str | os.PathLike,
                        out: str | os.PathLike, *, samples: int | None = None, seed: int = 0,
                        window_ev: tuple[float, float] | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -95,6 +107,7 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
     next_chunk = len(list(folder.glob("chunk-*.csv"))) if folder.exists() else 0
     tables = [done] if done is not None else []
     with tqdm(total=len(ids), initial=len(ids) - len(todo), unit="MOF", desc="predicting", disable=not progress) as bar:
+        bar.set_postfix_str(skipped_summary(tables), refresh=False)
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
             table = model.predict_resolved([slots[i] for i in chunk], [ids[i] for i in chunk], samples=samples,
@@ -104,6 +117,7 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
                 write_table_atomic(table, folder / f"chunk-{next_chunk:06d}.csv")
             next_chunk += 1
             tables.append(table)
+            bar.set_postfix_str(skipped_summary(tables), refresh=False)
             bar.update(len(chunk))
     if not tables:  # no inputs at all: an empty table with every column
         tables = [model.predict_resolved([], [], samples=samples, seed=seed, window_ev=window_ev)]

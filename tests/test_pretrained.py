@@ -162,3 +162,34 @@ def test_predict_prints_no_lightning_banner(coremof_cifs, fresh_cache, tmp_path)
     for banner in ("GPU available", "TPU available", "Tip:", "Warning", "warn("):
         assert banner not in output, (banner, output[-2000:])
     assert "predicted" in quiet.stderr and "MOF" in quiet.stderr  # the summary and the progress bar
+
+
+def test_top_level_load_model_predicts_paths_structures_and_atoms_in_one_list(coremof_cifs, fresh_cache):
+    """``mofbalora.load_model(name).predict([...])`` as matgl's and CHGNet's loaders work: a path, a
+    pymatgen Structure and an ASE Atoms of the same MOF give the same prediction in one call, and
+    ``screen`` ranks them like the CLI."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    import mofbalora
+    from mofbalora.data import read_structure
+
+    _, cifs = coremof_cifs
+    model = mofbalora.load_model("qmof-pbe")
+    assert model.folder == resolve_model("qmof-pbe")
+    path = next(p for p in cifs if _pinned_ok(p))
+    structure = read_structure(path)
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    table = model.predict([path, structure, atoms])
+    assert list(table["status"]) == ["ok"] * 3
+    assert list(table["id"]) == [path.stem, "structure_1", "structure_2"]
+    values = table[["bandgap_mean_ev", "bandgap_std_ev", "lower_95_ev", "upper_95_ev"]].to_numpy()
+    np.testing.assert_allclose(values[1], values[0], atol=1e-5)
+    np.testing.assert_allclose(values[2], values[0], atol=1e-5)
+    ranked = model.screen([atoms, path], gap_ev=(1.5, 3.0))
+    assert list(ranked["rank"]) == [1, 2] and ranked["p_in_window"].between(0, 1).all()
+    with pytest.raises(FileNotFoundError, match="not a shipped model"):
+        mofbalora.load_model("no-such-model")
+
+
+def _pinned_ok(path: Path) -> bool:
+    return json.loads(PINNED.read_text()).get(path.stem, {}).get("status") == "ok"

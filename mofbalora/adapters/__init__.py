@@ -4,7 +4,7 @@ The method is written up in docs/method.md; equation numbers in docstrings refer
 """
 
 from mofbalora.adapters.config import AdapterConfig
-from mofbalora.adapters.layers import AlphaNet, BaLoRALinear, DropoutLoRALinear, LoRALinear, kl_multiplicative_gaussian
+from mofbalora.adapters.layers import AlphaNet, BaLoRALinear, DropoutLoRALinear, LoRALinear, kl_log_uniform, kl_multiplicative_gaussian
 from mofbalora.adapters.model import (
     adapter_kl_per_graph,
     adapter_layers,
@@ -35,6 +35,7 @@ __all__ = [
     "frozen_embedding",
     "has_adapters",
     "inject_adapters",
+    "kl_log_uniform",
     "kl_multiplicative_gaussian",
     "load_adapters",
     "merge_adapters",

@@ -11,6 +11,8 @@ AlphaGranularity = Literal["layer", "rank"]
 AlphaNetInput = Literal["frozen_embedding", "constant"]
 KLScaling = Literal["dataset", "datapoint"]
 NoiseSampling = Literal["structure", "row"]
+Prior = Literal["gaussian", "log_uniform"]
+KLCount = Literal["element", "layer"]
 
 
 def _check_choice(name: str, value: Any, kind: Any) -> None:
@@ -46,6 +48,12 @@ class AdapterConfig:
         noise_sampling: ``"structure"`` draws one A~ per structure, shared by all of its rows
             (ours, method.md §3); ``"row"`` draws independent noise for every row at the rank-r
             bottleneck (the local reparameterisation, eq. 2b); only with ``noise_on="A"``.
+        prior: ``"gaussian"`` N(0, c A²) (eqs. 4–5) or ``"log_uniform"``, the scale-invariant prior of
+            variational dropout with Molchanov et al.'s KL (eq. 5b); the latter ignores ``prior_p``
+            except as the scale of the reported alpha / c and of ``alpha_init``'s default.
+        kl_count: ``"element"`` counts the KL once per noisy element of A~ (the KL of the weights);
+            ``"layer"`` once per noise level alpha_l (per rank component with per-rank alpha), a
+            tempering that weighs every layer alike (method.md §4).
     """
 
     kind: AdapterKind = "lora"
@@ -64,6 +72,8 @@ class AdapterConfig:
     kl_scaling: KLScaling = "dataset"
     noise_sampling: NoiseSampling = "structure"
     dropout: float = 0.0
+    prior: Prior = "gaussian"
+    kl_count: KLCount = "element"
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, AdapterKind)
@@ -72,6 +82,8 @@ class AdapterConfig:
         _check_choice("alpha_net_input", self.alpha_net_input, AlphaNetInput)
         _check_choice("kl_scaling", self.kl_scaling, KLScaling)
         _check_choice("noise_sampling", self.noise_sampling, NoiseSampling)
+        _check_choice("prior", self.prior, Prior)
+        _check_choice("kl_count", self.kl_count, KLCount)
         if self.noise_sampling == "row" and self.noise_on != "A":
             raise ValueError("noise_sampling='row' (local reparameterisation) needs noise_on='A'")
         if not 0.0 <= self.dropout < 1.0:

@@ -17,6 +17,19 @@ def kl_multiplicative_gaussian(noise_alpha: torch.Tensor, prior_c: float) -> tor
     return 0.5 * ((noise_alpha + 1.0) / prior_c + math.log(prior_c) - torch.log(noise_alpha) - 1.0)
 
 
+#: Molchanov et al. (2017), eq. 14: the fitted constants of their log-uniform KL approximation
+_LOG_UNIFORM_K = (0.63576, 1.87320, 1.48695)
+
+
+def kl_log_uniform(noise_alpha: torch.Tensor) -> torch.Tensor:
+    """KL(N(a, alpha a^2) || log-uniform) per element, Molchanov et al.'s (2017) approximation (eq. 5b):
+    k1 − k1 σ(k2 + k3 log alpha) + ½ log(1 + 1/alpha). Decreasing in alpha, with no minimum at a
+    finite alpha: only the data term stops the noise from growing."""
+    k1, k2, k3 = _LOG_UNIFORM_K
+    log_alpha = torch.log(noise_alpha)
+    return k1 - k1 * torch.sigmoid(k2 + k3 * log_alpha) + 0.5 * F.softplus(-log_alpha)
+
+
 class LoRALinear(nn.Module):
     """y = W0 x + s · B A x with W0 frozen, A [r, d] small random, B [k, r] zero (eq. 1).
 
@@ -123,10 +136,12 @@ class BaLoRALinear(StochasticLoRALinear):
 
     def __init__(self, base_layer: nn.Linear, *, rank: int, scaling: float, generator: torch.Generator,
                  entity: str, slot: int, noise_on: str, per_rank: bool, context: NoiseContext,
-                 module_name: str, per_row: bool = False) -> None:
+                 module_name: str, per_row: bool = False, prior: str = "gaussian", kl_count: str = "element") -> None:
         super().__init__(base_layer, rank=rank, scaling=scaling, generator=generator, entity=entity, context=context,
                          module_name=module_name)
         self.per_row = per_row
+        self.prior = prior
+        self.kl_count = kl_count
         self.slot = slot
         self.noise_on = noise_on
         self.per_rank = per_rank
@@ -144,10 +159,16 @@ class BaLoRALinear(StochasticLoRALinear):
         return per_component, self.rank
 
     def kl_per_graph(self, noise_alpha: torch.Tensor, prior_c: float) -> torch.Tensor:
-        """KL of this layer's noisy elements for each structure, [G]."""
+        """KL of this layer for each structure, [G] (eqs. 5, 5b; method.md §4).
+
+        ``kl_count="element"`` counts every noisy element (the KL of the weights A~);
+        ``"layer"`` counts each noise level alpha once (per layer, or per rank component).
+        """
         mine = noise_alpha[:, self.slot]
+        kl = kl_log_uniform(mine) if self.prior == "log_uniform" else kl_multiplicative_gaussian(mine, prior_c)
+        if self.kl_count == "layer":
+            return kl.sum(1) if self.per_rank else kl
         per_component, components = self.n_noisy_elements()
-        kl = kl_multiplicative_gaussian(mine, prior_c)
         return per_component * (kl.sum(1) if self.per_rank else components * kl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
                 base, rank=config.rank, scaling=config.scaling, generator=generator,
                 entity=model.entity_of(name), slot=slot, noise_on=config.noise_on,
                 per_rank=config.alpha_granularity == "rank", context=context, module_name=name,
-                per_row=config.noise_sampling == "row",
+                per_row=config.noise_sampling == "row", prior=config.prior, kl_count=config.kl_count,
             )
         _set_submodule(model, name, wrapper)
     if config.kind == "balora":

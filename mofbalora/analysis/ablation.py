@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from mofbalora.adapters.config import AdapterConfig
 from mofbalora.analysis.report import _optional as _fmt, _table
 from mofbalora.uncertainty import metrics as um
 from mofbalora.uncertainty.intervals import gaussian_interval
@@ -77,10 +78,23 @@ def alpha_quantiles(alpha_over_c: np.ndarray, layer_names: list[str]) -> dict[st
     return out
 
 
-def select(scores: dict[str, dict[str, Any]], *, lora_mae_ev: float, mae_margin_ev: float, tie_rho: float) -> dict[str, Any]:
-    """The declared rule: among variants with val MAE <= LoRA's + margin, the highest val rho; rho
-    within ``tie_rho`` of the best ties, broken by the lowest calibrated val NLL. With no eligible
-    variant, the lowest val MAE wins.
+def selection_rho(scores: dict[str, Any], criterion: str = "val") -> float:
+    """The rho a variant is ranked by: the in-distribution val rho (``"val"``), or the mean of it and
+    the shift-validation rho (``"val_and_shift_val"``; a missing shift rho counts as 0)."""
+    rho = scores["spearman"]["value"]
+    if criterion == "val":
+        return rho
+    if criterion != "val_and_shift_val":
+        raise ValueError(f"selection criterion must be 'val' or 'val_and_shift_val', got {criterion!r}")
+    shift = (scores.get("shift_val") or {}).get("spearman", {}).get("value")
+    return 0.5 * (rho + (shift if shift is not None else 0.0))
+
+
+def select(scores: dict[str, dict[str, Any]], *, lora_mae_ev: float, mae_margin_ev: float, tie_rho: float,
+           criterion: str = "val") -> dict[str, Any]:
+    """The declared rule: among variants with val MAE <= LoRA's + margin, the highest rho (by
+    ``criterion``, see :func:`selection_rho`); rho within ``tie_rho`` of the best ties, broken by the
+    lowest calibrated val NLL. With no eligible variant, the lowest val MAE wins.
 
     Returns:
         ``{"winner", "eligible", "reason"}``.
@@ -89,11 +103,11 @@ def select(scores: dict[str, dict[str, Any]], *, lora_mae_ev: float, mae_margin_
     if not eligible:
         winner = min(scores, key=lambda n: scores[n]["mae_ev"])
         return {"winner": winner, "eligible": [], "reason": "no variant within the MAE margin: lowest val MAE"}
-    rho = {name: scores[name]["spearman"]["value"] for name in eligible}
+    rho = {name: selection_rho(scores[name], criterion) for name in eligible}
     best = max(rho.values())
     tied = [name for name in eligible if rho[name] >= best - tie_rho]
     winner = min(tied, key=lambda n: scores[n]["calibrated_nll"])
-    reason = "highest val rho among eligible" if len(tied) == 1 else f"tie on rho among {tied}: lowest calibrated val NLL"
+    reason = "highest rho among eligible" if len(tied) == 1 else f"tie on rho among {tied}: lowest calibrated val NLL"
     return {"winner": winner, "eligible": eligible, "reason": reason}
 
 
@@ -108,6 +122,11 @@ def merge_overrides(*overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def level_overrides(level: dict[str, Any]) -> dict[str, Any]:
+    """A level's adapter fields, and its training fields under ``train``."""
+    return {**level.get("adapter", {}), **({"train": level["train"]} if level.get("train") else {})}
+
+
 def design_markdown(design: dict[str, Any], lora_reference: str) -> str:
     """The declared design (stages, variants, rule) as written before any variant is trained."""
     rule = design["selection"]
@@ -118,20 +137,36 @@ def design_markdown(design: dict[str, Any], lora_reference: str) -> str:
         f"`{design['head']}`; every variant is scored on the **validation split only**, with S = {design['samples']} "
         f"weight samples (seed {design['sampling_seed']}).",
         f"- Baseline ({design['baseline'].get('label', 'the old default')}): `{design['baseline']['name']}` = "
-        f"{design['baseline']['adapter']}.",
+        f"{level_overrides(design['baseline'])}.",
         f"- Selection rule: among variants whose val MAE is within {rule['mae_margin_ev']} eV of LoRA's "
-        f"({lora_reference}), the highest val Spearman ρ(epistemic std, |error|); ρ within {rule['tie_rho']} of "
-        "the best ties, broken by the lowest conformally calibrated val NLL; with no eligible variant, the lowest "
-        "val MAE.",
+        f"({lora_reference}), the highest "
+        + ("mean of the in-distribution val ρ and the shift-validation ρ (Spearman, epistemic std vs |error|)"
+           if rule.get("criterion") == "val_and_shift_val" else "val Spearman ρ(epistemic std, |error|)")
+        + f"; ρ within {rule['tie_rho']} of the best ties, broken by the lowest conformally calibrated val NLL; "
+        "with no eligible variant, the lowest val MAE.",
         "- Stages, in order (a `sequential` stage puts all its variants, applied on the current winner, against "
         "that winner; a `parallel` stage compares each factor's levels with the current winner one factor at a "
         "time, then trains the winning levels of two or more factors together and picks among all of them):",
     ]
     for stage in design["stages"]:
-        levels = "; ".join(f"{factor}: " + ", ".join(f"`{lv['name']}` {lv['adapter']}" for lv in levels_)
+        levels = "; ".join(f"{factor}: " + ", ".join(f"`{lv['name']}` {level_overrides(lv)}" for lv in levels_)
                            for factor, levels_ in stage["factors"].items())
         lines.append(f"  - `{stage['name']}` ({stage['mode']}): {levels}")
     return "\n".join(lines)
+
+
+KL_FIELDS = ("prior", "kl_count", "kl_scaling", "kl_weight", "prior_p", "alpha_net_input")
+
+
+def trained_kl_table(results: dict[str, Any]) -> str:
+    """The KL settings each variant trained with (AdapterConfig's defaults where its config is silent)."""
+    defaults = AdapterConfig().to_dict()
+    rows = []
+    for name, entry in results["variants"].items():
+        trained = {**defaults, **entry.get("trained_adapter", {})}
+        rows.append([f"**{name}**" if name == results["winner"] else name, *(str(trained[f]) for f in KL_FIELDS),
+                     ", ".join(f"{k}={v}" for k, v in (entry.get("train") or {}).items()) or "–"])
+    return _table(["variant", *KL_FIELDS, "training"], rows)
 
 
 def variant_table(results: dict[str, Any]) -> str:
@@ -140,14 +175,18 @@ def variant_table(results: dict[str, Any]) -> str:
     for name, entry in results["variants"].items():
         s = entry["scores"]
         rho = s["spearman"]
+        shift = (s.get("shift_val") or {}).get("spearman")
         rows.append([
             f"**{name}**" if name == winner else name, entry["stage"], _fmt(s["mae_ev"]),
             "yes" if entry["eligible"] else "no",
-            f"{_fmt(rho['value'])} [{_fmt(rho['ci_low'], 2)}, {_fmt(rho['ci_high'], 2)}]", _fmt(s["calibrated_nll"]),
+            f"{_fmt(rho['value'])} [{_fmt(rho['ci_low'], 2)}, {_fmt(rho['ci_high'], 2)}]",
+            f"{_fmt(shift['value'])} [{_fmt(shift['ci_low'], 2)}, {_fmt(shift['ci_high'], 2)}]" if shift else "–",
+            _fmt((s.get("shift_val") or {}).get("mae_ev")), _fmt(s["calibrated_nll"]),
             _fmt(s["coverage_95"]["raw_epistemic"]), _fmt(s["coverage_95"]["raw_total"]),
             _fmt(s["coverage_95"]["conformal"]), _fmt(entry.get("epochs"), 0) if entry.get("epochs") else "–",
         ])
-    return _table(["variant", "stage", "val MAE (eV)", "within margin", "val ρ [95% CI]", "cal. NLL",
+    return _table(["variant", "stage", "val MAE (eV)", "within margin", "val ρ [95% CI]", "shift-val ρ [95% CI]",
+                   "shift-val MAE (eV)", "cal. NLL",
                    "raw 95% cov. (epistemic)", "raw 95% cov. (total)", "conformal 95% cov.", "epochs"], rows)
 
 
@@ -204,8 +243,20 @@ def render(results: dict[str, Any], *, figure: str = "ablation_rho_vs_mae.png") 
         f"{setup['wall_s'] / 60:.0f} min. Reproduce: `make balora-ablation PROFILE={setup['profile']}`.", "",
         *([f"**Purpose:** {results['design']['purpose'].strip()}", ""] if results["design"].get("purpose") else []),
         design_markdown(results["design"], results["references"]["lora"]["label"]), "",
+        *([f"Selection sets: {setup['n_val']} validation structures (the split's {setup['n_val_before_held_out']} "
+           "less those that are test or calibration structures of the shipped model)"
+           + (f" and {setup['n_shift_val']} shift-validation structures (metals no training structure holds, "
+              "none of the chemistry-shift test metals)" if setup.get("n_shift_val") else "")
+           + ". Held out from both, and checked before any training: "
+           + ", ".join(f"{name} ({n})" for name, n in results.get("held_out_counts", {}).items()) + ".", ""]
+          if "n_val_before_held_out" in setup else []),
         "## Result", "",
-        f"**Winner: `{winner}`** = {results['winner_adapter']}.", "",
+        *([f"Every variant's KL settings as trained (the benchmark profile's adapter settings under the "
+           "variant's; a level replaces the incumbent's level of the same factor, it is not added to it):", "",
+           trained_kl_table(results), ""] if any("trained_adapter" in v for v in results["variants"].values()) else []),
+        f"**Winner: `{winner}`** = {results['winner_adapter']}"
+        + (f", training {results['variants'][winner]['train']}" if results["variants"][winner].get("train") else "")
+        + ".", "",
         f"References on the same validation split: LoRA val MAE {results['references']['lora']['mae_ev']:.3f} eV "
         f"(so the MAE limit is {results['mae_limit_ev']:.3f} eV)"
         + (f"; LoRA ensemble val MAE {ensemble['mae_ev']:.3f} eV, val ρ {ensemble['spearman']['value']:.3f} "

@@ -28,7 +28,8 @@ def rho_vs_samples(sweeps: dict[str, Any], ensemble_sweep: dict[str, Any], path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, sweep in sweeps.items():
         line = ax.plot(sweep["sizes"], sweep["spearman"], "o-", label=f"{name}, S samples")[0]
-        ax.plot(sweep["sizes"], sweep["noise_only_expected_spearman"], "--", color=line.get_color(),
+        expected = [np.nan if v is None else v for v in sweep["noise_only_expected_spearman"]]
+        ax.plot(sweep["sizes"], expected, "--", color=line.get_color(),
                 label=f"{name}, sampling noise alone")
     members = sorted(int(m) for m in ensemble_sweep)
     ax.plot(members, [ensemble_sweep[str(m)]["spearman"] for m in members], "s:", color="tab:grey",

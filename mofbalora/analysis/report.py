@@ -54,6 +54,11 @@ def method_table(metrics: dict[str, Any]) -> str:
                    "test ms / structure (passes)"], rows)
 
 
+def _noise_only(value: float | None, spec: str = ".3f") -> str:
+    """A noise-only expectation, or "undefined" where the reliability it needs is not positive."""
+    return "undefined" if value is None else format(value, spec)
+
+
 def claims_section(metrics: dict[str, Any]) -> str:
     claims = metrics["claims"]
     c1, c2, c3, c4 = (claims[k] for k in ("claim_1_correlation_vs_ensemble", "claim_2_improves_with_samples",
@@ -63,14 +68,21 @@ def claims_section(metrics: dict[str, Any]) -> str:
     lines = [
         f"1. **{c1['statement']}: {c1['verdict']}.** ρ(BaLoRA) − ρ(ensemble) = {_ci(d1)} "
         f"(CI over seeds and structures; half-width {d1['half_width']:.3f}; BCa over structures only "
-        f"[{_optional(d1['bca_structures_only']['ci_low'])}, {_optional(d1['bca_structures_only']['ci_high'])}]).",
+        f"[{_optional(d1['bca_structures_only']['ci_low'])}, {_optional(d1['bca_structures_only']['ci_high'])}])."
+        + (f" Non-inferiority, declared before the run (ρ no more than {c1['non_inferiority']['margin_rho']} below "
+           f"the ensemble's): **{c1['non_inferiority']['verdict']}**, at "
+           f"{c1['non_inferiority']['training_cost_ratio_balora_over_ensemble']:.2f}× the ensemble's training cost."
+           if c1.get("non_inferiority") else ""),
         f"2. **{c2['statement']}: {c2['verdict']}.** BaLoRA's ρ goes {b2['spearman'][0]:.3f} → {b2['spearman'][-1]:.3f} "
         f"from S = {b2['sizes'][0]} to {b2['sizes'][-1]} (slope per doubling {_ci(b2['slope_per_doubling'])}); sampling "
-        f"noise alone predicts a rise of {b2['noise_only_expected_rise']:.3f}. The control ({_label(k2['method'])}) goes "
-        f"{k2['spearman'][0]:.3f} → {k2['spearman'][-1]:.3f} (noise alone: {k2['noise_only_expected_rise']:.3f}). "
+        f"noise alone predicts a rise of {_noise_only(b2['noise_only_expected_rise'])}. The control "
+        f"({_label(k2['method'])}) goes {k2['spearman'][0]:.3f} → {k2['spearman'][-1]:.3f} (noise alone: "
+        f"{_noise_only(k2['noise_only_expected_rise'])}). "
         f"Rise of BaLoRA − rise of the control = {_ci(c2['rise_difference_balora_minus_control'])}. Rise beyond the "
-        f"noise-only expectation: BaLoRA {b2['rise_beyond_noise']:+.3f}, the control {k2['rise_beyond_noise']:+.3f} (a rise "
-        "within that expectation is what a less noisy estimate of the same std gives).",
+        f"noise-only expectation: BaLoRA {_noise_only(b2['rise_beyond_noise'], '+.3f')}, the control "
+        f"{_noise_only(k2['rise_beyond_noise'], '+.3f')} (a rise within that expectation is what a less noisy "
+        "estimate of the same std gives; undefined where the std's split-half reliability at the smallest S is "
+        "not positive).",
         f"3. **{c3['statement']}: {c3['verdict']}.** MAE(BaLoRA) − MAE(LoRA) = {_ci(c3['mae_difference_balora_minus_lora_ev'])} eV "
         f"against the margin {c3['margin_ev']} eV (non-inferiority: {c3['accuracy_part']}); mean per-structure distance to "
         f"full fine-tuning, BaLoRA − LoRA = {_ci(c3['distance_to_full_difference_balora_minus_lora_ev'])} eV (closer: "
@@ -91,7 +103,7 @@ def sweep_table(metrics: dict[str, Any]) -> str:
     names = list(sweeps)
     sizes = sweeps[names[0]]["sizes"]
     header = ["S"] + [f"{_label(n)} ρ (noise-only expectation; split-half reliability)" for n in names]
-    rows = [[str(size)] + [f"{sweeps[n]['spearman'][k]:.3f} ({sweeps[n]['noise_only_expected_spearman'][k]:.3f}; "
+    rows = [[str(size)] + [f"{sweeps[n]['spearman'][k]:.3f} ({_noise_only(sweeps[n]['noise_only_expected_spearman'][k])}; "
                            f"{sweeps[n]['split_half_reliability'][k]:.2f})" for n in names]
             for k, size in enumerate(sizes)]
     ensemble = [[m, f"{row['spearman']:.3f}", f"{row['mae_ev']:.3f}"] for m, row in metrics["ensemble_size_sweep"].items()]

@@ -197,17 +197,28 @@ def sample_curve(draws: np.ndarray, truth: np.ndarray, sizes: list[int]) -> list
     return [spearman(draws[:s].mean(0), draws[:s].std(0, ddof=1), truth) for s in sizes]
 
 
-def split_half_reliability(draws: np.ndarray, sizes: list[int]) -> list[float]:
-    """How reproducible the S-sample std is: the Spearman correlation of the std from draws [0, S)
-    with the std from the independent draws [S, 2S); for S above half the draws, the
-    Spearman–Brown step-up 2r/(1 + r) of the largest measured r. 1: sampling noise no longer
-    moves the std's ranking."""
+#: random split-halves averaged per S in :func:`split_half_reliability`
+SPLIT_HALF_REPEATS = 50
+
+
+def split_half_reliability(draws: np.ndarray, sizes: list[int], *, repeats: int = SPLIT_HALF_REPEATS,
+                           seed: int = 0) -> list[float]:
+    """How reproducible the S-sample std is: the Spearman correlation of the std from S draws with
+    the std from S other draws, averaged over ``repeats`` random disjoint pairs of S draws (one pair
+    gives a value too noisy to use at S = 2); for S above half the draws, the Spearman–Brown
+    step-up 2r/(1 + r) of the largest measured r. 1: sampling noise no longer moves the std's
+    ranking; at or below 0 the std's ranking is sampling noise (docs/method.md §12)."""
     from scipy.stats import spearmanr
 
+    rng = np.random.default_rng(seed)
     measured: dict[int, float] = {}
     for s in sizes:
         if 2 * s <= draws.shape[0]:
-            measured[s] = float(spearmanr(draws[:s].std(0, ddof=1), draws[s:2 * s].std(0, ddof=1)).statistic)
+            values = []
+            for _ in range(repeats):
+                order = rng.permutation(draws.shape[0])
+                values.append(spearmanr(draws[order[:s]].std(0, ddof=1), draws[order[s:2 * s]].std(0, ddof=1)).statistic)
+            measured[s] = float(np.nanmean(values))
     out = []
     for s in sizes:
         if s in measured:
@@ -221,11 +232,13 @@ def split_half_reliability(draws: np.ndarray, sizes: list[int]) -> list[float]:
     return out
 
 
-def noise_only_curve(rho_at_largest: float, reliability: list[float]) -> list[float]:
+def noise_only_curve(rho_at_largest: float, reliability: list[float]) -> list[float | None]:
     """ρ expected at each S if only sampling noise changed: the attenuation ρ(S) = ρ∞ √rel(S) with
-    ρ∞ = ρ(S_max) / √rel(S_max) (Spearman's correction for attenuation; docs/method.md §12)."""
-    rel = np.clip(np.asarray(reliability, dtype=float), 1e-9, 1.0)
-    return [float(rho_at_largest * np.sqrt(r / rel[-1])) for r in rel]
+    ρ∞ = ρ(S_max) / √rel(S_max) (Spearman's correction for attenuation; docs/method.md §12).
+    Undefined (None) where the reliability is not positive: the correction divides by it or takes
+    its root, and no number is built on a clipped value."""
+    top = reliability[-1]
+    return [float(rho_at_largest * np.sqrt(r / top)) if r > 0 and top > 0 else None for r in reliability]
 
 
 def log_slope(sizes: list[int], values: list[float]) -> float:
@@ -242,11 +255,12 @@ def sweep(name: str, draws: np.ndarray, truth: np.ndarray, sizes: list[int], n_b
     expected = noise_only_curve(curve[-1], reliability)
     low, high = _structure_bca(lambda i: log_slope(sizes, sample_curve(draws[:, i], truth[i], sizes)), len(truth), n_boot, seed)
     rise = curve[-1] - curve[0]
+    expected_rise = expected[-1] - expected[0] if None not in (expected[0], expected[-1]) else None
     return {"method": name, "sizes": sizes, "spearman": curve, "split_half_reliability": reliability,
             "noise_only_expected_spearman": expected,
             "slope_per_doubling": {"value": log_slope(sizes, curve), "ci_low": low, "ci_high": high},
-            "rise": rise, "noise_only_expected_rise": expected[-1] - expected[0],
-            "rise_beyond_noise": rise - (expected[-1] - expected[0])}
+            "rise": rise, "noise_only_expected_rise": expected_rise,
+            "rise_beyond_noise": rise - expected_rise if expected_rise is not None else None}
 
 
 def rise_difference(a: np.ndarray, b: np.ndarray, truth: np.ndarray, sizes: list[int], n_boot: int,
@@ -284,6 +298,16 @@ def claim_1(balora: MethodRuns, peers: list[MethodRuns], truth: np.ndarray, rng:
         diff = paired_difference(spearman, balora, peer, truth, rng, n_boot)
         out[peer.name] = {"spearman_difference": diff, "verdict": verdict(diff)}
     return out
+
+
+def non_inferiority(diff: dict[str, float], margin: float) -> Verdict:
+    """Non-inferiority of a difference (higher is better) at ``margin``: holds when its CI lies above
+    −margin, does not hold when it lies below, else inconclusive."""
+    if diff["ci_low"] > -margin:
+        return "holds"
+    if diff["ci_high"] < -margin:
+        return "does not hold"
+    return "inconclusive"
 
 
 def claim_2(balora_sweep: dict[str, Any], control_sweep: dict[str, Any], rise_vs_control: dict[str, float]) -> dict[str, Any]:

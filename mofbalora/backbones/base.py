@@ -116,6 +116,11 @@ class GraphBackbone(nn.Module):
                 return entity
         return None
 
+    def foldable_batchnorms(self) -> list[tuple[str, str]]:
+        """(linear, BatchNorm) module-name pairs whose BatchNorm directly follows the linear layer
+        and may be folded into it for inference (``adapters.folding``); none by default."""
+        return []
+
     def adaptable_modules(self) -> list[str]:
         """Names of the ``nn.Linear`` modules adapters may wrap."""
         return [

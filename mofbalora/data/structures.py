@@ -204,18 +204,29 @@ def structure_id(path: str | os.PathLike) -> str:
     return name[:-4] if name.lower().endswith(".cif") else name
 
 
-def structure_content_key(structure: Structure) -> int:
-    """A 63-bit key of the parsed structure's content: lattice, species and wrapped positions.
+#: the content key's grid (Å, fractional) and its offset, in steps: decimal values written with up to
+#: six digits, as CIFs write them, never lie on a cell boundary of the shifted grid, so float noise
+#: (an ASE round trip, another reader) cannot move them across one; a plain rounding to 1e-4 put
+#: every 5-digit coordinate ending in 5 exactly on a boundary
+KEY_STEP = 1e-4
+KEY_OFFSET = 0.237
 
-    Rounded to 1e-4 (Å, fractional) so the same CIF re-read gives the same key; BaLoRA seeds
-    each structure's noise stream from it (docs/method.md §6), so a prediction depends on the
-    structure, the model and the seed only.
+
+def _key_grid(values: np.ndarray) -> np.ndarray:
+    return np.floor(np.asarray(values, dtype=np.float64) / KEY_STEP + KEY_OFFSET).astype(np.int64)
+
+
+def structure_content_key(structure: Structure) -> int:
+    """A 63-bit key of the parsed structure's content: lattice, species and wrapped positions, on
+    a 1e-4 grid (Å, fractional; :data:`KEY_STEP`), so the same structure read from a CIF, built in
+    pymatgen or passed as ASE Atoms gives the same key. BaLoRA seeds each structure's noise stream
+    from it (docs/method.md §6), so a prediction depends on the structure, the model and the seed only.
     """
     digest = hashlib.sha256()
-    digest.update(np.round(structure.lattice.matrix, 4).astype(np.float64).tobytes())
+    digest.update(_key_grid(structure.lattice.matrix).tobytes())
     digest.update(np.asarray(structure.atomic_numbers, dtype=np.int64).tobytes())
-    fractional = np.round(np.mod(structure.frac_coords, 1.0), 4) % 1.0
-    digest.update(fractional.astype(np.float64).tobytes())
+    cells = round(1.0 / KEY_STEP)
+    digest.update((_key_grid(np.mod(structure.frac_coords, 1.0)) % cells).tobytes())  # 0.99999… and 0 alike
     return int.from_bytes(digest.digest()[:8], "little") >> 1
 
 

@@ -10,8 +10,9 @@ from typing import Any
 from pymatgen.core import Structure
 
 
-#: bumped when samples gain or change fields, so older cache entries are rebuilt (2: content_key)
-SAMPLE_FORMAT = 2
+#: bumped when samples gain or change fields, so older cache entries are rebuilt (2: content_key;
+#: 3: the content key on a shifted grid, robust to float noise)
+SAMPLE_FORMAT = 3
 
 
 class Featuriser(ABC):

@@ -13,6 +13,7 @@ from mofbalora.backbones.heads import HeadKind
 
 Method = Literal["head", "full", "lora", "balora", "lora-ensemble", "lora-mcdropout"]
 Likelihood = Literal["mse", "gaussian"]
+NoiseStdFit = Literal["joint", "mean_mode"]
 ADAPTER_METHODS = ("lora", "balora", "lora-ensemble", "lora-mcdropout")
 #: methods whose predictive draws are S stochastic forward passes of one model (docs/method.md §7, §11)
 SAMPLING_METHODS = ("balora", "lora-mcdropout")
@@ -54,6 +55,10 @@ class TrainConfig:
         head: regression head variant (``backbones/heads.py``; docs/method.md §8).
         likelihood: data term of the loss (docs/method.md eq. 6); ``gaussian`` learns the
             data-noise scale that predictions add to the epistemic std.
+        noise_std_fit: how ``likelihood="gaussian"`` learns its noise scale: ``joint`` from the
+            sampled (BaLoRA: noisy) predictions, or ``mean_mode`` from the noise-off predictions, so
+            that it does not absorb the weight-sampling variance (method.md §5).
+        alpha_net_lr_factor: BaLoRA's inference network alpha(x) trains at ``lr`` times this.
         calibration_samples: samples S used on the calibration split (conformal fit, OOD thresholds).
         ood_quantile: quantile on the calibration split of the epistemic std and of the embedding
             distance above which a prediction is flagged out of distribution.
@@ -76,6 +81,8 @@ class TrainConfig:
     seed: int = 0
     head: HeadKind = "residual"
     likelihood: Likelihood = "gaussian"
+    noise_std_fit: NoiseStdFit = "joint"
+    alpha_net_lr_factor: float = 1.0
     calibration_samples: int = 32
     ood_quantile: float = 0.95
     ood_neighbours: int = 5
@@ -94,6 +101,10 @@ class TrainConfig:
             raise ValueError(f"method must be one of {get_args(Method)}, got {self.method!r}")
         if self.likelihood not in get_args(Likelihood):
             raise ValueError(f"likelihood must be one of {get_args(Likelihood)}, got {self.likelihood!r}")
+        if self.noise_std_fit not in get_args(NoiseStdFit):
+            raise ValueError(f"noise_std_fit must be one of {get_args(NoiseStdFit)}, got {self.noise_std_fit!r}")
+        if self.alpha_net_lr_factor <= 0:
+            raise ValueError(f"alpha_net_lr_factor must be > 0, got {self.alpha_net_lr_factor}")
         for name in ("epochs", "batch_size", "ensemble_size", "calibration_samples", "ood_neighbours"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

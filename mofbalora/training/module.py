@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from mofbalora.adapters.model import adapter_kl_per_graph, adapter_state, forward_in_mode, has_adapters
+from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_kl_per_graph, adapter_state, forward_in_mode, has_adapters
 from mofbalora.training.config import TrainConfig
 from mofbalora.data.targets import TargetNormaliser
 
@@ -52,11 +52,21 @@ class BandgapRegressor(L.LightningModule):
             return None
         return float(torch.exp(self.log_noise_std.detach())) * self.normaliser.std_ev
 
-    def data_term(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def data_term(self, prediction: torch.Tensor, target: torch.Tensor, *, noise_std_grad: bool = True) -> torch.Tensor:
         if self.config.likelihood == "mse":
             return nn.functional.mse_loss(prediction, target)
-        variance = torch.exp(2 * self.log_noise_std).expand_as(prediction)
+        log_std = self.log_noise_std if noise_std_grad else self.log_noise_std.detach()
+        variance = torch.exp(2 * log_std).expand_as(prediction)
         return nn.functional.gaussian_nll_loss(prediction, target, variance, full=True)
+
+    def noise_std_term(self, graphs: Any, target: torch.Tensor) -> torch.Tensor:
+        """``noise_std_fit="mean_mode"``: the Gaussian NLL of the noise-off prediction, which trains
+        only the noise scale (method.md §5); zero otherwise."""
+        if self.config.likelihood != "gaussian" or self.config.noise_std_fit != "mean_mode" or not self.is_balora:
+            return torch.zeros((), device=self.device)
+        with torch.no_grad():
+            mean_prediction = forward_in_mode(self.model, graphs, "mean")
+        return self.data_term(mean_prediction, target)
 
     def kl_term(self) -> torch.Tensor:
         if not self.is_balora:
@@ -74,9 +84,10 @@ class BandgapRegressor(L.LightningModule):
     def training_step(self, batch: tuple[Any, torch.Tensor, torch.Tensor], batch_index: int) -> torch.Tensor:
         graphs, target, _ = batch
         prediction = forward_in_mode(self.model, graphs, "train")
-        data = self.data_term(prediction, target)
+        separate_noise_fit = self.config.noise_std_fit == "mean_mode" and self.is_balora
+        data = self.data_term(prediction, target, noise_std_grad=not separate_noise_fit)
         kl = self.kl_term()
-        loss = data + kl
+        loss = data + kl + self.noise_std_term(graphs, target)
         size = len(target)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         self.log("train_data_term", data, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
@@ -108,8 +119,13 @@ class BandgapRegressor(L.LightningModule):
         self.log("val_mae_ev", mae_ev, on_epoch=True, prog_bar=True, batch_size=len(target), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimiser = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        alpha_net = [p for n, p in self.named_parameters() if p.requires_grad and f".{ALPHA_NET_NAME}." in f".{n}"]
+        taken = {id(p) for p in alpha_net}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        groups = [{"params": params}]
+        if alpha_net:
+            groups.append({"params": alpha_net, "lr": self.config.lr * self.config.alpha_net_lr_factor})
+        optimiser = torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
         total = max(1, self.steps_per_epoch * self.config.epochs)
         warmup = max(1, int(self.config.warmup_fraction * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -113,3 +113,33 @@ def test_merge_unmerge_restores_exactly():
     unmerge_adapters(model)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_log_uniform_kl_is_molchanovs_approximation():
+    """Molchanov et al. (2017) eq. 14: −KL ≈ k1 σ(k2 + k3 log α) − ½ log(1 + 1/α) − k1; it decreases
+    in α and vanishes as α → ∞ (no minimum at a finite α, unlike the Gaussian prior's at c)."""
+    from mofbalora.adapters import kl_log_uniform
+
+    alpha = torch.logspace(-4, 4, 50)
+    k1, k2, k3 = 0.63576, 1.87320, 1.48695
+    expected = -(k1 * torch.sigmoid(k2 + k3 * alpha.log()) - 0.5 * torch.log1p(1 / alpha) - k1)
+    torch.testing.assert_close(kl_log_uniform(alpha), expected)
+    assert bool((kl_log_uniform(alpha).diff() < 0).all())
+    assert float(kl_log_uniform(torch.tensor(1e8))) < 1e-6
+    # the Gaussian prior's KL has its minimum at alpha = c
+    gaussian = kl_multiplicative_gaussian(alpha, 0.25)
+    assert abs(float(alpha[gaussian.argmin()]) - 0.25) < 0.1
+
+
+@pytest.mark.parametrize("per_rank", [False, True])
+def test_kl_counted_per_element_or_once_per_noise_level(per_rank):
+    """``kl_count="element"`` is n_l = r·d copies of the per-element KL; ``"layer"`` one per noise level."""
+    layers = {count: BaLoRALinear(nn.Linear(6, 3), rank=4, scaling=0.5, generator=torch.Generator().manual_seed(0),
+                                  entity="crystal", slot=0, noise_on="A", per_rank=per_rank, context=NoiseContext(),
+                                  module_name="test", kl_count=count) for count in ("element", "layer")}
+    noise_alpha = torch.rand(5, 1, 4) + 0.1 if per_rank else torch.rand(5, 1) + 0.1
+    per_element = kl_multiplicative_gaussian(noise_alpha[:, 0], 0.5)
+    expected_layer = per_element.sum(1) if per_rank else per_element
+    torch.testing.assert_close(layers["layer"].kl_per_graph(noise_alpha, 0.5), expected_layer)
+    expected_element = 6 * (per_element.sum(1) if per_rank else 4 * per_element)
+    torch.testing.assert_close(layers["element"].kl_per_graph(noise_alpha, 0.5), expected_element)

@@ -80,6 +80,13 @@ def test_verdicts_follow_their_rules(report_dir):
         assert set(entry["spearman_difference"]["bca_structures_only"]) == {"ci_low", "ci_high"}  # BCa beside it
     assert set(metrics["claim_1_all_peers"]) == UNCERTAIN - {"balora"}
     assert claims["claim_1_correlation_vs_ensemble"]["verdict"] == metrics["claim_1_all_peers"]["lora-ensemble"]["verdict"]
+    reading = claims["claim_1_correlation_vs_ensemble"]["non_inferiority"]
+    d1 = claims["claim_1_correlation_vs_ensemble"]["spearman_difference"]
+    assert reading["margin_rho"] == metrics["setup"]["config"]["claim_1_non_inferiority_margin_rho"] == 0.05
+    assert reading["verdict"] == ("holds" if d1["ci_low"] > -0.05 else "does not hold" if d1["ci_high"] < -0.05
+                                  else "inconclusive")
+    assert reading["training_cost_ratio_balora_over_ensemble"] > 0
+    assert "Non-inferiority, declared before the run" in (folder / "report.md").read_text()
     c3 = claims["claim_3_accuracy"]
     margin, d3 = c3["margin_ev"], c3["mae_difference_balora_minus_lora_ev"]
     assert margin == metrics["setup"]["config"]["non_inferiority_margin_ev"]
@@ -99,6 +106,8 @@ def test_verdicts_follow_their_rules(report_dir):
         for r, expected in zip(rel, sweep["noise_only_expected_spearman"]):
             if r > 0 and rel[-1] > 0:
                 assert expected == pytest.approx(rho[-1] * math.sqrt(r / rel[-1]))
+            else:
+                assert expected is None  # undefined, never built on a clipped reliability
 
 
 def test_shift_sets_have_their_own_scores_and_claim_1(report_dir):

@@ -88,6 +88,21 @@ def test_split_half_reliability_and_noise_only_curve(world):
     assert expected[-1] == pytest.approx(0.5) and expected[0] < expected[-1]
 
 
+def test_split_half_reliability_is_stable_at_small_s_and_undefined_when_not_positive(world):
+    """One split-half pair at S = 2 is noise; the average over random pairs is stable across seeds.
+    Where it is not positive the noise-only curve says so instead of dividing by a clipped value."""
+    rng, truth, scale, error = world
+    informative = (truth + error) + scale * rng.normal(0, 1, (32, len(truth)))
+    estimates = [study.split_half_reliability(informative, [2], seed=seed)[0] for seed in range(5)]
+    assert np.ptp(estimates) < 0.05 and min(estimates) > 0
+    flat = truth + rng.normal(0, 1, (32, len(truth)))  # the same std for every structure
+    reliability = study.split_half_reliability(flat, [2, 4, 8, 16, 32])
+    assert abs(reliability[0]) < 0.05
+    curve = study.noise_only_curve(0.2, [-0.01, 0.1, 0.3])
+    assert curve[0] is None and curve[2] == pytest.approx(0.2) and curve[1] == pytest.approx(0.2 * (1 / 3) ** 0.5)
+    assert study.noise_only_curve(0.2, [0.1, -0.02]) == [None, None]
+
+
 def test_claim_2_holds_only_when_the_rise_beats_the_control(world):
     rng, truth, scale, error = world
     mean = truth + error
@@ -110,3 +125,9 @@ def test_ause_ratio_is_zero_for_the_oracle_and_near_one_for_random(world):
     mean = truth + error
     assert um.ause_ratio(mean, np.abs(error), truth) == pytest.approx(0.0, abs=1e-12)
     assert abs(um.ause_ratio(mean, rng.uniform(size=len(truth)), truth) - 1.0) < 0.25
+
+
+def test_non_inferiority_reading_of_a_difference():
+    assert study.non_inferiority({"ci_low": -0.04, "ci_high": 0.1}, 0.05) == "holds"
+    assert study.non_inferiority({"ci_low": -0.2, "ci_high": -0.06}, 0.05) == "does not hold"
+    assert study.non_inferiority({"ci_low": -0.08, "ci_high": 0.01}, 0.05) == "inconclusive"

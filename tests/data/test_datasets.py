@@ -46,6 +46,27 @@ def test_archive_is_unpacked_once(tmp_path, messy_folder):
     assert len(dataset) == 2
 
 
+def test_two_runs_share_one_unpack_of_the_same_archive(tmp_path, messy_folder):
+    """The same archive, copied anew (a new session's ../shared) or reached by another path, maps to
+    one unpacked folder: the key is the content, not the path or the modification time."""
+    import os
+    import shutil
+
+    folder, _ = messy_folder
+    first_dir, second_dir = tmp_path / "session1", tmp_path / "session2"
+    first_dir.mkdir()
+    with tarfile.open(first_dir / "set.tar.xz", "w:xz") as tar:
+        for cif in folder.glob("*.cif"):
+            tar.add(cif, arcname=f"structures/{cif.name}")
+    shutil.copytree(first_dir, second_dir)
+    os.utime(second_dir / "set.tar.xz", ns=(1, 1))  # another mtime, as a fresh copy has
+    cache = tmp_path / "cache"
+    first = unpack_archive_once(first_dir / "set.tar.xz", cache)
+    second = unpack_archive_once(second_dir / "set.tar.xz", cache)
+    assert first == second
+    assert [p.name for p in (cache / "unpacked").iterdir() if p.is_dir()] == [first.name]
+
+
 def test_data_location_order(tmp_path, monkeypatch):
     monkeypatch.setenv("MOFBALORA_DATA", str(tmp_path))
     assert resolve_data_dir() == tmp_path

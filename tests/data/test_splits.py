@@ -33,3 +33,11 @@ def test_bad_arguments():
         make_split(IDS, fractions=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="targets"):
         make_split(IDS, method="stratified")
+
+
+def test_check_disjoint_names_the_leak():
+    from mofbalora.data.splits import check_disjoint
+
+    check_disjoint({"val": ["a", "b"]}, {"test": ["c"], "calibration": ["d"]})
+    with pytest.raises(ValueError, match=r"'val' holds 1 ids of 'calibration' \(e.g. b\)"):
+        check_disjoint({"val": ["a", "b"]}, {"test": ["c"], "calibration": ["b", "e"]})

@@ -78,6 +78,26 @@ def test_samples_carry_a_content_key(tmp_path, small_qmof):
     assert structure_content_key(shifted) != keys[0]
 
 
+def test_content_key_survives_float_noise_and_an_ase_round_trip(small_qmof):
+    """A coordinate written with five decimals ending in 5 (0.12345) sat exactly on a 1e-4 rounding
+    boundary, so 1e-16 of noise changed the key and with it every BaLoRA draw of that structure."""
+    import numpy as np
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from mofbalora.data import read_structure
+    from mofbalora.data.structures import structure_content_key
+
+    on_boundary = Structure(Lattice.cubic(10.0), ["Zn", "O"], [[0.12345, 0.5, 0.25], [0.0, 0.99995, 0.5]])
+    nudged = Structure(Lattice.cubic(10.0), ["Zn", "O"], np.array(on_boundary.frac_coords) + 2e-16)
+    assert structure_content_key(nudged) == structure_content_key(on_boundary)
+    _, paths, _ = small_qmof
+    for path in paths[:20]:
+        structure = read_structure(path)
+        round_trip = AseAtomsAdaptor.get_structure(AseAtomsAdaptor.get_atoms(structure))
+        assert structure_content_key(round_trip) == structure_content_key(structure), path.name
+
+
 def test_parallel_featurising_does_not_hold_a_file_per_tensor(tmp_path, small_qmof):
     """Samples built in worker processes must not come back as shared-memory file descriptors:
     the parent would hold several per sample and a QMOF-sized run exceeds the open-file limit."""

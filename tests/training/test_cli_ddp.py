@@ -179,37 +179,44 @@ def test_a_too_small_calibration_split_is_reported_not_hidden(tmp_path, tiny_dat
     assert predicted.exit_code == 0 and "not calibrated" in predicted.output
 
 
-def test_killed_screen_resumes_to_the_same_table(tmp_path, cli_model, tiny_dataset):
-    """A screen killed midway (SIGKILL, after some chunks were saved) and rerun gives the same
-    final table as an uninterrupted one, and the rerun does not redo saved chunks."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_killed_screen_resumes_to_the_same_table(tmp_path, cli_model, tiny_dataset, processes):
+    """A screen killed midway (SIGKILL to every process, after some chunks were saved) and rerun gives
+    the same final table as an uninterrupted one-process screen; the rerun does not redo or rewrite
+    saved chunks, and no structure is saved twice. With 2 processes (Lightning DDP, gloo on CPU)
+    every chunk is sharded across both ranks and only rank 0 writes."""
     import signal
     import time
 
     args = ["screen", "--model", str(cli_model), "--gap", "1.0:3.0", "--samples", "8", "--chunk-size", "8",
             str(tiny_dataset)]
+    ddp = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"] if processes == 2 else []
     whole = tmp_path / "whole.csv"
     done = subprocess.run(CLI + args + ["--out", str(whole)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     killed = tmp_path / "killed.csv"
     parts = tmp_path / "killed.csv.parts"
-    process = subprocess.Popen(CLI + args + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(CLI + args + ddp + ["--out", str(killed)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while len(list(parts.glob("chunk-*.csv"))) < 3 and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)  # rank 0 and the rank it launched
     process.wait()
     saved = sorted(parts.glob("chunk-*.csv"))
     assert len(saved) >= 3 and not killed.exists()  # interrupted midway, with chunks on disk
     stamps = {p: p.stat().st_mtime_ns for p in saved}
     changed = []
-    rerun = subprocess.Popen(CLI + args + ["--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rerun = subprocess.Popen(CLI + args + ddp + ["--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
     while rerun.poll() is None:
         changed += [p for p, t in stamps.items() if p.exists() and p.stat().st_mtime_ns != t]
         time.sleep(0.2)
     assert rerun.returncode == 0, rerun.stderr.read()[-2000:]
     assert not changed and not parts.exists()
-    pd.testing.assert_frame_equal(pd.read_csv(killed), pd.read_csv(whole))
-    assert len(pd.read_csv(whole)) == 100
+    resumed, reference = pd.read_csv(killed), pd.read_csv(whole)
+    assert len(reference) == 100 and resumed["id"].is_unique
+    pd.testing.assert_frame_equal(resumed, reference, check_exact=False, rtol=1e-5, atol=1e-6)
 
 
 def test_resume_refuses_other_settings(tmp_path, cli_model, tiny_dataset):
@@ -223,3 +230,14 @@ def test_resume_refuses_other_settings(tmp_path, cli_model, tiny_dataset):
     result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", "8", "--out", str(out),
                                       "--no-resume", str(tiny_dataset / "missing.cif")])
     assert result.exit_code == 1 and not parts.exists() and len(pd.read_csv(out)) == 1
+
+
+def test_progress_line_counts_skipped_inputs_and_their_main_reason():
+    from mofbalora.streaming import skipped_summary
+
+    ok = pd.DataFrame({"status": ["ok", "ok"], "reason": ["", ""]})
+    bad = pd.DataFrame({"status": ["skipped"] * 3 + ["ok"],
+                        "reason": ["unreadable or not a CIF: x.cif", "unreadable or not a CIF: y.cif",
+                                   "too many atoms: 1200 > 1000", ""]})
+    assert skipped_summary([]) == skipped_summary([ok]) == "skipped 0"
+    assert skipped_summary([ok, bad]) == "skipped 3 (mostly: unreadable or not a CIF)"

@@ -42,3 +42,34 @@ def test_gaussian_likelihood_is_the_normal_nll(cgcnn_backbone_factory, cgcnn_sam
     mse, _ = _module(cgcnn_backbone_factory, cgcnn_samples, kl_scaling="dataset", likelihood="mse")
     torch.testing.assert_close(mse.data_term(prediction, target), ((prediction - target) ** 2).mean())
     assert mse.noise_std_ev is None and not mse.log_noise_std.requires_grad
+
+
+def test_mean_mode_noise_fit_trains_the_noise_scale_on_noise_off_residuals(cgcnn_backbone_factory, cgcnn_samples):
+    """``noise_std_fit="mean_mode"``: the sampled prediction's NLL gives the noise scale no gradient;
+    the noise-off prediction's NLL gives it all of it (docs/method.md §5)."""
+    module, model = _module(cgcnn_backbone_factory, cgcnn_samples, kl_scaling="dataset")
+    module.config = TrainConfig(method="balora", noise_std_fit="mean_mode")
+    graphs, target = model.collate(cgcnn_samples), torch.tensor([0.3, -0.2, 1.0])
+    with set_adapter_mode(model, "train"):
+        sampled = model(graphs)
+    assert module.data_term(sampled, target, noise_std_grad=False).grad_fn is not None
+    term = module.noise_std_term(graphs, target)
+    (grad,) = torch.autograd.grad(term, module.log_noise_std)
+    with set_adapter_mode(model, "mean"), torch.no_grad():
+        mean = model(graphs)
+    log_std = module.log_noise_std.detach().requires_grad_()
+    expected = torch.nn.functional.gaussian_nll_loss(mean, target, torch.exp(2 * log_std).expand_as(mean), full=True)
+    (expected_grad,) = torch.autograd.grad(expected, log_std)
+    torch.testing.assert_close(grad, expected_grad)
+    module.config = TrainConfig(method="balora")  # joint: no separate term
+    assert float(module.noise_std_term(graphs, target)) == 0.0
+
+
+def test_alpha_net_gets_its_own_learning_rate(cgcnn_backbone_factory, cgcnn_samples):
+    module, model = _module(cgcnn_backbone_factory, cgcnn_samples, kl_scaling="dataset")
+    module.config = TrainConfig(method="balora", lr=0.002, alpha_net_lr_factor=10.0)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    alpha_params = {id(p) for p in model.balora_alpha_net.parameters()}
+    assert [g["lr"] for g in groups] == [0.002, pytest.approx(0.02)]
+    assert {id(p) for p in groups[1]["params"]} == alpha_params
+    assert not alpha_params & {id(p) for p in groups[0]["params"]}
