@@ -39,7 +39,7 @@ from bandgap_benchmark import (  # noqa: E402
 )
 from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_state  # noqa: E402
 from mofbalora.analysis import ablation, study  # noqa: E402
-from mofbalora.analysis.report import _table  # noqa: E402
+from mofbalora.analysis.report import _ci, _table  # noqa: E402
 from mofbalora.data.io import write_text_atomic  # noqa: E402
 from mofbalora.model_folder import package_versions  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
@@ -113,10 +113,6 @@ def reading(diff: dict[str, float]) -> str:
     return "makes no detectable difference"
 
 
-def _ci(entry: dict[str, Any], digits: int = 3) -> str:
-    return f"{entry['value']:.{digits}f} [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
-
-
 def render(results: dict[str, Any]) -> str:
     setup, design = results["setup"], results["design"]
     lines = [
@@ -141,7 +137,7 @@ def render(results: dict[str, Any]) -> str:
     for name, entry in results["sets"].items():
         for method, scores in entry["methods"].items():
             rows.append([name, method, _ci(scores["mae_ev"]), _ci(scores["spearman"]),
-                         _ci(scores["spearman_total"]) if scores.get("spearman_total") else "–",
+                         _ci(scores.get("spearman_total")),
                          ", ".join(f"{v:.3f}" for v in scores["spearman"]["per_seed"])])
     lines.append(_table(["set", "method", "MAE (eV)", "ρ(epistemic std, |err|)", "ρ(total std, |err|)",
                          "ρ per seed"], rows))

@@ -13,11 +13,7 @@ import torch
 from torch import nn
 
 from mofbalora.adapters.layers import LoRALinear
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+from mofbalora.adapters.model import set_submodule
 
 
 @torch.no_grad()
@@ -50,5 +46,5 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             layer.lora_B.mul_(gain.unsqueeze(1))
             if layer._unmerged_weight is not None:  # merged: W0's copy scales like W0
                 layer._unmerged_weight.mul_(gain.unsqueeze(1))
-        _set_submodule(model, norm_name, nn.Identity())
+        set_submodule(model, norm_name, nn.Identity())
     return model

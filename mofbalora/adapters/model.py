@@ -58,7 +58,8 @@ def adapter_layers(model: nn.Module) -> list[LoRALinear]:
     return [m for m in model.modules() if isinstance(m, LoRALinear)]
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``name`` with ``module``."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
@@ -118,7 +119,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
                 per_rank=config.alpha_granularity == "rank", context=context, module_name=name,
                 per_row=config.noise_sampling == "row", prior=config.prior, kl_count=config.kl_count,
             )
-        _set_submodule(model, name, wrapper)
+        set_submodule(model, name, wrapper)
     if config.kind == "balora":
         alpha_net = AlphaNet(
             embedding_dim=model.embedding_dim, hidden=config.alpha_net_hidden, n_layers=len(names),
