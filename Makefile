@@ -8,7 +8,7 @@ BENCHMARK_ARGS ?=
 ABLATION_ARGS ?=
 EXTRAS ?= dev,notebooks
 
-.PHONY: install test bandgap-benchmark balora-ablation release-model bench data notebooks docs clean-cache
+.PHONY: install test bandgap-benchmark balora-ablation release-pilot release-model bench data notebooks docs clean-cache
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ clean-cache:
 
 balora-ablation: $(STAMP)
 	$(PY) pipelines/balora_ablation.py --profile $(PROFILE) $(ABLATION_ARGS)
+
+# The candidates for the next shipped model, on validation (pipelines/release_pilot.py; resumable).
+release-pilot: $(STAMP)
+	$(PY) pipelines/release_pilot.py $(PILOT_ARGS)
 
 # The shipped model: all of QMOF, resumable (rerun to continue); see pipelines/release_model.py.
 RELEASE_ARGS ?=

@@ -13,6 +13,8 @@ Layout::
     members/<m>/noise.json        the member's learned noise std (eV)
     members/<m>/adapter/ adapter_model.safetensors + adapter_config.json   (lora, balora, ensemble)
     members/<m>/weights.safetensors                                      (head, full)
+    base_weights.safetensors  the fully fine-tuned backbone the adapters sit on (``init_from``),
+                              named by ``base_weights`` in model.json; absent: the pretrained one
 """
 
 from __future__ import annotations
@@ -54,10 +56,38 @@ def member_seeds(method: str, seed: int, ensemble_size: int) -> list[int]:
     return [seed + m for m in range(ensemble_size)] if method == "lora-ensemble" else [seed]
 
 
-def bare_member(*, backbone: str, head: str, seed: int) -> nn.Module:
-    """The pretrained backbone with the head variant ``head`` (backbones/heads.py), no adapters."""
+BASE_WEIGHTS_FILE = "base_weights.safetensors"
+
+
+def bare_member(*, backbone: str, head: str, seed: int, base_weights: dict[str, Any] | None = None) -> nn.Module:
+    """The pretrained backbone with the head variant ``head`` (backbones/heads.py), no adapters;
+    with ``base_weights`` (every parameter, e.g. from :func:`full_fit_weights`) in place of the
+    pretrained ones."""
     kwargs = {"seed": seed} if backbone == "chgnet" else {}
-    return apply_head(get_backbone(backbone, **kwargs), head)
+    model = apply_head(get_backbone(backbone, **kwargs), head)
+    if base_weights is not None:
+        expected = {n for n, _ in model.named_parameters()}
+        if set(base_weights) != expected:
+            missing, extra = sorted(expected - set(base_weights)), sorted(set(base_weights) - expected)
+            raise ValueError(f"base weights do not fit the {backbone} model with head {head!r}: "
+                             f"missing {missing[:5]}, unexpected {extra[:5]}")
+        model.load_state_dict(base_weights, strict=False)
+    return model
+
+
+def full_fit_weights(folder: str | os.PathLike, *, backbone: str, head: str) -> dict[str, Any]:
+    """Every parameter of the single member of a complete ``full`` fine-tuning folder.
+
+    Raises:
+        ValueError: the folder is not a complete full fine-tune of ``backbone`` with head ``head``.
+    """
+    folder = Path(folder)
+    meta = read_model_json(folder)
+    config = meta["train_config"]
+    if meta["method"] != "full" or config["backbone"] != backbone or config.get("head", "pretrained") != head:
+        raise ValueError(f"{folder}: init_from needs a full fine-tune of {backbone} with head {head!r}; it holds "
+                         f"method {meta['method']!r}, backbone {config['backbone']!r}, head {config.get('head')!r}")
+    return load_file(str(folder / meta["members"][0] / "weights.safetensors"))
 
 
 def member_adapter_config(*, method: str, adapter: dict[str, Any], seed: int) -> AdapterConfig:
@@ -67,9 +97,10 @@ def member_adapter_config(*, method: str, adapter: dict[str, Any], seed: int) ->
     return AdapterConfig.from_dict({"modules_to_save": [HEAD_PATTERN], **adapter, "kind": kind, "seed": seed})
 
 
-def build_member(*, backbone: str, method: str, adapter: dict[str, Any], seed: int, head: str = "pretrained") -> nn.Module:
+def build_member(*, backbone: str, method: str, adapter: dict[str, Any], seed: int, head: str = "pretrained",
+                 base_weights: dict[str, Any] | None = None) -> nn.Module:
     """A fresh trainable model for one member: backbone + head (+ adapters), right parts frozen."""
-    model = bare_member(backbone=backbone, head=head, seed=seed)
+    model = bare_member(backbone=backbone, head=head, seed=seed, base_weights=base_weights)
     if method in ADAPTER_METHODS:
         inject_adapters(model, member_adapter_config(method=method, adapter=adapter, seed=seed))
     elif method == "head":
@@ -93,9 +124,11 @@ def save_member(model: nn.Module, folder: Path, method: str) -> None:
         save_file(tensors, str(tmp))
 
 
-def load_member(folder: Path, *, backbone: str, method: str, seed: int, head: str = "pretrained") -> nn.Module:
+def load_member(folder: Path, *, backbone: str, method: str, seed: int, head: str = "pretrained",
+                base_weights: dict[str, Any] | None = None) -> nn.Module:
     if method in ADAPTER_METHODS:
-        return load_adapters(bare_member(backbone=backbone, head=head, seed=seed), folder / "adapter")
+        return load_adapters(bare_member(backbone=backbone, head=head, seed=seed, base_weights=base_weights),
+                             folder / "adapter")
     model = build_member(backbone=backbone, method=method, adapter={}, seed=seed, head=head)
     tensors = load_file(str(folder / "weights.safetensors"))
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -165,10 +198,11 @@ def load_members(folder: str | os.PathLike) -> tuple[dict[str, Any], list[nn.Mod
     folder = Path(folder)
     meta = read_model_json(folder)
     config = meta["train_config"]
+    base_weights = load_file(str(folder / meta["base_weights"])) if meta.get("base_weights") else None
     members = []
     for relative, seed in zip(meta["members"], meta["member_seeds"]):
         model = load_member(folder / relative, backbone=config["backbone"], method=meta["method"], seed=seed,
-                            head=config.get("head", "pretrained"))
+                            head=config.get("head", "pretrained"), base_weights=base_weights)
         check_backbone_identity(meta, model, folder)
         model.eval()
         members.append(model)
@@ -184,6 +218,8 @@ def prediction_files(folder: str | os.PathLike) -> list[Path]:
         files.append(Path(TRAIN_EMBEDDINGS_FILE))
     if meta.get("noise_head"):
         files.append(Path(meta["noise_head"]["file"]))
+    if meta.get("base_weights"):
+        files.append(Path(meta["base_weights"]))
     for member in meta["members"]:
         files += [p.relative_to(folder) for p in sorted((folder / member).rglob("*"))
                   if p.is_file() and "checkpoints" not in p.parts and "logs" not in p.parts and p.name != "done"]

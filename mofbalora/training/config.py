@@ -14,6 +14,7 @@ from mofbalora.backbones.heads import HeadKind
 Method = Literal["head", "full", "lora", "balora", "lora-ensemble", "lora-mcdropout"]
 Likelihood = Literal["mse", "gaussian"]
 NoiseStdFit = Literal["joint", "mean_mode"]
+Schedule = Literal["warmup_cosine", "onecycle"]
 ADAPTER_METHODS = ("lora", "balora", "lora-ensemble", "lora-mcdropout")
 #: methods whose predictive draws are S stochastic forward passes of one model (docs/method.md §7, §11)
 SAMPLING_METHODS = ("balora", "lora-mcdropout")
@@ -49,8 +50,11 @@ class TrainConfig:
             ``lora-mcdropout`` (LoRA with ``adapter.dropout``, sampled with dropout on).
         adapter: AdapterConfig fields (``kind`` is set from ``method``).
         ensemble_size: members of ``lora-ensemble``, seeds ``seed .. seed + M - 1``.
-        epochs, batch_size, lr, weight_decay: AdamW with linear warm-up then cosine decay.
-        warmup_fraction: share of all steps spent warming up.
+        epochs, batch_size, lr, weight_decay: AdamW, peak learning rate ``lr``.
+        schedule: ``warmup_cosine`` (linear warm-up over ``warmup_fraction`` of all steps, then
+            cosine decay to 0) or ``onecycle`` (torch's OneCycleLR: 30% warm-up from lr/25, cosine
+            decay to lr/1e4, AdamW's beta1 cycled 0.95 -> 0.85 -> 0.95; Smith & Topin 2019).
+        warmup_fraction: share of all steps spent warming up (``warmup_cosine``).
         patience: early-stopping patience (epochs) on validation MAE.
         head: regression head variant (``backbones/heads.py``; docs/method.md §8).
         likelihood: data term of the loss (docs/method.md eq. 6); ``gaussian`` learns the
@@ -59,6 +63,10 @@ class TrainConfig:
             sampled (BaLoRA: noisy) predictions, or ``mean_mode`` from the noise-off predictions, so
             that it does not absorb the weight-sampling variance (method.md §5).
         alpha_net_lr_factor: BaLoRA's inference network alpha(x) trains at ``lr`` times this.
+        init_from: a complete ``full`` fine-tuning model folder (same backbone, head and training
+            split) whose weights replace the pretrained ones before the adapters go on: adapters
+            on a fully fine-tuned backbone instead of the frozen pretrained one. z(x), the input of
+            BaLoRA's alpha(x) and of the OOD flag, still comes from the pretrained backbone.
         calibration_samples: samples S used on the calibration split (conformal fit, OOD thresholds).
         ood_quantile: quantile on the calibration split of the epistemic std and of the embedding
             distance above which a prediction is flagged out of distribution.
@@ -77,12 +85,14 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
+    schedule: Schedule = "warmup_cosine"
     patience: int = 5
     seed: int = 0
     head: HeadKind = "residual"
     likelihood: Likelihood = "gaussian"
     noise_std_fit: NoiseStdFit = "joint"
     alpha_net_lr_factor: float = 1.0
+    init_from: str | None = None
     calibration_samples: int = 32
     ood_quantile: float = 0.95
     ood_neighbours: int = 5
@@ -103,6 +113,10 @@ class TrainConfig:
             raise ValueError(f"likelihood must be one of {get_args(Likelihood)}, got {self.likelihood!r}")
         if self.noise_std_fit not in get_args(NoiseStdFit):
             raise ValueError(f"noise_std_fit must be one of {get_args(NoiseStdFit)}, got {self.noise_std_fit!r}")
+        if self.schedule not in get_args(Schedule):
+            raise ValueError(f"schedule must be one of {get_args(Schedule)}, got {self.schedule!r}")
+        if self.init_from is not None and self.method not in ADAPTER_METHODS:
+            raise ValueError(f"init_from puts adapters on a fine-tuned backbone; method {self.method!r} has none")
         if self.alpha_net_lr_factor <= 0:
             raise ValueError(f"alpha_net_lr_factor must be > 0, got {self.alpha_net_lr_factor}")
         for name in ("epochs", "batch_size", "ensemble_size", "calibration_samples", "ood_neighbours"):

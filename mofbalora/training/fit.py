@@ -20,19 +20,20 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger
+from safetensors.torch import save_file
 
 from mofbalora.backbones.batching import GraphDataset, compute_frozen_embeddings
 from mofbalora.data.datasets import LabelledDataset, default_cache_dir, load_labelled_dataset
-from mofbalora.data.io import write_table_atomic, write_text_atomic
+from mofbalora.data.io import atomic_path, write_table_atomic, write_text_atomic
 from mofbalora.data.splits import Split, make_split
 from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths, get_featuriser
 from mofbalora.featurise.base import sample_num_atoms
 from mofbalora.model_folder import (
-    MODEL_FILE, bare_member, build_member, member_seeds, package_versions, save_member, save_train_embeddings,
-    weights_checksum, write_model_json,
+    BASE_WEIGHTS_FILE, MODEL_FILE, bare_member, build_member, full_fit_weights, member_seeds, package_versions,
+    read_model_json, save_member, save_train_embeddings, weights_checksum, write_model_json,
 )
 from mofbalora.training.config import TrainConfig
 from mofbalora.training.data import BandgapDataModule
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 IDENTITY_FILE = "fit_identity.json"
 NOISE_FILE = "noise.json"
+#: per member: epochs run, wall time of training with validation (s), training-set size
+TIMING_FILE = "timing.json"
 
 
 class FolderMismatchError(ValueError):
@@ -86,25 +89,28 @@ def prepare_data(config: TrainConfig, dataset: LabelledDataset, out_dir: Path, *
     return PreparedData(split, parts, skipped_table, dataset.labels_sha256)
 
 
-def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool, overrides: dict[str, Any]) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping]:
+def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool,
+             overrides: dict[str, Any]) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping, Timer]:
     checkpoint = ModelCheckpoint(dirpath=member_dir / "checkpoints", filename="best", monitor="val_mae_ev",
                                  mode="min", save_last=True)
     early_stop = EarlyStopping(monitor="val_mae_ev", mode="min", patience=config.patience)
+    timer = Timer()  # its elapsed time is checkpointed, so a resumed fit keeps counting
     kwargs = {"accelerator": "cpu", "devices": 1, **{k: v for k, v in overrides.items() if v is not None}}
-    trainer = L.Trainer(max_epochs=config.epochs, callbacks=[checkpoint, early_stop],
+    trainer = L.Trainer(max_epochs=config.epochs, callbacks=[checkpoint, early_stop, timer],
                         logger=CSVLogger(member_dir, name="logs", version=0), enable_progress_bar=progress,
                         enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0,
                         use_distributed_sampler=False, **kwargs)
-    return trainer, checkpoint, early_stop
+    return trainer, checkpoint, early_stop, timer
 
 
 def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_dir: Path,
                  normaliser: TargetNormaliser, frozen: dict[str, torch.Tensor] | None, progress: bool,
-                 trainer_overrides: dict[str, Any]) -> tuple[torch.nn.Module, bool]:
+                 trainer_overrides: dict[str, Any], base_weights: dict[str, torch.Tensor] | None = None,
+                 ) -> tuple[torch.nn.Module, bool]:
     """Train one member; returns (model with the best weights, whether training finished)."""
     L.seed_everything(seed, workers=True, verbose=False)
     model = build_member(backbone=config.backbone, method=config.method, adapter=config.adapter, seed=seed,
-                         head=config.head)
+                         head=config.head, base_weights=base_weights)
     train_ids, train_samples, train_gaps = data.parts["train"]
     _, val_samples, val_gaps = data.parts["val"]
     datamodule = BandgapDataModule(
@@ -112,7 +118,8 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
         val=GraphDataset(val_samples, normaliser.to_standard(val_gaps), frozen and frozen["val"]),
         backbone=model, batch_size=config.batch_size, seed=seed, num_workers=config.num_workers,
     )
-    trainer, checkpoint, early_stop = _trainer(config, member_dir, progress=progress, overrides=trainer_overrides)
+    trainer, checkpoint, early_stop, timer = _trainer(config, member_dir, progress=progress,
+                                                      overrides=trainer_overrides)
     steps_per_epoch = int(np.ceil(len(train_samples) / trainer.world_size / config.batch_size))
     module = BandgapRegressor(model, config=config, normaliser=normaliser, n_train=len(train_samples),
                               steps_per_epoch=steps_per_epoch)
@@ -125,10 +132,29 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
         module.load_state_dict(state)
     if finished and trainer.is_global_zero:
         write_text_atomic(member_dir / NOISE_FILE, json.dumps({"noise_std_ev": module.noise_std_ev}))
+        write_text_atomic(member_dir / TIMING_FILE, json.dumps(
+            {"epochs": trainer.current_epoch, "train_wall_s": timer.time_elapsed("train"),
+             "n_train": len(train_samples), "load_average_1min_at_end": os.getloadavg()[0]}))
     if trainer.world_size > 1:
         # Every rank records what it holds, so DDP consistency can be checked after the run.
         write_text_atomic(member_dir / "rank_checksums" / f"rank{trainer.global_rank}.txt", weights_checksum(model))
     return model, finished and trainer.is_global_zero
+
+
+def init_weights(config: TrainConfig, normaliser: TargetNormaliser) -> dict[str, torch.Tensor] | None:
+    """The fully fine-tuned weights ``config.init_from`` names (None without it).
+
+    Raises:
+        ValueError: that folder is not a full fine-tune of this backbone and head, or it standardised
+            the band gaps differently (another training split): its weights would predict on another scale.
+    """
+    if config.init_from is None:
+        return None
+    base = read_model_json(config.init_from)
+    if base["normaliser"] != {"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev}:
+        raise ValueError(f"init_from {config.init_from}: trained with normaliser {base['normaliser']}, this "
+                         f"training split gives mean {normaliser.mean_ev}, std {normaliser.std_ev} eV")
+    return full_fit_weights(config.init_from, backbone=config.backbone, head=config.head)
 
 
 def fit_identity(config: TrainConfig, dataset: LabelledDataset, split: Split) -> dict[str, Any]:
@@ -215,6 +241,7 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     prepared = prepare_data(config, dataset, out_dir, progress=progress, split=split)
     write_table_atomic(prepared.skipped, out_dir / "skipped.csv")
     normaliser = TargetNormaliser.fit(prepared.parts["train"][2])
+    base_weights = init_weights(config, normaliser)
     bare = bare_member(backbone=config.backbone, head="pretrained", seed=config.seed)
     # z(x) does not change during training: computed once per structure (docs/method.md §2); the
     # training embeddings also anchor the embedding-distance OOD flag (§9).
@@ -226,7 +253,7 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
         if not (member_dir / "done").exists():
             model, finished = train_member(config, prepared, seed=seed, member_dir=member_dir, normaliser=normaliser,
                                            frozen=frozen if config.method == "balora" else None, progress=progress,
-                                           trainer_overrides=overrides)
+                                           trainer_overrides=overrides, base_weights=base_weights)
             if not finished:
                 logger.warning("training stopped before the end; rerun the same command to resume")
                 return None
@@ -235,6 +262,9 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
         noise_std_ev.append(json.loads((member_dir / NOISE_FILE).read_text())["noise_std_ev"])
     train_atoms = [sample_num_atoms(s) for s in prepared.parts["train"][1]]
     save_train_embeddings(out_dir, frozen["train"])
+    if base_weights is not None:
+        with atomic_path(out_dir / BASE_WEIGHTS_FILE) as tmp:
+            save_file(base_weights, str(tmp))
     meta = {
         "method": config.method,
         "backbone": {"name": bare.name, "version": bare.version},  # checked again on every load
@@ -250,6 +280,7 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
                  **{f"n_{part}": len(prepared.parts[part][0]) for part in Split.PARTS},
                  "n_skipped": len(prepared.skipped), "train_n_atoms_max": int(max(train_atoms))},
         "split_file": "split.json",
+        **({"base_weights": BASE_WEIGHTS_FILE} if base_weights is not None else {}),
         "versions": package_versions(),
         "calibration": None,
     }

@@ -127,8 +127,13 @@ class BandgapRegressor(L.LightningModule):
             groups.append({"params": alpha_net, "lr": self.config.lr * self.config.alpha_net_lr_factor})
         optimiser = torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
         total = max(1, self.steps_per_epoch * self.config.epochs)
-        warmup = max(1, int(self.config.warmup_fraction * total))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda step: warmup_cosine(step, total_steps=total, warmup_steps=warmup)
-        )
+        if self.config.schedule == "onecycle":
+            # OneCycleLR raises past its last step: one spare step for an epoch a batch longer than planned
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimiser, max_lr=[group["lr"] for group in optimiser.param_groups], total_steps=total + 1)
+        else:
+            warmup = max(1, int(self.config.warmup_fraction * total))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimiser, lambda step: warmup_cosine(step, total_steps=total, warmup_steps=warmup)
+            )
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

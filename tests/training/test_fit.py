@@ -1,6 +1,7 @@
 """End-to-end fits and calibration on real QMOF structures for every method (CGCNN, a few epochs)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -256,3 +257,36 @@ def test_gaussian_likelihood_learns_the_noise_scale(fitted, tiny_dataset):
     gaps = pd.read_csv(tiny_dataset / "bandgaps.csv").set_index("qmof_id").loc[split.train, "bandgap_pbe_ev"].to_numpy()
     rms = np.sqrt(np.mean((model.predict_mean_mode(samples) - gaps) ** 2)) / meta["normaliser"]["std_ev"]
     assert rms < 0.9 and rms < np.exp(log_noise) < 1.0, (np.exp(log_noise), rms)
+
+
+def test_balora_on_a_fully_fine_tuned_backbone(fitted, tiny_dataset, tmp_path):
+    """init_from: the adapters sit on the full fine-tune's weights, which travel with the folder,
+    and the folder predicts on its own."""
+    from mofbalora.model_folder import BASE_WEIGHTS_FILE, bare_member, load_members, prediction_files
+
+    full = fitted["full"]
+    config = tiny_config("balora", epochs=1, init_from=str(full))
+    folder = fit(config, data=tiny_dataset, out_dir=tmp_path / "on_full", progress=False)
+    full_weights = load_file(full / "members/0/weights.safetensors")
+    assert load_file(folder / BASE_WEIGHTS_FILE).keys() == full_weights.keys()
+    assert Path(BASE_WEIGHTS_FILE) in prediction_files(folder)
+    _, (member,) = load_members(folder)
+    pretrained = bare_member(backbone="cgcnn", head="pretrained", seed=0)
+    base_layer = dict(member.named_parameters())["convs.0.fc_full.base_layer.weight"]
+    torch.testing.assert_close(base_layer, full_weights["convs.0.fc_full.weight"])
+    assert not torch.allclose(base_layer, pretrained.convs[0].fc_full.weight)  # not the pretrained backbone
+    split = Split.load(folder / "split.json")
+    table = load_model(folder).predict([tiny_dataset / f"{i}.cif" for i in split.test], samples=4)
+    assert (table["status"] == "ok").all()
+
+
+def test_init_from_refuses_what_does_not_fit(fitted, tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="init_from needs a full fine-tune"):
+        fit(tiny_config("balora", epochs=1, init_from=str(fitted["lora"])), data=tiny_dataset,
+            out_dir=tmp_path / "a", progress=False)
+    other_split = {"fractions": [0.3, 0.1, 0.45, 0.15], "method": "random", "seed": 1}
+    with pytest.raises(ValueError, match="normaliser"):
+        fit(tiny_config("balora", epochs=1, init_from=str(fitted["full"]), split=other_split), data=tiny_dataset,
+            out_dir=tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="has none"):
+        tiny_config("full", init_from=str(fitted["full"]))

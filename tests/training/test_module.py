@@ -73,3 +73,29 @@ def test_alpha_net_gets_its_own_learning_rate(cgcnn_backbone_factory, cgcnn_samp
     assert [g["lr"] for g in groups] == [0.002, pytest.approx(0.02)]
     assert {id(p) for p in groups[1]["params"]} == alpha_params
     assert not alpha_params & {id(p) for p in groups[0]["params"]}
+
+
+@pytest.mark.parametrize("schedule", ["warmup_cosine", "onecycle"])
+def test_learning_rate_schedule_runs_its_whole_course(cgcnn_backbone_factory, schedule):
+    """Every planned step (the peak at lr, the fall to near 0) without the scheduler overrunning;
+    one-cycle warms up over 30% of the steps from lr/25, the default over warmup_fraction."""
+    model = cgcnn_backbone_factory()
+    inject_adapters(model, AdapterConfig(kind="balora", rank=4, alpha=8, target_modules=["fc_full"], seed=0))
+    config = TrainConfig(method="balora", schedule=schedule, epochs=4, lr=0.01, alpha_net_lr_factor=2.0)
+    module = BandgapRegressor(model, config=config, normaliser=TargetNormaliser(2.0, 1.0), n_train=40,
+                              steps_per_epoch=25)
+    setup = module.configure_optimizers()
+    optimiser, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(100):
+        rates.append([group["lr"] for group in optimiser.param_groups])
+        optimiser.step()
+        scheduler.step()
+    rates = torch.tensor(rates)
+    peak = int(rates[:, 0].argmax())
+    torch.testing.assert_close(rates.max(dim=0).values, torch.tensor([0.01, 0.02]), rtol=1e-3, atol=0)
+    assert rates[-1, 0] < 0.01 * 0.01
+    if schedule == "onecycle":
+        assert rates[0, 0] == pytest.approx(0.01 / 25) and 25 <= peak <= 35
+    else:
+        assert peak == 4  # warm-up over 5% of 100 steps
