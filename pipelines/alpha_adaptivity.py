@@ -139,7 +139,7 @@ def render(results: dict[str, Any]) -> str:
             rows.append([name, method, _ci(scores["mae_ev"]), _ci(scores["spearman"]),
                          _ci(scores.get("spearman_total")),
                          ", ".join(f"{v:.3f}" for v in scores["spearman"]["per_seed"])])
-    lines.append(_table(["set", "method", "MAE (eV)", "ρ(epistemic std, |err|)", "ρ(total std, |err|)",
+    lines.append(_table(["set", "method", "MAE (eV)", "ρ(epistemic std, \\|err\\|)", "ρ(total std, \\|err\\|)",
                          "ρ per seed"], rows))
     lines += ["", "## α(x)/c per adapted layer (winner, seed 0, test structures)", ""]
     lines.append(_table(["layer", "q05", "q50", "q95"],

@@ -30,8 +30,10 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
@@ -90,6 +92,30 @@ def training_record(folder: Path) -> dict[str, Any]:
 
 
 SEEDED_RECORD = "seeded_from_release.json"
+STAGES_FILE = "stages.json"
+
+
+class StageLog:
+    """Which code ran which stage when: one entry per stage that did work in this invocation
+    (``run_dir/stages.json``, appended, so a fit resumed over several sessions lists each one)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / STAGES_FILE
+        self.commit = git_commit()
+
+    def entries(self) -> list[dict[str, Any]]:
+        return json.loads(self.path.read_text()) if self.path.exists() else []
+
+    @contextmanager
+    def stage(self, name: str, *, already_done: bool) -> Iterator[None]:
+        started = datetime.now(timezone.utc)
+        yield
+        if not already_done and self.path.parent.exists():
+            finished = datetime.now(timezone.utc)
+            entry = {"stage": name, "git_commit": self.commit, "started_utc": started.isoformat(timespec="seconds"),
+                     "finished_utc": finished.isoformat(timespec="seconds"),
+                     "wall_s": round((finished - started).total_seconds(), 1)}
+            write_text_atomic(self.path, json.dumps(self.entries() + [entry], indent=1))
 
 
 def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | None) -> None:
@@ -151,6 +177,8 @@ def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], 
                         if k in meta["calibration"]},
         "noise_head": {k: v for k, v in meta["noise_head"].items() if k != "file"} if meta.get("noise_head") else None,
         "training": training_record(folder),
+        # the code commit of each stage that did work, per invocation (a resumed fit lists each)
+        "stages": json.loads((folder / STAGES_FILE).read_text()) if (folder / STAGES_FILE).exists() else [],
         "test": scores,
         "versions": package_versions(),
     }
@@ -190,22 +218,28 @@ def main(argv: list[str] | None = None) -> None:
     uncertainty = load_uncertainty_config(args.uncertainty_config)
     if args.from_package:
         seed_from_package(Path(args.from_package), run_dir, config, args.data)
-    folder = fit(config, data=args.data, out_dir=run_dir, resume=(run_dir / IDENTITY_FILE).exists())
+    log = StageLog(run_dir)
+    with log.stage("fit", already_done=(run_dir / "model.json").exists()):
+        folder = fit(config, data=args.data, out_dir=run_dir, resume=(run_dir / IDENTITY_FILE).exists())
     if folder is None or args.stop_after == "fit":
         return
     # all of QMOF's features are loaded once, for the noise head, calibration and the test stage
     prepared = prepare_data(config, load_labelled_dataset(args.data, target=config.target), folder, progress=True)
     if not args.keep_calibration:
-        fit_data_noise(folder, prepared=prepared, config=uncertainty["noise_head"], progress=True)
+        head = read_model_json(folder).get("noise_head")
+        with log.stage("noise", already_done=bool(head) and head["config"] == uncertainty["noise_head"].to_dict()):
+            fit_data_noise(folder, prepared=prepared, config=uncertainty["noise_head"], progress=True)
     if args.stop_after == "noise":
         return
     if read_model_json(folder).get("calibration") is None:
-        calibrate(folder, progress=True, prepared=prepared,
-                  settings=CalibrationSettings.from_dict(uncertainty["calibration"]))
+        with log.stage("calibrate", already_done=False):
+            calibrate(folder, progress=True, prepared=prepared,
+                      settings=CalibrationSettings.from_dict(uncertainty["calibration"]))
     if args.stop_after == "calibrate":
         return
     parts = prepared.parts
-    table = test_predictions(folder, parts)
+    with log.stage("test", already_done=(folder / TEST_TABLE).exists()):
+        table = test_predictions(folder, parts)
     scores = test_scores(table)
     # the release's figures are published; another run folder (a smoke test) keeps its own
     record = release_record(folder, parts, scores, config_path)  # its commit stamp before any file is written

@@ -20,6 +20,9 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
     record = json.loads((package / "release.json").read_text())
     assert record == json.loads((run / "release.json").read_text())
     test = record["test"]
+    # which code ran each stage (a fit resumed over sessions would list one entry per session)
+    assert [stage["stage"] for stage in record["stages"]] == ["fit", "noise", "calibrate", "test"]
+    assert all(len(stage["git_commit"]) >= 40 and stage["wall_s"] >= 0 for stage in record["stages"])
     assert test["n_test"] == record["data"]["n_test"] > 0
     for key in ("mae_ev", "coverage_95", "spearman_epistemic_std_abs_error"):
         assert test[key]["ci_low"] <= test[key]["value"] <= test[key]["ci_high"], key
