@@ -148,6 +148,7 @@ def fit(
     method: Optional[str] = typer.Option(None, help="Override the config: head, full, lora, balora, lora-ensemble, lora-mcdropout (needs adapter.dropout > 0)."),
     epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
     max_structures: Optional[int] = typer.Option(None, help="Override the config's data subset size."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Put the adapters on the weights of this finished full fine-tune (a `--method full` folder with the same split) instead of the pretrained backbone."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (rerun to resume)."),
     target: Optional[str] = typer.Option(None, "--target", help="Label column of the dataset CSV (default: its only non-id column)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fit in --out (same config, data and split)."),
@@ -171,8 +172,9 @@ def fit(
     if resume and overwrite:
         raise typer.BadParameter("--resume and --overwrite exclude each other")
     try:
-        train_config = load_train_config(config).with_overrides(method=method, epochs=epochs,
-                                                                 max_structures=max_structures, target=target)
+        train_config = load_train_config(config).with_overrides(
+            method=method, epochs=epochs, max_structures=max_structures, target=target,
+            init_from=None if init_from is None else str(init_from))
     except (OSError, ValueError) as exc:
         typer.echo(f"bad config: {exc}", err=True)
         raise typer.Exit(2)

@@ -185,7 +185,13 @@ def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], 
 
 
 def package(folder: Path, record: dict[str, Any], destination: Path) -> Path:
-    """Copy the model into the package with its card; refuse more than 5 MB."""
+    """Copy the model into the package with its card; refuse more than 5 MB, and refuse to replace a
+    packaged model trained with another recipe (keep it under a versioned name first)."""
+    if (destination / "model.json").exists():
+        shipped = read_model_json(destination)["train_config"]
+        if shipped != record["train_config"]:
+            raise SystemExit(f"{destination} holds a model trained with another config; move it to a versioned "
+                             "folder (and a SHIPPED entry in mofbalora/pretrained) before packaging this one")
     card = model_card(record)
     # the shipped copy must not point at this machine's data
     meta_updates = {"data": {**read_model_json(folder)["data"], "source": "QMOF (CC BY 4.0), see MODEL_CARD.md"}}

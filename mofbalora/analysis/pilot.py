@@ -64,14 +64,17 @@ def render(results: dict[str, Any]) -> str:
         "Calibration and test are never touched.",
         f"- **Budget:** {pilot['epochs']} epochs per candidate, no early stop; the best validation epoch "
         "(noise-off MAE) is kept. Each candidate gets its noise head chosen on validation "
-        "(`pipelines/configs/uncertainty.yaml`), and is scored at its calibrated S.",
+        "(`pipelines/configs/uncertainty.yaml`), and is scored at its calibrated S. The head is chosen on the "
+        "same validation set that scores it, as in the release, so every ρ here is slightly optimistic, alike.",
         f"- **Rule:** the lowest validation MAE (mean of S) among candidates whose validation ρ(total std, "
         f"|error|) is at most {design['rule']['rho_margin']} below the baseline's; MAEs within "
         f"{design['rule']['mae_tie_ev']} eV tie, and ties go to the lower extrapolated full-data cost "
         "(mean epoch time × full/pilot training size × best epoch, summed over stages).",
-        "- Epoch times are wall times on this machine's 2 cores, and another job shared them for some "
-        "candidates (the load average at the end of each stage is in the metrics file): read them as "
-        "rough.",
+        f"- **Baseline** `{design['baseline']['name']}`: the v1 release recipe "
+        f"(`pipelines/configs/release_qmof_v1.yaml`) with {design['baseline']['settings']}; each candidate "
+        "changes it as its name says.",
+        "- Epoch times are wall times on this machine's 2 cores, including validation (the load average "
+        "at the end of each stage is in the metrics file).",
         "",
         _table(header, table),
         "",

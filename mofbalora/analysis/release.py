@@ -169,10 +169,11 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         "## Configuration",
         f"- `{record['config_file']}`: BaLoRA rank {adapter['rank']}, alpha {adapter['alpha']} on "
-        f"{', '.join(adapter['target_modules'])}; KL {adapter['kl_scaling']} × {adapter['kl_weight']}, prior p "
+        f"{', '.join(adapter['target_modules'])}; {adapter.get('prior', 'gaussian')} prior, KL counted per "
+        f"{adapter.get('kl_count', 'element')}, {adapter['kl_scaling']} scaling × {adapter['kl_weight']}, prior p "
         f"{adapter['prior_p']} (the design study's winner, docs/results/ablation.md); Gaussian likelihood; "
         f"{config['epochs']} epochs max (ran {training['epochs_run']}, best at epoch {training['best_epoch']}), "
-        f"batch {config['batch_size']}, lr {config['lr']}.",
+        f"batch {config['batch_size']}, lr {config['lr']}, {config.get('schedule', 'warmup_cosine')} schedule.",
         f"- Prediction: S = {calibration['samples']} weight samples (sampling seed {calibration['seed']}); "
         "the conformal calibrator was fitted with that S, so use the default S.",
         f"- Trained on {training['device']} in {training['wall_s'] / 60:.0f} min; code commit `{record['git_commit']}`.",

@@ -8,6 +8,8 @@ import pytest
 from mofbalora.analysis.pilot import choose, full_data_cost_s
 from mofbalora.model_folder import BASE_WEIGHTS_FILE, read_model_json
 
+from tests.conftest import copy_cifs, write_labels
+
 from .conftest import ROOT
 
 
@@ -33,9 +35,11 @@ def test_full_data_cost_scales_each_stage_to_the_full_training_set():
 
 
 @pytest.mark.qmof
-def test_pilot_runs_every_kind_of_candidate_and_resumes(tmp_path, qmof_dataset):
+def test_pilot_runs_every_kind_of_candidate_and_resumes(tmp_path, smallest_qmof):
+    ids, paths, gaps = smallest_qmof(100)  # small cells keep it quick
+    data = write_labels(copy_cifs(paths, tmp_path / "data"), ids, gaps)
     results, docs = tmp_path / "results", tmp_path / "docs"
-    args = (f"PILOT_ARGS=--design pipelines/configs/release_pilot_smoke.yaml "
+    args = (f"PILOT_ARGS=--design pipelines/configs/release_pilot_smoke.yaml --data {data.parent} "
             f"--release-config pipelines/configs/release_smoke.yaml --results {results} --docs {docs}")
     done = subprocess.run(["make", "-s", "release-pilot", args], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -290,3 +290,20 @@ def test_init_from_refuses_what_does_not_fit(fitted, tiny_dataset, tmp_path):
             out_dir=tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="has none"):
         tiny_config("full", init_from=str(fitted["full"]))
+
+
+def test_cli_fit_puts_adapters_on_a_full_fine_tune(fitted, tiny_dataset, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from mofbalora.cli import app
+    from mofbalora.model_folder import read_model_json
+
+    config = tmp_path / "balora.yaml"
+    config.write_text(yaml.safe_dump(tiny_config("balora", epochs=1).to_dict()))
+    out = tmp_path / "on_full"
+    result = CliRunner().invoke(app, ["fit", str(config), "--data", str(tiny_dataset), "--out", str(out),
+                                      "--init-from", str(fitted["full"])])
+    assert result.exit_code == 0, result.output
+    meta = read_model_json(out)
+    assert meta["train_config"]["init_from"] == str(fitted["full"]) and meta["base_weights"]
