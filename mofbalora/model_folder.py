@@ -75,11 +75,14 @@ def bare_member(*, backbone: str, head: str, seed: int, base_weights: dict[str, 
     return model
 
 
-def full_fit_weights(folder: str | os.PathLike, *, backbone: str, head: str) -> dict[str, Any]:
+def full_fit_weights(folder: str | os.PathLike, *, backbone: str, head: str,
+                     normaliser: dict[str, float]) -> dict[str, Any]:
     """Every parameter of the single member of a complete ``full`` fine-tuning folder.
 
     Raises:
-        ValueError: the folder is not a complete full fine-tune of ``backbone`` with head ``head``.
+        ValueError: the folder is not a complete full fine-tune of ``backbone`` with head ``head``, or
+            it standardised the band gaps otherwise than ``normaliser`` (another training split): its
+            weights would predict on another scale.
     """
     folder = Path(folder)
     meta = read_model_json(folder)
@@ -87,6 +90,8 @@ def full_fit_weights(folder: str | os.PathLike, *, backbone: str, head: str) -> 
     if meta["method"] != "full" or config["backbone"] != backbone or config.get("head", "pretrained") != head:
         raise ValueError(f"{folder}: init_from needs a full fine-tune of {backbone} with head {head!r}; it holds "
                          f"method {meta['method']!r}, backbone {config['backbone']!r}, head {config.get('head')!r}")
+    if meta["normaliser"] != normaliser:
+        raise ValueError(f"{folder}: trained with normaliser {meta['normaliser']}, this training split's is {normaliser}")
     return load_file(str(folder / meta["members"][0] / "weights.safetensors"))
 
 

@@ -101,7 +101,6 @@ class StageLog:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / STAGES_FILE
-        self.commit = git_commit()
 
     def entries(self) -> list[dict[str, Any]]:
         return json.loads(self.path.read_text()) if self.path.exists() else []
@@ -110,9 +109,9 @@ class StageLog:
     def stage(self, name: str, *, already_done: bool) -> Iterator[None]:
         started = datetime.now(timezone.utc)
         yield
-        if not already_done and self.path.parent.exists():
+        if not already_done:
             finished = datetime.now(timezone.utc)
-            entry = {"stage": name, "git_commit": self.commit, "started_utc": started.isoformat(timespec="seconds"),
+            entry = {"stage": name, "git_commit": git_commit(), "started_utc": started.isoformat(timespec="seconds"),
                      "finished_utc": finished.isoformat(timespec="seconds"),
                      "wall_s": round((finished - started).total_seconds(), 1)}
             write_text_atomic(self.path, json.dumps(self.entries() + [entry], indent=1))
@@ -178,7 +177,7 @@ def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], 
         "noise_head": {k: v for k, v in meta["noise_head"].items() if k != "file"} if meta.get("noise_head") else None,
         "training": training_record(folder),
         # the code commit of each stage that did work, per invocation (a resumed fit lists each)
-        "stages": json.loads((folder / STAGES_FILE).read_text()) if (folder / STAGES_FILE).exists() else [],
+        "stages": StageLog(folder).entries(),
         "test": scores,
         "versions": package_versions(),
     }

@@ -33,7 +33,7 @@ from mofbalora.featurise import featurise_paths, get_featuriser
 from mofbalora.featurise.base import sample_num_atoms
 from mofbalora.model_folder import (
     BASE_WEIGHTS_FILE, MODEL_FILE, bare_member, build_member, full_fit_weights, member_seeds, package_versions,
-    read_model_json, save_member, save_train_embeddings, weights_checksum, write_model_json,
+    save_member, save_train_embeddings, weights_checksum, write_model_json,
 )
 from mofbalora.training.config import TrainConfig
 from mofbalora.training.data import BandgapDataModule
@@ -141,22 +141,6 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
     return model, finished and trainer.is_global_zero
 
 
-def init_weights(config: TrainConfig, normaliser: TargetNormaliser) -> dict[str, torch.Tensor] | None:
-    """The fully fine-tuned weights ``config.init_from`` names (None without it).
-
-    Raises:
-        ValueError: that folder is not a full fine-tune of this backbone and head, or it standardised
-            the band gaps differently (another training split): its weights would predict on another scale.
-    """
-    if config.init_from is None:
-        return None
-    base = read_model_json(config.init_from)
-    if base["normaliser"] != {"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev}:
-        raise ValueError(f"init_from {config.init_from}: trained with normaliser {base['normaliser']}, this "
-                         f"training split gives mean {normaliser.mean_ev}, std {normaliser.std_ev} eV")
-    return full_fit_weights(config.init_from, backbone=config.backbone, head=config.head)
-
-
 def fit_identity(config: TrainConfig, dataset: LabelledDataset, split: Split) -> dict[str, Any]:
     """What a model folder was started with: config, data and split. A rerun must match it."""
     return {"train_config": config.to_dict(), "data_source": str(dataset.source),
@@ -241,7 +225,9 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     prepared = prepare_data(config, dataset, out_dir, progress=progress, split=split)
     write_table_atomic(prepared.skipped, out_dir / "skipped.csv")
     normaliser = TargetNormaliser.fit(prepared.parts["train"][2])
-    base_weights = init_weights(config, normaliser)
+    base_weights = None if config.init_from is None else full_fit_weights(
+        config.init_from, backbone=config.backbone, head=config.head,
+        normaliser={"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev})
     bare = bare_member(backbone=config.backbone, head="pretrained", seed=config.seed)
     # z(x) does not change during training: computed once per structure (docs/method.md §2); the
     # training embeddings also anchor the embedding-distance OOD flag (§9).

@@ -1,7 +1,6 @@
 """The release pilot (`make release-pilot`) end to end at toy size, and its declared rule."""
 
 import json
-import subprocess
 
 import pytest
 
@@ -10,7 +9,7 @@ from mofbalora.model_folder import BASE_WEIGHTS_FILE, read_model_json
 
 from tests.conftest import copy_cifs, write_labels
 
-from .conftest import ROOT
+from .conftest import run_make
 
 
 def _row(mae, rho, cost):
@@ -41,8 +40,7 @@ def test_pilot_runs_every_kind_of_candidate_and_resumes(tmp_path, smallest_qmof)
     results, docs = tmp_path / "results", tmp_path / "docs"
     args = (f"PILOT_ARGS=--design pipelines/configs/release_pilot_smoke.yaml --data {data.parent} "
             f"--release-config pipelines/configs/release_smoke.yaml --results {results} --docs {docs}")
-    done = subprocess.run(["make", "-s", "release-pilot", args], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_make("release-pilot", args)
     report = json.loads((docs / "release_pilot_metrics.json").read_text())
     assert set(report["rows"]) == {"baseline", "rank4", "balora-on-full-ft"} and report["n_train"] == 30
     for row in report["rows"].values():
@@ -61,7 +59,6 @@ def test_pilot_runs_every_kind_of_candidate_and_resumes(tmp_path, smallest_qmof)
     assert f"**Choice: `{report['choice']['winner']}`**" in page and "all-linear" in page
     # a rerun measures nothing again
     fitted = {path: path.stat().st_mtime_ns for path in results.rglob("model.json")}
-    again = subprocess.run(["make", "-s", "release-pilot", args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    run_make("release-pilot", args, timeout=300)
     assert {path: path.stat().st_mtime_ns for path in results.rglob("model.json")} == fitted
     assert json.loads((docs / "release_pilot_metrics.json").read_text())["rows"] == report["rows"]

@@ -1,13 +1,12 @@
 """`make release-model` end to end on a small config: fit, calibrate, test, package, model card."""
 
 import json
-import subprocess
 
 import pytest
 
 from mofbalora.predict import load_model
 
-from .conftest import ROOT
+from .conftest import run_make
 
 
 @pytest.mark.qmof
@@ -15,8 +14,7 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
     run, package = tmp_path / "run", tmp_path / "package"
     args = (f"RELEASE_ARGS=--config pipelines/configs/release_smoke.yaml --run-dir {run} "
             f"--package-dir {package}")
-    done = subprocess.run(["make", "-s", "release-model", args], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_make("release-model", args)
     record = json.loads((package / "release.json").read_text())
     assert record == json.loads((run / "release.json").read_text())
     test = record["test"]
@@ -42,7 +40,6 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
     assert (table["status"] == "ok").all()
     assert table.drop(columns="ood_reason").equals(again.drop(columns="ood_reason"))
     # a rerun finds every stage done and gives the same record
-    done = subprocess.run(["make", "-s", "release-model", args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_make("release-model", args, timeout=600)
     rerun = json.loads((package / "release.json").read_text())
     assert rerun["test"] == record["test"]
