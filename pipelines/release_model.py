@@ -40,6 +40,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "pipelines"))
 
 from mofbalora.analysis.figures import window_reliability  # noqa: E402
 from mofbalora.analysis.release import WINDOW_EV, model_card, test_scores  # noqa: E402
@@ -96,8 +97,13 @@ STAGES_FILE = "stages.json"
 
 
 class StageLog:
-    """Which code ran which stage when: one entry per stage that did work in this invocation
-    (``run_dir/stages.json``, appended, so a fit resumed over several sessions lists each one)."""
+    """Which code ran which stage when: one entry per stage that did work in each invocation
+    (``run_dir/stages.json``, appended, so a fit resumed over several sessions lists each one).
+
+    The entry is written when the stage starts and completed when it ends, so a session that
+    was stopped mid-stage (the usual fate of a long fit) stays on record with
+    ``"finished_utc": null``.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / STAGES_FILE
@@ -107,14 +113,21 @@ class StageLog:
 
     @contextmanager
     def stage(self, name: str, *, already_done: bool) -> Iterator[None]:
+        if already_done:
+            yield
+            return
         started = datetime.now(timezone.utc)
+        entry = {"stage": name, "git_commit": git_commit(), "started_utc": started.isoformat(timespec="seconds"),
+                 "finished_utc": None, "wall_s": None}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, json.dumps(self.entries() + [entry], indent=1))
+        index = len(self.entries()) - 1
         yield
-        if not already_done:
-            finished = datetime.now(timezone.utc)
-            entry = {"stage": name, "git_commit": git_commit(), "started_utc": started.isoformat(timespec="seconds"),
-                     "finished_utc": finished.isoformat(timespec="seconds"),
-                     "wall_s": round((finished - started).total_seconds(), 1)}
-            write_text_atomic(self.path, json.dumps(self.entries() + [entry], indent=1))
+        finished = datetime.now(timezone.utc)
+        entries = self.entries()
+        entries[index] = {**entry, "finished_utc": finished.isoformat(timespec="seconds"),
+                          "wall_s": round((finished - started).total_seconds(), 1)}
+        write_text_atomic(self.path, json.dumps(entries, indent=1))
 
 
 def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | None) -> None:

@@ -1,0 +1,35 @@
+"""pipelines/release_model.py's stage log: each invocation's stages are on record with the code
+that ran them, including a stage that was stopped before it finished (a fit cut off by a session's end)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    spec = importlib.util.spec_from_file_location("release_model", ROOT / "pipelines" / "release_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_stopped_stage_stays_on_record_and_a_resumed_one_is_added(pipeline, tmp_path):
+    log = pipeline.StageLog(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        with log.stage("fit", already_done=False):
+            raise KeyboardInterrupt  # the session ended mid-fit
+    with log.stage("fit", already_done=False):
+        pass
+    with log.stage("fit", already_done=True):  # nothing to do: not a stage that ran
+        pass
+    entries = json.loads((tmp_path / pipeline.STAGES_FILE).read_text())
+    assert [e["stage"] for e in entries] == ["fit", "fit"]
+    stopped, resumed = entries
+    assert stopped["finished_utc"] is None and stopped["wall_s"] is None
+    assert resumed["finished_utc"] >= resumed["started_utc"] and resumed["wall_s"] >= 0
+    assert all(len(e["git_commit"]) >= 40 for e in entries)
