@@ -50,7 +50,7 @@ from mofbalora.backbones.batching import compute_frozen_embeddings  # noqa: E402
 from mofbalora.model_folder import bare_member, member_adapter_config, package_versions  # noqa: E402
 from mofbalora.predict import BandgapModel, load_model  # noqa: E402
 from mofbalora.training.config import ADAPTER_METHODS, SAMPLING_METHODS, TrainConfig  # noqa: E402
-from mofbalora.training.fit import FolderMismatchError, prepare_data, select_subset  # noqa: E402
+from mofbalora.training.fit import FolderMismatchError, epoch_history, prepare_data, select_subset  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
 from mofbalora.uncertainty.conformal import ConformalCalibrator  # noqa: E402
 from mofbalora.uncertainty.laplace import LastLayerLaplace  # noqa: E402
@@ -197,8 +197,8 @@ def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, spli
 
 def epochs_run(model_dir: Path) -> list[int]:
     counts = []
-    for logs in sorted(model_dir.glob("members/*/logs/version_0/metrics.csv")):
-        table = pd.read_csv(logs)
+    for member in sorted(model_dir.glob("members/*/"), key=lambda path: int(path.name)):
+        table = epoch_history(member)
         counts.append(int(table.dropna(subset=["train_loss"])["epoch"].max()) + 1)
     return counts
 

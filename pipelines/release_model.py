@@ -54,7 +54,7 @@ from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.pretrained import SHIPPED  # noqa: E402
 from mofbalora.training.config import load_train_config  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
-from mofbalora.training.fit import IDENTITY_FILE, fit, fit_identity, prepare_data  # noqa: E402
+from mofbalora.training.fit import IDENTITY_FILE, TIMING_FILE, epoch_history, fit, fit_identity, prepare_data  # noqa: E402
 from mofbalora.training.noise_head import load_uncertainty_config  # noqa: E402
 
 from bandgap_benchmark import git_commit  # noqa: E402
@@ -80,14 +80,18 @@ def training_record(folder: Path) -> dict[str, Any]:
     seeded = folder / SEEDED_RECORD
     if seeded.exists():
         return json.loads(seeded.read_text())["training"]
-    metrics = pd.read_csv(folder / "members" / "0" / "logs" / "version_0" / "metrics.csv")
+    metrics = epoch_history(folder / "members" / "0")
     val = metrics.dropna(subset=["val_mae_ev"])
     started = (folder / "fit_identity.json").stat().st_mtime
     finished = (folder / "members" / "0" / "done").stat().st_mtime
+    timing = json.loads((folder / "members" / "0" / TIMING_FILE).read_text())
     return {"epochs_run": int(val["epoch"].max()) + 1, "best_epoch": int(val.loc[val["val_mae_ev"].idxmin(), "epoch"]) + 1,
             "best_val_mae_ev": float(val["val_mae_ev"].min()),
             "val_mae_ev_by_epoch": [float(v) for v in val.sort_values("epoch")["val_mae_ev"]],
-            # from starting the folder to the member's end: includes featurising and any interruption
+            "sessions": int(metrics["session"].max()) + 1,
+            # Lightning's timer: training and validation loops only, summed over the sessions
+            "train_wall_s": timing["train_wall_s"],
+            # from starting the folder to the member's end: includes featurising and the gaps between sessions
             "wall_s": finished - started,
             "device": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
 

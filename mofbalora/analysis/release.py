@@ -141,6 +141,15 @@ def _noise_text(record: dict[str, Any]) -> list[str]:
             "rule (docs/method.md §9)."]
 
 
+def _training_time(training: dict[str, Any]) -> str:
+    """How long training took: the training loops' own time where the run recorded it (a fit resumed
+    over sessions also spans the gaps between them), else the folder's start to end."""
+    if "train_wall_s" not in training:
+        return f"{training['wall_s'] / 60:.0f} min"
+    return (f"{training['train_wall_s'] / 60:.0f} min of training over {training['sessions']} session(s) "
+            f"({training['wall_s'] / 3600:.1f} h from start to end)")
+
+
 def model_card(record: dict[str, Any]) -> str:
     """MODEL_CARD.md from the release record written by ``pipelines/release_model.py``."""
     scores, data, config = record["test"], record["data"], record["train_config"]
@@ -176,7 +185,7 @@ def model_card(record: dict[str, Any]) -> str:
         f"batch {config['batch_size']}, lr {config['lr']}, {config.get('schedule', 'warmup_cosine')} schedule.",
         f"- Prediction: S = {calibration['samples']} weight samples (sampling seed {calibration['seed']}); "
         "the conformal calibrator was fitted with that S, so use the default S.",
-        f"- Trained on {training['device']} in {training['wall_s'] / 60:.0f} min; code commit `{record['git_commit']}`.",
+        f"- Trained on {training['device']}: {_training_time(training)}; code commit `{record['git_commit']}`.",
         "",
         f"## Test split ({scores['n_test']} structures; 95% BCa bootstrap CIs)",
         "",
@@ -221,7 +230,7 @@ def model_card(record: dict[str, Any]) -> str:
         "candidate, and not for non-MOF materials.",
         "",
         "Reproduce: `make release-model` (resumable; `pipelines/release_model.py`). The stages after training "
-        "alone (noise head, calibration, test, package) from the first release's weights: "
-        "`python pipelines/release_model.py --from-package mofbalora/pretrained/qmof-pbe-cgcnn-balora-v1`.",
+        "alone (noise head, calibration, test, package) from these weights: "
+        f"`python pipelines/release_model.py --from-package mofbalora/pretrained/{record['name']}`.",
     ]
     return "\n".join(lines) + "\n"

@@ -46,6 +46,7 @@ IDENTITY_FILE = "fit_identity.json"
 NOISE_FILE = "noise.json"
 #: per member: epochs run, wall time of training with validation (s), training-set size
 TIMING_FILE = "timing.json"
+LOGS_DIR = "logs"
 
 
 class FolderMismatchError(ValueError):
@@ -89,6 +90,29 @@ def prepare_data(config: TrainConfig, dataset: LabelledDataset, out_dir: Path, *
     return PreparedData(split, parts, skipped_table, dataset.labels_sha256)
 
 
+def _log_version(member_dir: Path) -> int:
+    """A new CSV log version for each session that trains a member: Lightning's CSV writer deletes
+    the metrics file of a version it reopens, so a resumed fit would lose its earlier epochs."""
+    used = [int(folder.name.removeprefix("version_")) for folder in (member_dir / LOGS_DIR).glob("version_*")
+            if (folder / "metrics.csv").exists() and folder.name.removeprefix("version_").isdigit()]
+    return max(used, default=-1) + 1
+
+
+def epoch_history(member_dir: Path) -> pd.DataFrame:
+    """A member's training log over every session that trained it: its CSV logs in session order
+    (``logs/version_<k>/metrics.csv``), one row per logged step, with ``session`` added. A step
+    logged twice (an epoch redone after a resume) keeps the later session's row."""
+    logs = sorted((member_dir / LOGS_DIR).glob("version_*/metrics.csv"),
+                  key=lambda path: int(path.parent.name.removeprefix("version_")))
+    if not logs:
+        raise FileNotFoundError(f"{member_dir}: no training log (logs/version_*/metrics.csv)")
+    history = pd.concat([pd.read_csv(path).assign(session=i) for i, path in enumerate(logs)], ignore_index=True)
+    # a step has a training row and, at an epoch's end, a validation row: dedupe each kind apart
+    is_val = history.filter(like="val_").notna().any(axis=1)
+    history = history.assign(_is_val=is_val).drop_duplicates(subset=["epoch", "step", "_is_val"], keep="last")
+    return history.drop(columns="_is_val").sort_values(["epoch", "step"], kind="stable").reset_index(drop=True)
+
+
 def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool,
              overrides: dict[str, Any]) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping, Timer]:
     checkpoint = ModelCheckpoint(dirpath=member_dir / "checkpoints", filename="best", monitor="val_mae_ev",
@@ -97,7 +121,8 @@ def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool,
     timer = Timer()  # its elapsed time is checkpointed, so a resumed fit keeps counting
     kwargs = {"accelerator": "cpu", "devices": 1, **{k: v for k, v in overrides.items() if v is not None}}
     trainer = L.Trainer(max_epochs=config.epochs, callbacks=[checkpoint, early_stop, timer],
-                        logger=CSVLogger(member_dir, name="logs", version=0), enable_progress_bar=progress,
+                        logger=CSVLogger(member_dir, name=LOGS_DIR, version=_log_version(member_dir)),
+                        enable_progress_bar=progress,
                         enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0,
                         use_distributed_sampler=False, **kwargs)
     return trainer, checkpoint, early_stop, timer

@@ -21,6 +21,9 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
     # which code ran each stage (a fit resumed over sessions would list one entry per session)
     assert [stage["stage"] for stage in record["stages"]] == ["fit", "noise", "calibrate", "test"]
     assert all(len(stage["git_commit"]) >= 40 and stage["wall_s"] >= 0 for stage in record["stages"])
+    training = record["training"]
+    assert training["sessions"] == 1 and 0 < training["train_wall_s"] <= training["wall_s"]
+    assert len(training["val_mae_ev_by_epoch"]) == training["epochs_run"]
     assert test["n_test"] == record["data"]["n_test"] > 0
     for key in ("mae_ev", "coverage_95", "spearman_epistemic_std_abs_error"):
         assert test[key]["ci_low"] <= test[key]["value"] <= test[key]["ci_high"], key

@@ -13,7 +13,7 @@ from mofbalora.calibrate import fit_calibrated
 from mofbalora.data import read_structure
 from mofbalora.data.splits import Split, make_split
 from mofbalora.predict import PREDICTION_COLUMNS, load_model
-from mofbalora.training.fit import FolderMismatchError, fit
+from mofbalora.training.fit import FolderMismatchError, epoch_history, fit
 
 from .conftest import tiny_config
 
@@ -33,7 +33,7 @@ def fitted(tmp_path_factory, tiny_dataset):
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_decreases_and_folder_reloads(fitted, tiny_dataset, method):
     folder = fitted[method]
-    logs = pd.read_csv(folder / "members" / "0" / "logs" / "version_0" / "metrics.csv")
+    logs = epoch_history(folder / "members" / "0")
     train_loss = logs.dropna(subset=["train_loss"]).sort_values("epoch")["train_loss"].to_numpy()
     assert len(train_loss) == 4 and train_loss[-1] < train_loss[0]
     meta = json.loads((folder / "model.json").read_text())
@@ -73,7 +73,7 @@ def test_logged_alpha_over_c_is_the_models(tmp_path, tiny_dataset):
     adapter = {"rank": 4, "alpha": 8, "target_modules": ["^embedding$", "fc_full"], "prior_p": 0.2}
     folder = fit(tiny_config("balora", epochs=2, adapter=adapter), data=tiny_dataset, out_dir=tmp_path / "b",
                  progress=False)
-    logs = pd.read_csv(folder / "members" / "0" / "logs" / "version_0" / "metrics.csv")
+    logs = epoch_history(folder / "members" / "0")
     last = logs.dropna(subset=["train_alpha_over_c_mean"]).sort_values("epoch").iloc[-1]
     model = load_model(folder)
     member, c = model.members[0], adapter_state(model.members[0]).config.prior_c
@@ -208,6 +208,9 @@ def test_resume_after_interruption_is_reproducible(tmp_path, tiny_dataset):
     assert (tmp_path / "b/members/0/checkpoints/last.ckpt").exists()
     assert not (tmp_path / "b/model.json").exists()
     resumed = fit(config, data=tiny_dataset, out_dir=tmp_path / "b", progress=False)
+    # both sessions' epochs stay in the training log (Lightning would delete a reopened version's)
+    history = epoch_history(resumed / "members" / "0").dropna(subset=["val_mae_ev"])
+    assert list(history["epoch"]) == [0, 1] and list(history["session"]) == [0, 1]
     a = load_file(reference / "members/0/adapter/adapter_model.safetensors")
     b = load_file(resumed / "members/0/adapter/adapter_model.safetensors")
     for key in a:
