@@ -15,6 +15,7 @@ interval width, OOD flagged apart).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -79,7 +80,9 @@ def main() -> None:
     speed, one_call = throughput(model, cifs[: args.throughput_n], samples, (low, high))
     print(json.dumps(speed))
     start = time.perf_counter()
-    streamed = WORK / f"screen-{folder.name}-{args.n or 'all'}-S{samples}-{low:g}-{high:g}.csv"
+    # keyed by the model's content too: a new release in the same folder is a new screen
+    model_key = hashlib.sha256((folder / "model.json").read_bytes()).hexdigest()[:12]
+    streamed = WORK / f"screen-{folder.name}-{model_key}-{args.n or 'all'}-S{samples}-{low:g}-{high:g}.csv"
     if streamed.exists() and not args.fresh:  # a finished screen is summarised again, not redone
         table, screen_s = read_predictions(streamed), None
     else:

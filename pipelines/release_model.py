@@ -42,8 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pipelines"))
 
-from mofbalora.analysis.figures import window_reliability  # noqa: E402
-from mofbalora.analysis.release import WINDOW_EV, model_card, test_scores  # noqa: E402
+from mofbalora.analysis.figures import learning_curve, window_reliability  # noqa: E402
+from mofbalora.analysis.release import WINDOW_EV, model_card, releases_table, test_scores  # noqa: E402
+from mofbalora.analysis.report import write_generated_block  # noqa: E402
 from mofbalora.calibrate import CalibrationSettings, calibrate  # noqa: E402
 from mofbalora.data_noise import fit_data_noise  # noqa: E402
 from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
@@ -94,6 +95,20 @@ def training_record(folder: Path) -> dict[str, Any]:
             # from starting the folder to the member's end: includes featurising and the gaps between sessions
             "wall_s": finished - started,
             "device": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
+
+
+def earlier_releases_val_mae(record: dict[str, Any]) -> dict[str, float]:
+    """The best validation MAE (eV) of the other shipped models trained on the same split, labelled
+    by their names (models sharing weights share a line): what the learning curve is read against."""
+    aliases: dict[float, list[str]] = {}
+    for shipped in SHIPPED:
+        path = shipped.folder / "release.json"
+        if shipped.folder_name == record["name"] or not path.exists():
+            continue
+        earlier = json.loads(path.read_text())
+        if earlier["data"]["split_sha256"] == record["data"]["split_sha256"] and "best_val_mae_ev" in earlier["training"]:
+            aliases.setdefault(earlier["training"]["best_val_mae_ev"], []).append(shipped.alias)
+    return {f"{' = '.join(names)}: best validation MAE": value for value, names in aliases.items()}
 
 
 SEEDED_RECORD = "seeded_from_release.json"
@@ -269,10 +284,18 @@ def main(argv: list[str] | None = None) -> None:
     figures.mkdir(parents=True, exist_ok=True)
     window_reliability(scores["p_in_window_reliability"], figures / "reliability_p_in_window.png",
                        title=f"{RELEASE.alias}: P(gap in {WINDOW_EV[0]:g}–{WINDOW_EV[1]:g} eV), test split")
+    learning_curve(record["training"]["val_mae_ev_by_epoch"], figures / "learning_curve.png",
+                   title=f"{RELEASE.alias} ({record['config_file']}): validation MAE per epoch",
+                   reference_ev=earlier_releases_val_mae(record))
     write_text_atomic(folder / "release.json", json.dumps(record, indent=1, default=str))
     if args.stop_after == "test":
         return
     package(folder, record, package_dir)
+    if package_dir.resolve() == PACKAGE_DIR.resolve():  # the shipped releases, side by side in the README
+        write_generated_block(ROOT / "README.md", "releases", releases_table(
+            {shipped.alias: json.loads((shipped.folder / "release.json").read_text()) for shipped in SHIPPED
+             if (shipped.folder / "release.json").exists()}), generated_by="pipelines/release_model.py",
+            before="After `pip install`")
     print(f"test MAE {scores['mae_ev']['value']:.3f} eV, 95% coverage {scores['coverage_95']['value']:.3f}, "
           f"packaged into {package_dir}")
 

@@ -141,3 +141,23 @@ def window_reliability(reliability: dict[str, Any], path: Path, *, title: str) -
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left")
     return _save(fig, path)
+
+
+def learning_curve(val_mae_ev_by_epoch: list[float], path: Path, *, title: str,
+                   reference_ev: dict[str, float] | None = None) -> Path:
+    """Validation MAE (eV, noise-off mean mode, what early stopping watches) per epoch, the best
+    epoch marked, with optional horizontal references (e.g. the previous release's test MAE)."""
+    epochs = np.arange(1, len(val_mae_ev_by_epoch) + 1)
+    values = np.asarray(val_mae_ev_by_epoch, dtype=float)
+    best = int(np.argmin(values))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, values, marker="o", markersize=3, color="tab:blue", label="validation MAE")
+    ax.scatter([epochs[best]], [values[best]], color="tab:red", zorder=3,
+               label=f"best: epoch {epochs[best]}, {values[best]:.3f} eV")
+    for (label, value), style in zip((reference_ev or {}).items(), ("--", ":", "-.")):
+        ax.axhline(value, color="grey", linestyle=style, linewidth=1, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation MAE (eV)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

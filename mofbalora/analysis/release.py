@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mofbalora.analysis.report import _ci, _table
 from mofbalora.uncertainty import metrics as um
 
 #: gaps below this (eV) are where PBE and the model are least reliable (small-gap / metallic MOFs)
@@ -186,6 +187,8 @@ def model_card(record: dict[str, Any]) -> str:
         f"- Prediction: S = {calibration['samples']} weight samples (sampling seed {calibration['seed']}); "
         "the conformal calibrator was fitted with that S, so use the default S.",
         f"- Trained on {training['device']}: {_training_time(training)}; code commit `{record['git_commit']}`.",
+        "- Validation MAE per epoch (eV, mean mode, what early stopping watched): "
+        + ", ".join(f"{value:.3f}" for value in training["val_mae_ev_by_epoch"]) + ".",
         "",
         f"## Test split ({scores['n_test']} structures; 95% BCa bootstrap CIs)",
         "",
@@ -234,3 +237,24 @@ def model_card(record: dict[str, Any]) -> str:
         f"`python pipelines/release_model.py --from-package mofbalora/pretrained/{record['name']}`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def releases_table(records: dict[str, dict[str, Any]]) -> str:
+    """Markdown: the test figures of each release (``{alias: release.json record}``), newest first,
+    side by side with their 95% BCa CIs; "–" where a release predates a score."""
+    header = ["model", "test MAE (eV)", "95% coverage", "ρ(total std, \\|err\\|)", "CRPS (eV)",
+              f"95% coverage, gap < {SMALL_GAP_EV} eV", "95% width p10 / p50 / p90 (eV)", "epochs (best)"]
+    rows = []
+    for alias, record in records.items():
+        test, training = record["test"], record["training"]
+        widths = test.get("width_95_ev_p10_p50_p90")
+        rows.append([f"`{alias}`", _ci(test["mae_ev"]), _ci(test["coverage_95"]),
+                     _ci(test.get("spearman_calibrated_std_abs_error")), _ci(test.get("crps_ev")),
+                     _ci(test.get("small_gap_coverage_95")),
+                     " / ".join(f"{w:.2f}" for w in widths) if widths else f"– / {test['width_95_median_ev']:.2f} / –",
+                     f"{training['epochs_run']} ({training['best_epoch']})"])
+    n_test = sorted({record["test"]["n_test"] for record in records.values()})
+    same = len({record["data"]["split_sha256"] for record in records.values()}) == 1
+    return (f"Each release's test split ({', '.join(map(str, n_test))} QMOF structures; "
+            f"{'one split, the same for every release' if same else 'the splits DIFFER between releases'}); "
+            "95% BCa CIs.\n\n" + _table(header, rows))
