@@ -14,6 +14,7 @@ reading, featurising and the model, the model's time against cell size
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -264,7 +265,9 @@ def group_screening(n: int, n_profiled: int = 150) -> dict[str, Any]:
     figure = ROOT / "benchmarks" / "screen_time_vs_atoms.png"
     _time_vs_atoms_figure(atoms_arr, per_mof_arr, slope, intercept, exponent, figure)
     ok = int((table["status"] == "ok").sum())
-    return {"model": DEFAULT_MODEL, "n_inputs": n, "n_predicted": ok, "samples": samples, "seconds": seconds,
+    # which release the alias named when this ran (the screen in benchmarks/screen_coremof.* uses the same key)
+    model_key = hashlib.sha256((resolve_model(None) / "model.json").read_bytes()).hexdigest()[:12]
+    return {"model": DEFAULT_MODEL, "model_json_sha256_12": model_key, "n_inputs": n, "n_predicted": ok, "samples": samples, "seconds": seconds,
             "mofs_per_s": n / seconds, "median_std_ev": float(np.nanmedian(table["bandgap_std_ev"])),
             "split_s_per_mof": {"reading": read_s / n, "featurising": featurise_s / n, "model_batched": model_s / n},
             "split_note": "per input; model_batched is the same screen rerun with the features cached (model and "

@@ -58,7 +58,8 @@ def throughput(model, cifs: list[Path], samples: int, window_ev: tuple[float, fl
 def largest_difference(one_call: Any, streamed: Any) -> float:
     """Largest difference (eV or probability) between two tables' numbers on their shared ids."""
     columns = ["bandgap_mean_ev", "bandgap_std_ev", "lower_95_ev", "upper_95_ev", "p_in_window"]
-    joined = one_call.set_index("id")[columns].join(streamed.set_index("id")[columns], rsuffix="_streamed", how="inner")
+    joined = one_call.set_index("id")[columns].merge(streamed.set_index("id")[columns], left_index=True,
+                                                     right_index=True, how="inner", suffixes=("", "_streamed"))
     return float(max((joined[c] - joined[f"{c}_streamed"]).abs().max() for c in columns))
 
 

@@ -92,7 +92,8 @@ def training_record(folder: Path) -> dict[str, Any]:
             "sessions": int(metrics["session"].max()) + 1,
             # Lightning's timer: training and validation loops only, summed over the sessions
             "train_wall_s": timing["train_wall_s"],
-            # from starting the folder to the member's end: includes featurising and the gaps between sessions
+            # the last session's fit, from its start (the identity file is rewritten on resume) to the
+            # member's end, featurising included
             "wall_s": finished - started,
             "device": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
 

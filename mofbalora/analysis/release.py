@@ -82,9 +82,13 @@ def _distribution_scores(table: pd.DataFrame, truth: np.ndarray, covered_95: np.
         "n_negative": {"mean": int((mean < 0).sum()), "lower_95": int((lower < 0).sum()),
                        "upper_95": int((upper < 0).sum())},
     }
+    epistemic = table["bandgap_std_epistemic_ev"].to_numpy(float)
+    if np.isfinite(epistemic).all():  # how much of the total the weight samples carry
+        out["std_epistemic_ev_p10_p50_p90"] = [float(q) for q in np.quantile(epistemic, [0.1, 0.5, 0.9])]
     if "bandgap_std_aleatoric_ev" in table and np.isfinite(table["bandgap_std_aleatoric_ev"]).all():
         aleatoric = table["bandgap_std_aleatoric_ev"].to_numpy(float)
         out["spearman_aleatoric_std_abs_error"] = ci(um.spearman_std_error, mean, aleatoric, truth)
+        out["std_aleatoric_ev_p10_p50_p90"] = [float(q) for q in np.quantile(aleatoric, [0.1, 0.5, 0.9])]
     if "crps_ev" in table:
         out["crps_ev"] = ci(np.mean, table["crps_ev"].to_numpy(float))
     if "gap_bin" in table:
@@ -113,6 +117,11 @@ def _distribution_rows(scores: dict[str, Any]) -> list[str]:
     if "width_95_ev_p10_p50_p90" in scores:
         p10, p50, p90 = scores["width_95_ev_p10_p50_p90"]
         rows.append(f"| 95% width 10th / 50th / 90th percentile (eV) | {p10:.2f} / {p50:.2f} / {p90:.2f} |")
+    for key, label in (("std_epistemic_ev_p10_p50_p90", "epistemic std (BaLoRA's weight samples)"),
+                       ("std_aleatoric_ev_p10_p50_p90", "data-noise std")):
+        if key in scores:
+            rows.append(f"| {label}, 10th / 50th / 90th percentile (eV) | "
+                        + " / ".join(f"{q:.3f}" for q in scores[key]) + " |")
     if scores.get("spearman_aleatoric_std_abs_error"):
         rows.append(f"| Spearman ρ(data-noise std, \\|error\\|) | {_ci_text(scores['spearman_aleatoric_std_abs_error'])} |")
     for entry in scores.get("coverage_95_by_predicted_gap_bin", []):
@@ -143,12 +152,14 @@ def _noise_text(record: dict[str, Any]) -> list[str]:
 
 
 def _training_time(training: dict[str, Any]) -> str:
-    """How long training took: the training loops' own time where the run recorded it (a fit resumed
-    over sessions also spans the gaps between them), else the folder's start to end."""
+    """How long training took: the training loops' own time, summed over sessions, where the run
+    recorded it; else the fit's start to end (``wall_s``, which covers the last session only)."""
     if "train_wall_s" not in training:
         return f"{training['wall_s'] / 60:.0f} min"
-    return (f"{training['train_wall_s'] / 60:.0f} min of training over {training['sessions']} session(s) "
-            f"({training['wall_s'] / 3600:.1f} h from start to end)")
+    if training["sessions"] > 1:
+        return f"{training['train_wall_s'] / 60:.0f} min of training over {training['sessions']} sessions"
+    return (f"{training['train_wall_s'] / 60:.0f} min of training ({training['wall_s'] / 60:.0f} min from start to end, "
+            "featurising included)")
 
 
 def model_card(record: dict[str, Any]) -> str:
