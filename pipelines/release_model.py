@@ -122,7 +122,9 @@ class StageLog:
 
     The entry is written when the stage starts and completed when it ends, so a session that
     was stopped mid-stage (the usual fate of a long fit) stays on record with
-    ``"finished_utc": null``.
+    ``"finished_utc": null``. The one exception is a fit into a folder that does not exist yet:
+    the fit must find it empty, so that entry waits for the stage's end (an interrupted first
+    session still shows as a session of the training log, ``training.epoch_history``).
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -139,14 +141,20 @@ class StageLog:
         started = datetime.now(timezone.utc)
         entry = {"stage": name, "git_commit": git_commit(), "started_utc": started.isoformat(timespec="seconds"),
                  "finished_utc": None, "wall_s": None}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, json.dumps(self.entries() + [entry], indent=1))
-        index = len(self.entries()) - 1
+        folder = self.path.parent
+        index = None
+        if folder.exists() and any(folder.iterdir()):
+            write_text_atomic(self.path, json.dumps(self.entries() + [entry], indent=1))
+            index = len(self.entries()) - 1
         yield
         finished = datetime.now(timezone.utc)
+        entry |= {"finished_utc": finished.isoformat(timespec="seconds"),
+                  "wall_s": round((finished - started).total_seconds(), 1)}
         entries = self.entries()
-        entries[index] = {**entry, "finished_utc": finished.isoformat(timespec="seconds"),
-                          "wall_s": round((finished - started).total_seconds(), 1)}
+        if index is None:
+            entries.append(entry)
+        else:
+            entries[index] = entry
         write_text_atomic(self.path, json.dumps(entries, indent=1))
 
 

@@ -19,6 +19,7 @@ def pipeline():
 
 
 def test_a_stopped_stage_stays_on_record_and_a_resumed_one_is_added(pipeline, tmp_path):
+    (tmp_path / "fit_identity.json").write_text("{}")  # a fit folder already started
     log = pipeline.StageLog(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         with log.stage("fit", already_done=False):
@@ -33,3 +34,15 @@ def test_a_stopped_stage_stays_on_record_and_a_resumed_one_is_added(pipeline, tm
     assert stopped["finished_utc"] is None and stopped["wall_s"] is None
     assert resumed["finished_utc"] >= resumed["started_utc"] and resumed["wall_s"] >= 0
     assert all(len(e["git_commit"]) >= 40 for e in entries)
+
+
+def test_a_fresh_folder_stays_empty_until_its_first_stage_ends(pipeline, tmp_path):
+    """The fit refuses a non-empty folder it did not start, so the log must not create one."""
+    run = tmp_path / "run"
+    log = pipeline.StageLog(run)
+    with log.stage("fit", already_done=False):
+        assert not run.exists()
+        run.mkdir()
+        (run / "fit_identity.json").write_text("{}")
+    [entry] = json.loads((run / pipeline.STAGES_FILE).read_text())
+    assert entry["stage"] == "fit" and entry["wall_s"] >= 0
