@@ -14,7 +14,6 @@ reading, featurising and the model, the model's time against cell size
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -217,6 +216,7 @@ def group_screening(n: int, n_profiled: int = 150) -> dict[str, Any]:
     from mofbalora.data import read_structure
     from mofbalora.data.coremof import extract_coremof
     from mofbalora.featurise.base import sample_num_atoms
+    from mofbalora.model_folder import model_json_sha256
     from mofbalora.predict import load_model
     from mofbalora.pretrained import DEFAULT_MODEL, resolve_model
 
@@ -266,8 +266,8 @@ def group_screening(n: int, n_profiled: int = 150) -> dict[str, Any]:
     _time_vs_atoms_figure(atoms_arr, per_mof_arr, slope, intercept, exponent, figure)
     ok = int((table["status"] == "ok").sum())
     # which release the alias named when this ran (the screen in benchmarks/screen_coremof.* uses the same key)
-    model_key = hashlib.sha256((resolve_model(None) / "model.json").read_bytes()).hexdigest()[:12]
-    return {"model": DEFAULT_MODEL, "model_json_sha256_12": model_key, "n_inputs": n, "n_predicted": ok, "samples": samples, "seconds": seconds,
+    return {"model": DEFAULT_MODEL, "model_json_sha256_12": model_json_sha256(model.folder)[:12], "n_inputs": n,
+            "n_predicted": ok, "samples": samples, "seconds": seconds,
             "mofs_per_s": n / seconds, "median_std_ev": float(np.nanmedian(table["bandgap_std_ev"])),
             "split_s_per_mof": {"reading": read_s / n, "featurising": featurise_s / n, "model_batched": model_s / n},
             "split_note": "per input; model_batched is the same screen rerun with the features cached (model and "

@@ -15,7 +15,6 @@ interval width, OOD flagged apart).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from mofbalora.analysis.figures import screen_gap_vs_width  # noqa: E402
 from mofbalora.data.coremof import extract_coremof  # noqa: E402
 from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E402
+from mofbalora.model_folder import model_json_sha256  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.pretrained import resolve_model  # noqa: E402
 from mofbalora.streaming import read_predictions, stream_predictions  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> None:
     print(json.dumps(speed))
     start = time.perf_counter()
     # keyed by the model's content too: a new release in the same folder is a new screen
-    model_key = hashlib.sha256((folder / "model.json").read_bytes()).hexdigest()[:12]
+    model_key = model_json_sha256(folder)[:12]
     streamed = WORK / f"screen-{folder.name}-{model_key}-{args.n or 'all'}-S{samples}-{low:g}-{high:g}.csv"
     if streamed.exists() and not args.fresh:  # a finished screen is summarised again, not redone
         table, screen_s = read_predictions(streamed), None

@@ -185,6 +185,14 @@ def write_model_json(folder: Path, meta: dict[str, Any]) -> None:
     write_text_atomic(folder / MODEL_FILE, json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=1, default=str))
 
 
+def model_json_sha256(folder: str | os.PathLike) -> str:
+    """sha256 of the folder's model.json: which model (weights' identity, calibration, noise head)
+    a result came from, whatever the folder is called."""
+    import hashlib
+
+    return hashlib.sha256((Path(folder) / MODEL_FILE).read_bytes()).hexdigest()
+
+
 def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
     return read_versioned_json(Path(folder) / MODEL_FILE, expected_version=FORMAT_VERSION,
                                missing="not a mofbalora model folder; train one with `mofbalora fit`")

@@ -22,6 +22,7 @@ from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from mofbalora.data.io import write_table_atomic, write_text_atomic
+from mofbalora.model_folder import model_json_sha256
 from mofbalora.predict import BandgapModel, resolve_inputs
 
 #: inputs per chunk by default: a few minutes of work on 2 cores at S = 32
@@ -34,8 +35,7 @@ def parts_folder(out: str | os.PathLike) -> Path:
 
 
 def _settings(model: BandgapModel, ids: list[str], **sampling: Any) -> dict[str, Any]:
-    model_json = (model.folder / "model.json").read_bytes()
-    return {"model": str(model.folder.resolve()), "model_json_sha256": hashlib.sha256(model_json).hexdigest(),
+    return {"model": str(model.folder.resolve()), "model_json_sha256": model_json_sha256(model.folder),
             "n_inputs": len(ids), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(), **sampling}
 
 

@@ -55,7 +55,7 @@ from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.pretrained import SHIPPED  # noqa: E402
 from mofbalora.training.config import load_train_config  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
-from mofbalora.training.fit import IDENTITY_FILE, TIMING_FILE, epoch_history, fit, fit_identity, prepare_data  # noqa: E402
+from mofbalora.training.fit import IDENTITY_FILE, TIMING_FILE, fit, fit_identity, prepare_data, validation_curve  # noqa: E402
 from mofbalora.training.noise_head import load_uncertainty_config  # noqa: E402
 
 from bandgap_benchmark import git_commit  # noqa: E402
@@ -81,15 +81,11 @@ def training_record(folder: Path) -> dict[str, Any]:
     seeded = folder / SEEDED_RECORD
     if seeded.exists():
         return json.loads(seeded.read_text())["training"]
-    metrics = epoch_history(folder / "members" / "0")
-    val = metrics.dropna(subset=["val_mae_ev"])
-    started = (folder / "fit_identity.json").stat().st_mtime
-    finished = (folder / "members" / "0" / "done").stat().st_mtime
-    timing = json.loads((folder / "members" / "0" / TIMING_FILE).read_text())
-    return {"epochs_run": int(val["epoch"].max()) + 1, "best_epoch": int(val.loc[val["val_mae_ev"].idxmin(), "epoch"]) + 1,
-            "best_val_mae_ev": float(val["val_mae_ev"].min()),
-            "val_mae_ev_by_epoch": [float(v) for v in val.sort_values("epoch")["val_mae_ev"]],
-            "sessions": int(metrics["session"].max()) + 1,
+    member = folder / "members" / "0"
+    started = (folder / IDENTITY_FILE).stat().st_mtime
+    finished = (member / "done").stat().st_mtime
+    timing = json.loads((member / TIMING_FILE).read_text())
+    return {**validation_curve(member),
             # Lightning's timer: training and validation loops only, summed over the sessions
             "train_wall_s": timing["train_wall_s"],
             # the last session's fit, from its start (the identity file is rewritten on resume) to the
@@ -98,17 +94,21 @@ def training_record(folder: Path) -> dict[str, Any]:
             "device": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"}
 
 
+def shipped_records() -> dict[str, dict[str, Any]]:
+    """The release.json of every shipped model present, by alias, newest first."""
+    return {shipped.alias: json.loads((shipped.folder / "release.json").read_text()) for shipped in SHIPPED
+            if (shipped.folder / "release.json").exists()}
+
+
 def earlier_releases_val_mae(record: dict[str, Any]) -> dict[str, float]:
     """The best validation MAE (eV) of the other shipped models trained on the same split, labelled
     by their names (models sharing weights share a line): what the learning curve is read against."""
     aliases: dict[float, list[str]] = {}
-    for shipped in SHIPPED:
-        path = shipped.folder / "release.json"
-        if shipped.folder_name == record["name"] or not path.exists():
+    for alias, earlier in shipped_records().items():
+        if alias == record["alias"]:
             continue
-        earlier = json.loads(path.read_text())
         if earlier["data"]["split_sha256"] == record["data"]["split_sha256"] and "best_val_mae_ev" in earlier["training"]:
-            aliases.setdefault(earlier["training"]["best_val_mae_ev"], []).append(shipped.alias)
+            aliases.setdefault(earlier["training"]["best_val_mae_ev"], []).append(alias)
     return {f"{' = '.join(names)}: best validation MAE": value for value, names in aliases.items()}
 
 
@@ -142,20 +142,16 @@ class StageLog:
         entry = {"stage": name, "git_commit": git_commit(), "started_utc": started.isoformat(timespec="seconds"),
                  "finished_utc": None, "wall_s": None}
         folder = self.path.parent
-        index = None
-        if folder.exists() and any(folder.iterdir()):
+        written = folder.exists() and any(folder.iterdir())
+        if written:
             write_text_atomic(self.path, json.dumps(self.entries() + [entry], indent=1))
-            index = len(self.entries()) - 1
         yield
         finished = datetime.now(timezone.utc)
         entry |= {"finished_utc": finished.isoformat(timespec="seconds"),
                   "wall_s": round((finished - started).total_seconds(), 1)}
-        entries = self.entries()
-        if index is None:
-            entries.append(entry)
-        else:
-            entries[index] = entry
-        write_text_atomic(self.path, json.dumps(entries, indent=1))
+        # the started entry is the last one: stages run one after another
+        entries = self.entries()[:-1] if written else self.entries()
+        write_text_atomic(self.path, json.dumps(entries + [entry], indent=1))
 
 
 def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | None) -> None:
@@ -301,10 +297,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     package(folder, record, package_dir)
     if package_dir.resolve() == PACKAGE_DIR.resolve():  # the shipped releases, side by side in the README
-        write_generated_block(ROOT / "README.md", "releases", releases_table(
-            {shipped.alias: json.loads((shipped.folder / "release.json").read_text()) for shipped in SHIPPED
-             if (shipped.folder / "release.json").exists()}), generated_by="pipelines/release_model.py",
-            before="After `pip install`")
+        write_generated_block(ROOT / "README.md", "releases", releases_table(shipped_records()),
+                              generated_by="pipelines/release_model.py", before="After `pip install`")
     print(f"test MAE {scores['mae_ev']['value']:.3f} eV, 95% coverage {scores['coverage_95']['value']:.3f}, "
           f"packaged into {package_dir}")
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 
@@ -47,7 +46,7 @@ from mofbalora.data_noise import fit_data_noise  # noqa: E402
 from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
 from mofbalora.model_folder import build_member, package_versions, read_model_json  # noqa: E402
 from mofbalora.training.config import TrainConfig, load_train_config  # noqa: E402
-from mofbalora.training.fit import TIMING_FILE, epoch_history, fit, prepare_data, resolve_split  # noqa: E402
+from mofbalora.training.fit import TIMING_FILE, fit, prepare_data, resolve_split, validation_curve  # noqa: E402
 from mofbalora.training.noise_head import load_uncertainty_config  # noqa: E402
 
 logger = logging.getLogger("release_pilot")
@@ -101,10 +100,9 @@ def stage_record(folder: Path) -> dict[str, Any]:
     """Epochs run, best epoch (1-based), wall time and size of a finished fit's single member."""
     member = folder / "members" / "0"
     timing = json.loads((member / TIMING_FILE).read_text())
-    metrics = epoch_history(member).dropna(subset=["val_mae_ev"])
-    return {**timing, "epochs_run": int(metrics["epoch"].max()) + 1,
-            "best_epoch": int(metrics.loc[metrics["val_mae_ev"].idxmin(), "epoch"]) + 1,
-            "val_mae_noise_off_by_epoch": [float(v) for v in metrics.sort_values("epoch")["val_mae_ev"]]}
+    curve = validation_curve(member)
+    return {**timing, "epochs_run": curve["epochs_run"], "best_epoch": curve["best_epoch"],
+            "val_mae_noise_off_by_epoch": curve["val_mae_ev_by_epoch"]}
 
 
 def chgnet_gate(values: dict[str, Any], split: Split, dataset: Any, gate: dict[str, Any],

@@ -113,6 +113,17 @@ def epoch_history(member_dir: Path) -> pd.DataFrame:
     return history.drop(columns="_is_val").sort_values(["epoch", "step"], kind="stable").reset_index(drop=True)
 
 
+def validation_curve(member_dir: Path) -> dict[str, Any]:
+    """From :func:`epoch_history`: epochs run, the best epoch (1-based) and its validation MAE, the
+    validation MAE per epoch (eV, noise-off, what early stopping watches), and the sessions."""
+    history = epoch_history(member_dir)
+    val = history.dropna(subset=["val_mae_ev"]).sort_values("epoch")
+    return {"epochs_run": int(val["epoch"].max()) + 1, "best_epoch": int(val.loc[val["val_mae_ev"].idxmin(), "epoch"]) + 1,
+            "best_val_mae_ev": float(val["val_mae_ev"].min()),
+            "val_mae_ev_by_epoch": [float(v) for v in val["val_mae_ev"]],
+            "sessions": int(history["session"].max()) + 1}
+
+
 def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool,
              overrides: dict[str, Any]) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping, Timer]:
     checkpoint = ModelCheckpoint(dirpath=member_dir / "checkpoints", filename="best", monitor="val_mae_ev",

@@ -1,7 +1,17 @@
+import importlib.util
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_pipeline(name: str) -> ModuleType:
+    """``pipelines/<name>.py`` as a module (the pipelines are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_make(*arguments: str, timeout: int = 900) -> None:

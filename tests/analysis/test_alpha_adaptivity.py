@@ -2,20 +2,14 @@
 difference is read, and how the verdict goes into the study report (the runs themselves take an
 hour on 2 cores and are not repeated here)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import load_pipeline
 
 
 @pytest.fixture(scope="module")
 def pipeline():
-    spec = importlib.util.spec_from_file_location("alpha_adaptivity", ROOT / "pipelines" / "alpha_adaptivity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline("alpha_adaptivity")
 
 
 def test_arms_are_the_winner_with_and_without_input_adaptivity(pipeline, monkeypatch):

@@ -1,21 +1,16 @@
 """pipelines/release_model.py's stage log: each invocation's stages are on record with the code
 that ran them, including a stage that was stopped before it finished (a fit cut off by a session's end)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import load_pipeline
 
 
 @pytest.fixture(scope="module")
 def pipeline():
-    spec = importlib.util.spec_from_file_location("release_model", ROOT / "pipelines" / "release_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline("release_model")
 
 
 def test_a_stopped_stage_stays_on_record_and_a_resumed_one_is_added(pipeline, tmp_path):

@@ -15,9 +15,11 @@ def _record(mae, split="s1", crps=None):
 
 def test_releases_table_puts_each_release_side_by_side():
     table = releases_table({"new": _record(0.35, crps=0.25), "old": _record(0.44)})
-    new, old = [line for line in table.splitlines() if line.startswith("| `")]
-    assert "0.350 [0.340, 0.360]" in new and "0.250 [0.240, 0.260]" in new and "1.00 / 2.00 / 3.00" in new
-    assert "0.440 [0.430, 0.450]" in old and "| – |" in old and "– / 2.00 / –" in old  # predates CRPS
+    header, new, old = [[cell.strip() for cell in line.split(" | ")]
+                        for line in table.splitlines() if line.startswith("| `") or line.startswith("| model")]
+    crps, width = header.index("CRPS (eV)"), header.index("95% width p10 / p50 / p90 (eV)")
+    assert "0.350 [0.340, 0.360]" in new and new[crps] == "0.250 [0.240, 0.260]" and new[width] == "1.00 / 2.00 / 3.00"
+    assert "0.440 [0.430, 0.450]" in old and old[crps] == "–" and old[width] == "– / 2.00 / –"  # predates CRPS
     assert "one split, the same for every release" in table
     assert "DIFFER" in releases_table({"new": _record(0.35), "old": _record(0.44, split="s2")})
 
