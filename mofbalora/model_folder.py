@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, save_adapters
+from mofbalora.adapters.model import ADAPTER_WEIGHTS_FILE, trainable_state_dict
 from mofbalora.backbones import get_backbone
 from mofbalora.backbones.heads import DataNoiseHead, apply_head
 from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
@@ -93,6 +94,48 @@ def full_fit_weights(folder: str | os.PathLike, *, backbone: str, head: str,
     if meta["normaliser"] != normaliser:
         raise ValueError(f"{folder}: trained with normaliser {meta['normaliser']}, this training split's is {normaliser}")
     return load_file(str(folder / meta["members"][0] / "weights.safetensors"))
+
+
+NOISE_FILE = "noise.json"  # a member's learned data-noise std (eV)
+WARM_START_KEYS = ("backbone", "method", "head", "adapter", "init_from", "ensemble_size", "likelihood")
+
+
+def warm_start_weights(folder: str | os.PathLike, *, config: dict[str, Any],
+                       normaliser: dict[str, float]) -> list[tuple[dict[str, Any], float | None]]:
+    """Per member of a complete adapter model folder: its trained adapter tensors (adapters, α
+    network, head) and its learned noise std (eV), to start a warm-restarted fit of ``config``.
+
+    Raises:
+        ValueError: the folder was trained with other settings among :data:`WARM_START_KEYS`, or on
+            another training split (another normaliser): its weights would not fit or would predict
+            on another scale.
+    """
+    folder = Path(folder)
+    meta = read_model_json(folder)
+    saved = meta["train_config"]
+    differing = [key for key in WARM_START_KEYS if saved.get(key) != config.get(key)]
+    if differing:
+        raise ValueError(f"{folder}: warm_start_from needs a model trained with the same "
+                         + ", ".join(f"{k} (it has {saved.get(k)!r}, this fit {config.get(k)!r})" for k in differing))
+    if meta["normaliser"] != normaliser:
+        raise ValueError(f"{folder}: trained with normaliser {meta['normaliser']}, this training split's is {normaliser}")
+    out = []
+    for relative in meta["members"]:
+        member = folder / relative
+        noise = json.loads((member / NOISE_FILE).read_text()).get("noise_std_ev") if (member / NOISE_FILE).exists() else None
+        out.append((load_file(str(member / "adapter" / ADAPTER_WEIGHTS_FILE)), noise))
+    return out
+
+
+def apply_warm_start(model: nn.Module, tensors: dict[str, Any]) -> None:
+    """Put a member's saved adapter tensors (:func:`warm_start_weights`) into a freshly built
+    ``model``; strict: every trainable tensor, no other, of the same shape."""
+    expected = trainable_state_dict(model)
+    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        raise ValueError(f"warm-start weights do not fit this model: missing {missing[:5]}, unexpected {extra[:5]}"
+                         + ("" if missing or extra else ", or a tensor of another shape"))
+    model.load_state_dict(tensors, strict=False)
 
 
 def member_adapter_config(*, method: str, adapter: dict[str, Any], seed: int) -> AdapterConfig:

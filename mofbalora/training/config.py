@@ -67,6 +67,10 @@ class TrainConfig:
             split) whose weights replace the pretrained ones before the adapters go on: adapters
             on a fully fine-tuned backbone instead of the frozen pretrained one. z(x), the input of
             BaLoRA's alpha(x) and of the OOD flag, still comes from the pretrained backbone.
+        warm_start_from: a complete model folder (or shipped model name) of the same method,
+            backbone, head, adapters and training split whose trained adapters, head and noise scale
+            start this fit, which then runs its own schedule: a warm restart (Loshchilov & Hutter
+            2017) of a converged run. Its model.json's sha256 joins the fit's identity.
         calibration_samples: samples S used on the calibration split (conformal fit, OOD thresholds).
         ood_quantile: quantile on the calibration split of the epistemic std and of the embedding
             distance above which a prediction is flagged out of distribution.
@@ -93,6 +97,7 @@ class TrainConfig:
     noise_std_fit: NoiseStdFit = "joint"
     alpha_net_lr_factor: float = 1.0
     init_from: str | None = None
+    warm_start_from: str | None = None
     calibration_samples: int = 32
     ood_quantile: float = 0.95
     ood_neighbours: int = 5
@@ -117,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {get_args(Schedule)}, got {self.schedule!r}")
         if self.init_from is not None and self.method not in ADAPTER_METHODS:
             raise ValueError(f"init_from puts adapters on a fine-tuned backbone; method {self.method!r} has none")
+        if self.warm_start_from is not None and self.method not in ADAPTER_METHODS:
+            raise ValueError(f"warm_start_from continues trained adapters; method {self.method!r} has none")
         if self.alpha_net_lr_factor <= 0:
             raise ValueError(f"alpha_net_lr_factor must be > 0, got {self.alpha_net_lr_factor}")
         for name in ("epochs", "batch_size", "ensemble_size", "calibration_samples", "ood_neighbours"):

@@ -32,9 +32,11 @@ from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths, get_featuriser
 from mofbalora.featurise.base import sample_num_atoms
 from mofbalora.model_folder import (
-    BASE_WEIGHTS_FILE, MODEL_FILE, bare_member, build_member, full_fit_weights, member_seeds, package_versions,
-    save_member, save_train_embeddings, weights_checksum, write_model_json,
+    BASE_WEIGHTS_FILE, MODEL_FILE, NOISE_FILE, bare_member, build_member, full_fit_weights, member_seeds, package_versions,
+    model_json_sha256, save_member, save_train_embeddings, warm_start_weights, weights_checksum,
+    apply_warm_start, write_model_json,
 )
+from mofbalora.pretrained import resolve_model
 from mofbalora.training.config import TrainConfig
 from mofbalora.training.data import BandgapDataModule
 from mofbalora.training.module import BandgapRegressor
@@ -43,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 
 IDENTITY_FILE = "fit_identity.json"
-NOISE_FILE = "noise.json"
 #: per member: epochs run, wall time of training with validation (s), training-set size
 TIMING_FILE = "timing.json"
 LOGS_DIR = "logs"
@@ -142,11 +143,18 @@ def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool,
 def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_dir: Path,
                  normaliser: TargetNormaliser, frozen: dict[str, torch.Tensor] | None, progress: bool,
                  trainer_overrides: dict[str, Any], base_weights: dict[str, torch.Tensor] | None = None,
+                 warm_start: tuple[dict[str, torch.Tensor], float | None] | None = None,
                  ) -> tuple[torch.nn.Module, bool]:
-    """Train one member; returns (model with the best weights, whether training finished)."""
+    """Train one member; returns (model with the best weights, whether training finished).
+
+    ``warm_start``: (adapter tensors, noise std in eV) of a trained member to start from
+    (``config.warm_start_from``); a resumed fit's checkpoint replaces them anyway.
+    """
     L.seed_everything(seed, workers=True, verbose=False)
     model = build_member(backbone=config.backbone, method=config.method, adapter=config.adapter, seed=seed,
                          head=config.head, base_weights=base_weights)
+    if warm_start is not None:
+        apply_warm_start(model, warm_start[0])
     train_ids, train_samples, train_gaps = data.parts["train"]
     _, val_samples, val_gaps = data.parts["val"]
     datamodule = BandgapDataModule(
@@ -159,6 +167,9 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
     steps_per_epoch = int(np.ceil(len(train_samples) / trainer.world_size / config.batch_size))
     module = BandgapRegressor(model, config=config, normaliser=normaliser, n_train=len(train_samples),
                               steps_per_epoch=steps_per_epoch)
+    if warm_start is not None and warm_start[1] is not None and config.likelihood == "gaussian":
+        with torch.no_grad():
+            module.log_noise_std.fill_(float(np.log(warm_start[1] / normaliser.std_ev)))
     last = member_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     finished = trainer.current_epoch >= config.epochs or early_stop.stopped_epoch > 0
@@ -178,9 +189,13 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
 
 
 def fit_identity(config: TrainConfig, dataset: LabelledDataset, split: Split) -> dict[str, Any]:
-    """What a model folder was started with: config, data and split. A rerun must match it."""
-    return {"train_config": config.to_dict(), "data_source": str(dataset.source),
-            "labels_sha256": dataset.labels_sha256, "split_sha256": split.fingerprint()}
+    """What a model folder was started with: config, data and split (and the model a warm
+    restart starts from, by content). A rerun must match it."""
+    identity = {"train_config": config.to_dict(), "data_source": str(dataset.source),
+                "labels_sha256": dataset.labels_sha256, "split_sha256": split.fingerprint()}
+    if config.warm_start_from is not None:
+        identity["warm_start_model_json_sha256"] = model_json_sha256(resolve_model(config.warm_start_from))
+    return identity
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -264,18 +279,24 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     base_weights = None if config.init_from is None else full_fit_weights(
         config.init_from, backbone=config.backbone, head=config.head,
         normaliser={"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev})
+    warm_starts = None if config.warm_start_from is None else warm_start_weights(
+        resolve_model(config.warm_start_from), config=config.to_dict(),
+        normaliser={"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev})
     bare = bare_member(backbone=config.backbone, head="pretrained", seed=config.seed)
     # z(x) does not change during training: computed once per structure (docs/method.md §2); the
     # training embeddings also anchor the embedding-distance OOD flag (§9).
     parts = ("train", "val") if config.method == "balora" else ("train",)
     frozen = {part: compute_frozen_embeddings(bare, prepared.parts[part][1]) for part in parts}
     seeds, noise_std_ev = member_seeds(config.method, config.seed, config.ensemble_size), []
+    if warm_starts is not None and len(warm_starts) != len(seeds):
+        raise ValueError(f"{config.warm_start_from}: {len(warm_starts)} members to warm-start {len(seeds)}")
     for number, seed in enumerate(seeds):
         member_dir = out_dir / "members" / str(number)
         if not (member_dir / "done").exists():
             model, finished = train_member(config, prepared, seed=seed, member_dir=member_dir, normaliser=normaliser,
                                            frozen=frozen if config.method == "balora" else None, progress=progress,
-                                           trainer_overrides=overrides, base_weights=base_weights)
+                                           trainer_overrides=overrides, base_weights=base_weights,
+                                           warm_start=None if warm_starts is None else warm_starts[number])
             if not finished:
                 logger.warning("training stopped before the end; rerun the same command to resume")
                 return None
