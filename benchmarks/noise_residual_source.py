@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mofbalora.backbones.heads import NEIGHBOUR_INPUTS  # noqa: E402
 from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
 from mofbalora.data_noise import _part_inputs  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
     for inputs in noise_config.variants:
         aleatoric = fitted(inputs, train, val).aleatoric_std(val[0].numpy(), predictive.mean)
         rows.append({"inputs": inputs, "residuals": "train", **scores(aleatoric)})
-        if inputs == "embedding+neighbours":
+        if inputs in NEIGHBOUR_INPUTS:
             continue
         out_of_fold = np.zeros(len(val_gaps))
         for fit_half, score_half in (halves, halves[::-1]):

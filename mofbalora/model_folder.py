@@ -33,7 +33,7 @@ from torch import nn
 from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, save_adapters
 from mofbalora.adapters.model import ADAPTER_WEIGHTS_FILE, trainable_state_dict
 from mofbalora.backbones import get_backbone
-from mofbalora.backbones.heads import DataNoiseHead, apply_head
+from mofbalora.backbones.heads import NEIGHBOUR_INPUTS, DataNoiseHead, apply_head
 from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
 from mofbalora.training.config import ADAPTER_KIND, ADAPTER_METHODS
 
@@ -219,7 +219,7 @@ def load_noise_head(folder: str | os.PathLike, record: dict[str, Any]) -> DataNo
                          hidden=record["hidden"] or 1, floor=record["floor"], neighbours=record.get("neighbours", 10),
                          n_reference=record.get("n_reference", 0))
     head.load_state_dict(load_file(str(Path(folder) / record["file"])), strict=True)
-    if head.inputs == "embedding+neighbours":
+    if head.inputs in NEIGHBOUR_INPUTS:
         head.set_neighbours(load_train_embeddings(folder).float())
     return head.eval()
 

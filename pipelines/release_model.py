@@ -53,9 +53,11 @@ from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
 from mofbalora.model_folder import copy_for_prediction, package_versions, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.pretrained import SHIPPED  # noqa: E402
-from mofbalora.training.config import load_train_config  # noqa: E402
+from mofbalora.training.config import TrainConfig, load_train_config  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
-from mofbalora.training.fit import IDENTITY_FILE, TIMING_FILE, fit, fit_identity, prepare_data, validation_curve  # noqa: E402
+from mofbalora.training.fit import (  # noqa: E402
+    IDENTITY_FILE, TIMING_FILE, fit, fit_identity, prepare_data, validation_curve, warm_start_folder,
+)
 from mofbalora.training.noise_head import load_uncertainty_config  # noqa: E402
 
 from bandgap_benchmark import git_commit  # noqa: E402
@@ -194,6 +196,22 @@ def test_predictions(folder: Path, parts: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
+def warm_start_record(folder: Path) -> dict[str, Any] | None:
+    """Which trained model a warm-restarted fit started from (by content), and that model's own
+    training (from the release.json of its run folder, when there is one)."""
+    identity = json.loads((folder / IDENTITY_FILE).read_text())
+    source = identity["train_config"].get("warm_start_from")
+    if source is None:
+        return None
+    out = {"from": source, "model_json_sha256": identity["warm_start_model_json_sha256"]}
+    prior = warm_start_folder(TrainConfig.from_dict(identity["train_config"])) / "release.json"
+    if prior.exists():
+        training = json.loads(prior.read_text())["training"]
+        out["training"] = {k: training[k] for k in ("epochs_run", "best_epoch", "best_val_mae_ev", "train_wall_s")
+                           if k in training}
+    return out
+
+
 def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], config_path: Path) -> dict[str, Any]:
     meta = read_model_json(folder)
     train_atoms = [sample_num_atoms(s) for s in parts["train"][1]]
@@ -213,6 +231,7 @@ def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], 
                         if k in meta["calibration"]},
         "noise_head": {k: v for k, v in meta["noise_head"].items() if k != "file"} if meta.get("noise_head") else None,
         "training": training_record(folder),
+        "warm_start": warm_start_record(folder),
         # the code commit of each stage that did work, per invocation (a resumed fit lists each)
         "stages": StageLog(folder).entries(),
         "test": scores,

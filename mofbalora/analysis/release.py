@@ -162,6 +162,18 @@ def _training_time(training: dict[str, Any]) -> str:
             "featurising included)")
 
 
+def _warm_start_lines(warm_start: dict[str, Any] | None) -> list[str]:
+    if not warm_start:
+        return []
+    before = warm_start.get("training") or {}
+    text = (f"- A warm restart (docs/method.md §5): these epochs are a second schedule from the weights of "
+            f"`{warm_start['from']}` (model.json sha256 `{warm_start['model_json_sha256'][:12]}`)")
+    if before:
+        text += (f", which had trained {before['epochs_run']} epochs ({before['train_wall_s'] / 60:.0f} min; best "
+                 f"validation MAE {before['best_val_mae_ev']:.3f} eV)")
+    return [text + "."]
+
+
 def model_card(record: dict[str, Any]) -> str:
     """MODEL_CARD.md from the release record written by ``pipelines/release_model.py``."""
     scores, data, config = record["test"], record["data"], record["train_config"]
@@ -198,6 +210,7 @@ def model_card(record: dict[str, Any]) -> str:
         f"- Prediction: S = {calibration['samples']} weight samples (sampling seed {calibration['seed']}); "
         "the conformal calibrator was fitted with that S, so use the default S.",
         f"- Trained on {training['device']}: {_training_time(training)}; code commit `{record['git_commit']}`.",
+        *_warm_start_lines(record.get("warm_start")),
         "- Validation MAE per epoch (eV, mean mode, what early stopping watched): "
         + ", ".join(f"{value:.3f}" for value in training["val_mae_ev_by_epoch"]) + ".",
         "",

@@ -69,7 +69,9 @@ def apply_head(backbone: GraphBackbone, kind: HeadKind) -> GraphBackbone:
     return backbone
 
 
-NoiseInputs = Literal["constant", "embedding", "embedding+mean", "embedding+neighbours"]
+NoiseInputs = Literal["constant", "embedding", "embedding+mean", "embedding+neighbours", "neighbours"]
+#: the variants that read the nearest training structures' residuals
+NEIGHBOUR_INPUTS = ("embedding+neighbours", "neighbours")
 
 #: added to the neighbours' mean |residual| (standardised units) before its log, so that a run of
 #: exact fits among the neighbours gives a finite feature
@@ -87,7 +89,8 @@ class DataNoiseHead(nn.Module):
     (:math:`\tilde z`), ``embedding+mean`` (:math:`\tilde z` and the predicted mean) or
     ``embedding+neighbours`` (:math:`\tilde z` and the log mean |training residual| of the
     ``neighbours`` nearest training structures in :math:`\tilde z`, leaving a training structure
-    itself out). The floor keeps the likelihood finite where the head would otherwise shrink to
+    itself out) or ``neighbours`` (that log mean |training residual| alone: a kNN estimate of the
+    local error scale, mapped by the MLP). The floor keeps the likelihood finite where the head would otherwise shrink to
     zero on a memorised structure.
 
     The neighbour variant keeps the training residuals as a buffer; the training embeddings it
@@ -107,11 +110,11 @@ class DataNoiseHead(nn.Module):
         self.inputs, self.floor, self.neighbours = inputs, float(floor), int(neighbours)
         self.register_buffer("z_mean", torch.zeros(embedding_dim))
         self.register_buffer("z_scale", torch.ones(embedding_dim))
-        if inputs == "embedding+neighbours":
+        if inputs in NEIGHBOUR_INPUTS:
             self.register_buffer("reference_abs_residual", torch.zeros(n_reference))
         self._index: Any = None
         self.bias = nn.Parameter(torch.zeros(()))
-        width = {"constant": 0, "embedding": embedding_dim}.get(inputs, embedding_dim + 1)
+        width = {"constant": 0, "embedding": embedding_dim, "neighbours": 1}.get(inputs, embedding_dim + 1)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.Softplus(), nn.Linear(hidden, 1)) if width else None
         self.reset_parameters()
 
@@ -159,10 +162,10 @@ class DataNoiseHead(nn.Module):
         logit = self.bias.expand(len(mean))
         if self.mlp is not None:
             features = self._standardise(z)
-            if self.inputs == "embedding+mean":
+            if self.inputs in NEIGHBOUR_INPUTS:
+                neighbour = (self.neighbour_feature(z) if neighbour is None else neighbour).unsqueeze(1).to(features.dtype)
+                features = neighbour if self.inputs == "neighbours" else torch.cat([features, neighbour], dim=1)
+            elif self.inputs == "embedding+mean":
                 features = torch.cat([features, mean.unsqueeze(1)], dim=1)
-            elif self.inputs == "embedding+neighbours":
-                neighbour = self.neighbour_feature(z) if neighbour is None else neighbour
-                features = torch.cat([features, neighbour.unsqueeze(1).to(features.dtype)], dim=1)
             logit = logit + self.mlp(features).squeeze(1)
         return self.floor + nn.functional.softplus(logit)

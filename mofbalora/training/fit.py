@@ -188,13 +188,29 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
     return model, finished and trainer.is_global_zero
 
 
+def warm_start_folder(config: TrainConfig) -> Path:
+    """The finished model folder ``config.warm_start_from`` names (a path or a shipped model).
+
+    Raises:
+        FileNotFoundError: naming it, when no finished model is there (train that one first).
+    """
+    try:
+        folder = resolve_model(config.warm_start_from)
+    except FileNotFoundError:
+        folder = Path(str(config.warm_start_from))
+    if not (folder / MODEL_FILE).exists():
+        raise FileNotFoundError(f"warm_start_from {config.warm_start_from!r}: no finished model folder there "
+                                f"(no {MODEL_FILE}); train that model first")
+    return folder
+
+
 def fit_identity(config: TrainConfig, dataset: LabelledDataset, split: Split) -> dict[str, Any]:
     """What a model folder was started with: config, data and split (and the model a warm
     restart starts from, by content). A rerun must match it."""
     identity = {"train_config": config.to_dict(), "data_source": str(dataset.source),
                 "labels_sha256": dataset.labels_sha256, "split_sha256": split.fingerprint()}
     if config.warm_start_from is not None:
-        identity["warm_start_model_json_sha256"] = model_json_sha256(resolve_model(config.warm_start_from))
+        identity["warm_start_model_json_sha256"] = model_json_sha256(warm_start_folder(config))
     return identity
 
 
@@ -280,7 +296,7 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
         config.init_from, backbone=config.backbone, head=config.head,
         normaliser={"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev})
     warm_starts = None if config.warm_start_from is None else warm_start_weights(
-        resolve_model(config.warm_start_from), config=config.to_dict(),
+        warm_start_folder(config), config=config.to_dict(),
         normaliser={"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev})
     bare = bare_member(backbone=config.backbone, head="pretrained", seed=config.seed)
     # z(x) does not change during training: computed once per structure (docs/method.md §2); the

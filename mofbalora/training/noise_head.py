@@ -23,7 +23,7 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from mofbalora.backbones.heads import DataNoiseHead, NoiseInputs
+from mofbalora.backbones.heads import NEIGHBOUR_INPUTS, DataNoiseHead, NoiseInputs
 from mofbalora.training.config import strict_from_dict
 
 logger = logging.getLogger(__name__)
@@ -40,13 +40,13 @@ class NoiseHeadConfig:
             N(mean, σ_epi² + σ_n²) is kept (the rule is declared in the YAML before any test run).
         hidden: MLP width.
         floor_ev: smallest σ_n (eV).
-        neighbours: k of the ``embedding+neighbours`` variant's nearest training structures.
+        neighbours: k of the neighbour variants' nearest training structures.
         epochs, batch_size, lr, weight_decay, patience: AdamW on the training residuals, early
             stopping on the validation NLL.
         seed: initialisation and shuffling seed.
     """
 
-    variants: tuple[str, ...] = ("constant", "embedding", "embedding+mean", "embedding+neighbours")
+    variants: tuple[str, ...] = ("constant", "embedding", "embedding+mean", "embedding+neighbours", "neighbours")
     hidden: int = 32
     floor_ev: float = 0.05
     neighbours: int = 10
@@ -133,7 +133,7 @@ def fit_noise_head(*, inputs: str, config: NoiseHeadConfig, std_scale: float, tr
     head = DataNoiseHead(embedding_dim=z_train.shape[1], inputs=inputs, hidden=config.hidden,
                          floor=config.floor_ev / std_scale, neighbours=config.neighbours, n_reference=len(z_train))
     head.set_reference(z_train, initial_std=float(residual_train.pow(2).mean().sqrt()))
-    if inputs == "embedding+neighbours":
+    if inputs in NEIGHBOUR_INPUTS:
         head.set_neighbours(z_train, residual_train.abs())
         neighbour_train = head.neighbour_feature(z_train, exclude_self=True)
         neighbour_val = head.neighbour_feature(z_val)

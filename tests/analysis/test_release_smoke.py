@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from mofbalora.analysis.release import model_card
 from mofbalora.predict import load_model
 
 from .conftest import run_make
@@ -35,6 +36,12 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
     assert (run / "figures" / "reliability_p_in_window.png").read_bytes()[:4] == b"\x89PNG"
     card = (package / "MODEL_CARD.md").read_text()
     assert f"{test['mae_ev']['value']:.3f}" in card and record["data"]["split_sha256"] in card
+    assert record["warm_start"] is None and "warm restart" not in card
+    warm = {"from": str(run), "model_json_sha256": "ab" * 32,
+            "training": {"epochs_run": 30, "best_epoch": 27, "best_val_mae_ev": 0.3304, "train_wall_s": 5400.0}}
+    warm_card = model_card({**record, "warm_start": warm})
+    assert f"from the weights of `{run}` (model.json sha256 `{'ab' * 6}`), which had trained 30 epochs (90 min; " \
+           "best validation MAE 0.330 eV)" in warm_card
     assert not list(package.rglob("*.ckpt")) and not (package / "members" / "0" / "logs").exists()
     # the packaged copy predicts like the run folder it came from
     _, paths, _ = small_qmof

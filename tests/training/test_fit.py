@@ -295,6 +295,44 @@ def test_init_from_refuses_what_does_not_fit(fitted, tiny_dataset, tmp_path):
         tiny_config("full", init_from=str(fitted["full"]))
 
 
+def test_warm_start_continues_a_trained_model(fitted, tiny_dataset, tmp_path):
+    """warm_start_from: the fit starts from the trained member (adapters, head and noise scale), so
+    with a vanishing learning rate it ends where that member was; the identity names it by content."""
+    from mofbalora.model_folder import load_members, model_json_sha256, trainable_state_dict
+
+    source = fitted["balora"]
+    config = tiny_config("balora", epochs=1, lr=1e-9, warm_start_from=str(source))
+    folder = fit(config, data=tiny_dataset, out_dir=tmp_path / "warm", progress=False)
+    (_, (before,)), (_, (after,)) = load_members(source), load_members(folder)
+    before_state, after_state = trainable_state_dict(before), trainable_state_dict(after)
+    assert before_state.keys() == after_state.keys()
+    for name, tensor in before_state.items():
+        torch.testing.assert_close(after_state[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+    noise = [json.loads((f / "members/0/noise.json").read_text())["noise_std_ev"] for f in (source, folder)]
+    assert noise[1] == pytest.approx(noise[0], rel=1e-4)
+    identity = json.loads((folder / "fit_identity.json").read_text())
+    assert identity["warm_start_model_json_sha256"] == model_json_sha256(source)
+
+
+def test_warm_start_refuses_what_does_not_fit(fitted, tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="same method"):
+        fit(tiny_config("balora", epochs=1, warm_start_from=str(fitted["lora"])), data=tiny_dataset,
+            out_dir=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="adapter"):
+        fit(tiny_config("balora", epochs=1, warm_start_from=str(fitted["balora"]),
+                        adapter={"rank": 2, "alpha": 8, "target_modules": ["^embedding$", "fc_full"]}),
+            data=tiny_dataset, out_dir=tmp_path / "b", progress=False)
+    other_split = {"fractions": [0.3, 0.1, 0.45, 0.15], "method": "random", "seed": 1}
+    with pytest.raises(ValueError, match="normaliser"):
+        fit(tiny_config("balora", epochs=1, warm_start_from=str(fitted["balora"]), split=other_split),
+            data=tiny_dataset, out_dir=tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="has none"):
+        tiny_config("full", warm_start_from=str(fitted["full"]))
+    with pytest.raises(FileNotFoundError, match="no finished model folder there"):
+        fit(tiny_config("balora", epochs=1, warm_start_from=str(tmp_path / "unfinished")), data=tiny_dataset,
+            out_dir=tmp_path / "d", progress=False)
+
+
 def test_cli_fit_puts_adapters_on_a_full_fine_tune(fitted, tiny_dataset, tmp_path):
     import yaml
     from typer.testing import CliRunner

@@ -41,6 +41,28 @@ def test_embedding_head_learns_which_cluster_is_noisy():
     assert torch.allclose(values, values[0]) and values[0].item() == pytest.approx(np.sqrt((0.01 + 1) / 2), rel=0.15)
 
 
+def test_neighbours_head_learns_the_local_error_scale_from_neighbours_alone(tmp_path):
+    """The ``neighbours`` variant sees only its kNN residual feature: it recovers each cluster's
+    scale, and two structures with the same neighbours get the same σ_n whatever else z says."""
+    from mofbalora.model_folder import load_noise_head, save_noise_head, save_train_embeddings
+
+    config = NoiseHeadConfig(epochs=300, patience=30, floor_ev=0.01, neighbours=10)
+    train, val = _clusters(2000, 0), _clusters(500, 1)
+    head = fit_noise_head(inputs="neighbours", config=config, std_scale=1.0, train=train, val=val)
+    z, mean, _ = _clusters(1000, 2)
+    with torch.no_grad():
+        std = head(z, mean)
+    quiet, noisy = std[::2].median().item(), std[1::2].median().item()
+    assert quiet == pytest.approx(0.1, rel=0.35) and noisy == pytest.approx(1.0, rel=0.25)
+    assert head.mlp[0].in_features == 1
+    with torch.no_grad():  # the same neighbour feature, another mean: the same σ_n
+        torch.testing.assert_close(head(z[:5], mean[:5]), head(z[:5], mean[:5] + 3.0))
+    save_train_embeddings(tmp_path, train[0])
+    loaded = load_noise_head(tmp_path, save_noise_head(tmp_path, head))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(z[:7], mean[:7]), std[:7])
+
+
 def test_floor_and_bad_settings():
     head = DataNoiseHead(embedding_dim=4, inputs="embedding+mean", hidden=8, floor=0.3)
     head.set_reference(torch.randn(50, 4), initial_std=0.2)  # below the floor: starts at the floor
