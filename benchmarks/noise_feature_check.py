@@ -1,0 +1,132 @@
+"""Which inputs of the data-noise head rank unseen errors? Validation only (docs/method.md §13, round 3).
+
+    python benchmarks/noise_feature_check.py results/release/qmof-pbe-cgcnn-balora
+
+For a fitted model folder this takes the training and validation splits' noise-off residuals and
+two feature spaces: z(x), the bare pretrained backbone's crystal embedding (what the noise head
+reads), and h(x), the fine-tuned model's own crystal features (its head's input). In each
+(standardised with the training split's statistics) it forms the kNN residual feature: the log
+mean |training residual| of the k nearest training structures, a training structure itself left
+out. For each feature set it fits σ_n = floor + softplus(a + b·feature) by Gaussian NLL on the
+training residuals and reports, on the validation split, the NLL of N(mean_S, σ_epi² + σ_n²) (eV)
+and Spearman ρ(total std, |error|), next to the folder's own noise head. Nothing here touches the
+calibration or test split. Prints one JSON line per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mofbalora.adapters.model import forward_in_mode  # noqa: E402
+from mofbalora.backbones.batching import Collate, GraphDataset  # noqa: E402
+from mofbalora.backbones.heads import NEIGHBOUR_EPSILON  # noqa: E402
+from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
+from mofbalora.data.splits import Split  # noqa: E402
+from mofbalora.model_folder import load_train_embeddings, read_model_json  # noqa: E402
+from mofbalora.predict import load_model  # noqa: E402
+from mofbalora.training.config import TrainConfig  # noqa: E402
+from mofbalora.training.fit import prepare_data  # noqa: E402
+from mofbalora.training.noise_head import gaussian_nll_std, load_uncertainty_config  # noqa: E402
+
+
+def head_inputs_and_means(model, samples) -> tuple[np.ndarray, np.ndarray]:
+    """The first member's head input h(x) [n, F] and its noise-off prediction (eV) [n]."""
+    member, captured, means = model.members[0], [], []
+    hook = member.head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+    loader = DataLoader(GraphDataset(samples), batch_size=64, shuffle=False, collate_fn=Collate(model.backbone))
+    try:
+        with torch.inference_mode():
+            for graphs, _, _ in loader:
+                means.append(model.normaliser.to_ev(forward_in_mode(member, graphs, "mean")))
+    finally:
+        hook.remove()
+    return torch.cat(captured).numpy(), torch.cat(means).double().numpy().ravel()
+
+
+def knn_feature(train: np.ndarray, val: np.ndarray, abs_residual: np.ndarray, k: int, epsilon_ev: float):
+    """log(ε + mean |residual| of the k nearest training structures), for training (itself left out) and validation."""
+    scaler = StandardScaler().fit(train)
+    index = NearestNeighbors(n_neighbors=k + 1).fit(scaler.transform(train))
+    own = index.kneighbors(scaler.transform(train))[1][:, 1:]
+    other = index.kneighbors(scaler.transform(val), n_neighbors=k)[1]
+    return np.log(epsilon_ev + abs_residual[own].mean(1)), np.log(epsilon_ev + abs_residual[other].mean(1))
+
+
+def fit_scale(features_train: np.ndarray, residual_train: np.ndarray, features_val: np.ndarray, floor_ev: float):
+    """σ_n = floor + softplus(a + features·b), b and a by Gaussian NLL (L-BFGS) on the training residuals."""
+    x, y = torch.from_numpy(features_train), torch.from_numpy(residual_train)
+    weight = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weight, bias], max_iter=200)
+
+    def closure():
+        optimiser.zero_grad()
+        loss = gaussian_nll_std(floor_ev + torch.nn.functional.softplus(bias + x @ weight), y)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        return (floor_ev + torch.nn.functional.softplus(bias + torch.from_numpy(features_val) @ weight)).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a fitted model folder with a noise head (and split.json)")
+    parser.add_argument("--uncertainty-config", default=str(ROOT / "pipelines" / "configs" / "uncertainty.yaml"))
+    args = parser.parse_args()
+    logging.disable(logging.INFO)
+    folder = Path(args.model)
+    meta = read_model_json(folder)
+    config = TrainConfig.from_dict(meta["train_config"])
+    noise_config = load_uncertainty_config(args.uncertainty_config)["noise_head"]
+    with tempfile.TemporaryDirectory() as scratch:  # prepare_data writes the split it used there
+        prepared = prepare_data(config, load_labelled_dataset(None, target=config.target), Path(scratch),
+                                progress=False, split=Split.load(folder / "split.json"))
+    model = load_model(folder)
+    (_, train_samples, train_gaps), (_, val_samples, val_gaps) = prepared.parts["train"], prepared.parts["val"]
+    h_train, mean_train = head_inputs_and_means(model, train_samples)
+    h_val, _ = head_inputs_and_means(model, val_samples)
+    residual_train = np.asarray(train_gaps) - mean_train
+    predictive = model.predictive(val_samples, n_samples=meta["calibration"]["samples"])
+    error = predictive.mean - np.asarray(val_gaps)
+    spaces = {"z": (load_train_embeddings(folder).numpy(), model.frozen_embeddings(val_samples)), "h": (h_train, h_val)}
+    epsilon_ev = NEIGHBOUR_EPSILON * model.normaliser.std_ev
+    knn = {name: knn_feature(*pair, np.abs(residual_train), noise_config.neighbours, epsilon_ev)
+           for name, pair in spaces.items()}
+
+    def score(label: str, aleatoric: np.ndarray) -> dict:
+        total = np.sqrt(aleatoric ** 2 + predictive.std_epistemic ** 2)
+        return {"noise_input": label, "val_nll_ev": float(np.mean(np.log(total) + 0.5 * (error / total) ** 2)),
+                "val_spearman_total_std_abs_error": float(spearmanr(total, np.abs(error))[0])}
+
+    rows = [score(f"the folder's head ({meta['noise_head']['chosen']})", predictive.std_aleatoric)]
+    for names in (["z"], ["h"], ["z", "h"]):
+        train_features = np.stack([knn[n][0] for n in names], 1)
+        val_features = np.stack([knn[n][1] for n in names], 1)
+        rows.append(score("kNN residual in " + " and ".join(names),
+                          fit_scale(train_features, residual_train, val_features, noise_config.floor_ev)))
+    rows.append({"train_rmse_ev": float(np.sqrt(np.mean(residual_train ** 2))),
+                 "val_rmse_ev": float(np.sqrt(np.mean((np.asarray(val_gaps) - model.predict_mean_mode(val_samples)) ** 2))),
+                 "h_dim": int(h_train.shape[1]), "neighbours": noise_config.neighbours})
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
