@@ -2,7 +2,11 @@
 
 Stages, each resumable (a rerun skips what is done; an interrupted fit continues from its last
 checkpoint):
-1. fit: CGCNN + the chosen BaLoRA default on all of QMOF (pipelines/configs/release_qmof.yaml);
+1. fit: CGCNN + the chosen BaLoRA default on all of QMOF. The shipped v2.1
+   (pipelines/configs/release_qmof_v2.1.yaml, the default) is a warm restart of v2
+   (pipelines/configs/release_qmof.yaml), whose fit must exist first:
+   ``python pipelines/release_model.py --config pipelines/configs/release_qmof.yaml
+   --run-dir results/release/qmof-pbe-cgcnn-balora --stop-after fit`` (``make release-model`` runs both);
 2. noise: the per-structure data-noise head, its variant chosen on validation
    (pipelines/configs/uncertainty.yaml; mofbalora.data_noise);
 3. calibrate on the held-out calibration split (Mondrian conformal intervals, mean rule, OOD thresholds);
@@ -19,7 +23,7 @@ checkpoint):
 (its trained weights), so the later stages rerun without training again. ``--keep-calibration``
 scores a folder as it is, without a noise head or a new calibration (the "before" of a change).
 
-The run folder is results/release/qmof-pbe-cgcnn-balora/ (test predictions stay there: they
+The run folder is results/release/qmof-pbe-cgcnn-balora-v2.1/ (test predictions stay there: they
 hold QMOF labels and are never committed).
 """
 
@@ -63,11 +67,11 @@ from mofbalora.training.noise_head import load_uncertainty_config  # noqa: E402
 from bandgap_benchmark import git_commit  # noqa: E402
 
 logger = logging.getLogger("release_model")
-CONFIG = ROOT / "pipelines" / "configs" / "release_qmof.yaml"
+CONFIG = ROOT / "pipelines" / "configs" / "release_qmof_v2.1.yaml"
 UNCERTAINTY_CONFIG = ROOT / "pipelines" / "configs" / "uncertainty.yaml"
 FIGURES_DIR = ROOT / "docs" / "results" / "release"
 RELEASE = SHIPPED[0]
-RUN_DIR = ROOT / "results" / "release" / RELEASE.folder_name
+RUN_DIR = ROOT / "results" / "release" / f"{RELEASE.folder_name}-v2.1"
 PACKAGE_DIR = ROOT / "mofbalora" / "pretrained" / RELEASE.folder_name
 TEST_TABLE = "test_predictions.csv"
 MAX_PACKAGE_BYTES = 5 * 1024 * 1024
