@@ -263,11 +263,19 @@ def model_card(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _epochs_text(training: dict[str, Any], warm_start: dict[str, Any] | None) -> str:
+    """"30 (27)": epochs run (best); a warm restart adds its source's epochs first: "30 + 15 (15)"."""
+    before = (warm_start or {}).get("training")
+    prefix = f"{before['epochs_run']} + " if before else ""
+    return f"{prefix}{training['epochs_run']} ({training['best_epoch']})"
+
+
 def releases_table(records: dict[str, dict[str, Any]]) -> str:
     """Markdown: the test figures of each release (``{alias: release.json record}``), newest first,
     side by side with their 95% BCa CIs; "–" where a release predates a score."""
     header = ["model", "test MAE (eV)", "95% coverage", "ρ(total std, \\|err\\|)", "CRPS (eV)",
-              f"95% coverage, gap < {SMALL_GAP_EV} eV", "95% width p10 / p50 / p90 (eV)", "epochs (best)"]
+              f"95% coverage, gap < {SMALL_GAP_EV} eV", "95% width p10 / p50 / p90 (eV)",
+              "epochs (best; a warm restart after its source's)"]
     rows = []
     for alias, record in records.items():
         test, training = record["test"], record["training"]
@@ -276,7 +284,7 @@ def releases_table(records: dict[str, dict[str, Any]]) -> str:
                      _ci(test.get("spearman_calibrated_std_abs_error")), _ci(test.get("crps_ev")),
                      _ci(test.get("small_gap_coverage_95")),
                      " / ".join(f"{w:.2f}" for w in widths) if widths else f"– / {test['width_95_median_ev']:.2f} / –",
-                     f"{training['epochs_run']} ({training['best_epoch']})"])
+                     _epochs_text(training, record.get("warm_start"))])
     n_test = sorted({record["test"]["n_test"] for record in records.values()})
     same = len({record["data"]["split_sha256"] for record in records.values()}) == 1
     return (f"Each release's test split ({', '.join(map(str, n_test))} QMOF structures; "

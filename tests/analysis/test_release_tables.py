@@ -22,6 +22,11 @@ def test_releases_table_puts_each_release_side_by_side():
     assert "0.440 [0.430, 0.450]" in old and old[crps] == "–" and old[width] == "– / 2.00 / –"  # predates CRPS
     assert "one split, the same for every release" in table
     assert "DIFFER" in releases_table({"new": _record(0.35), "old": _record(0.44, split="s2")})
+    warm = {**_record(0.30), "training": {"epochs_run": 15, "best_epoch": 14},
+            "warm_start": {"from": "run", "training": {"epochs_run": 30, "best_epoch": 27}}}
+    row = next(line for line in releases_table({"warm": warm}).splitlines() if line.startswith("| `warm`"))
+    assert row.rstrip(" |").endswith("30 + 15 (14)")
+    assert releases_table({"cold": _record(0.30)}).splitlines()[-1].rstrip(" |").endswith("| 30 (28)")
 
 
 def test_generated_block_is_replaced_in_place_inserted_or_appended(tmp_path):
