@@ -161,11 +161,12 @@ class DataNoiseHead(nn.Module):
         """σ_n [G]; ``neighbour`` is :meth:`neighbour_feature`, computed here when not given."""
         logit = self.bias.expand(len(mean))
         if self.mlp is not None:
-            features = self._standardise(z)
+            parts = [] if self.inputs == "neighbours" else [self._standardise(z)]
             if self.inputs in NEIGHBOUR_INPUTS:
-                neighbour = (self.neighbour_feature(z) if neighbour is None else neighbour).unsqueeze(1).to(features.dtype)
-                features = neighbour if self.inputs == "neighbours" else torch.cat([features, neighbour], dim=1)
+                neighbour = self.neighbour_feature(z) if neighbour is None else neighbour
+                parts.append(neighbour.unsqueeze(1).float())
             elif self.inputs == "embedding+mean":
-                features = torch.cat([features, mean.unsqueeze(1)], dim=1)
+                parts.append(mean.unsqueeze(1))
+            features = torch.cat(parts, dim=1)
             logit = logit + self.mlp(features).squeeze(1)
         return self.floor + nn.functional.softplus(logit)

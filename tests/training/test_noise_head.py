@@ -26,15 +26,21 @@ def _clusters(n: int, seed: int) -> tuple[torch.Tensor, ...]:
     return z, mean, truth
 
 
-def test_embedding_head_learns_which_cluster_is_noisy():
-    config = NoiseHeadConfig(epochs=300, patience=30, floor_ev=0.01)
+def _fit_on_clusters(inputs: str, config: NoiseHeadConfig) -> tuple:
+    """A head fitted on :func:`_clusters`; (head, train, z, mean, σ_n, quiet median, noisy median) on fresh ones."""
     train, val = _clusters(2000, 0), _clusters(500, 1)
-    head = fit_noise_head(inputs="embedding", config=config, std_scale=1.0, train=train, val=val)
+    head = fit_noise_head(inputs=inputs, config=config, std_scale=1.0, train=train, val=val)
     z, mean, _ = _clusters(1000, 2)
     with torch.no_grad():
         std = head(z, mean)
-    quiet, noisy = std[::2].median().item(), std[1::2].median().item()
+    return head, train, z, mean, std, std[::2].median().item(), std[1::2].median().item()
+
+
+def test_embedding_head_learns_which_cluster_is_noisy():
+    config = NoiseHeadConfig(epochs=300, patience=30, floor_ev=0.01)
+    _, train, z, mean, _, quiet, noisy = _fit_on_clusters("embedding", config)
     assert quiet == pytest.approx(0.1, rel=0.3) and noisy == pytest.approx(1.0, rel=0.2)
+    val = _clusters(500, 1)
     constant = fit_noise_head(inputs="constant", config=config, std_scale=1.0, train=train, val=val)
     with torch.no_grad():
         values = constant(z, mean)
@@ -47,12 +53,7 @@ def test_neighbours_head_learns_the_local_error_scale_from_neighbours_alone(tmp_
     from mofbalora.model_folder import load_noise_head, save_noise_head, save_train_embeddings
 
     config = NoiseHeadConfig(epochs=300, patience=30, floor_ev=0.01, neighbours=10)
-    train, val = _clusters(2000, 0), _clusters(500, 1)
-    head = fit_noise_head(inputs="neighbours", config=config, std_scale=1.0, train=train, val=val)
-    z, mean, _ = _clusters(1000, 2)
-    with torch.no_grad():
-        std = head(z, mean)
-    quiet, noisy = std[::2].median().item(), std[1::2].median().item()
+    head, train, z, mean, std, quiet, noisy = _fit_on_clusters("neighbours", config)
     assert quiet == pytest.approx(0.1, rel=0.35) and noisy == pytest.approx(1.0, rel=0.25)
     assert head.mlp[0].in_features == 1
     with torch.no_grad():  # the same neighbour feature, another mean: the same σ_n
