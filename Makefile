@@ -52,11 +52,14 @@ release-pilot: $(STAMP)
 	$(PY) pipelines/release_pilot.py $(PILOT_ARGS)
 
 # The shipped model: all of QMOF, resumable (rerun to continue); see pipelines/release_model.py.
-# By default v2's fit first (release_qmof.yaml), then v2.1, its warm restart (release_qmof_v2.1.yaml).
+# By default v2's fit first (release_qmof.yaml), then its warm restarts: v2.1 (release_qmof_v2.1.yaml)
+# and v2.2 (release_qmof_v2.2.yaml, the shipped one).
 RELEASE_ARGS ?=
 release-model: $(STAMP)
 ifeq ($(strip $(RELEASE_ARGS)),)
 	$(PY) pipelines/release_model.py --config pipelines/configs/release_qmof.yaml \
 		--run-dir results/release/qmof-pbe-cgcnn-balora --stop-after fit
+	$(PY) pipelines/release_model.py --config pipelines/configs/release_qmof_v2.1.yaml \
+		--run-dir results/release/qmof-pbe-cgcnn-balora-v2.1 --stop-after fit
 endif
 	$(PY) pipelines/release_model.py $(RELEASE_ARGS)

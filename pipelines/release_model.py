@@ -2,11 +2,13 @@
 
 Stages, each resumable (a rerun skips what is done; an interrupted fit continues from its last
 checkpoint):
-1. fit: CGCNN + the chosen BaLoRA default on all of QMOF. The shipped v2.1
-   (pipelines/configs/release_qmof_v2.1.yaml, the default) is a warm restart of v2
-   (pipelines/configs/release_qmof.yaml), whose fit must exist first:
-   ``python pipelines/release_model.py --config pipelines/configs/release_qmof.yaml
-   --run-dir results/release/qmof-pbe-cgcnn-balora --stop-after fit`` (``make release-model`` runs both);
+1. fit: CGCNN + the chosen BaLoRA default on all of QMOF. The shipped v2.2
+   (pipelines/configs/release_qmof_v2.2.yaml, the default) is a warm restart of v2.1
+   (release_qmof_v2.1.yaml), itself a warm restart of v2 (release_qmof.yaml); their fits must exist
+   first: ``python pipelines/release_model.py --config pipelines/configs/release_qmof.yaml
+   --run-dir results/release/qmof-pbe-cgcnn-balora --stop-after fit``, then the same with
+   release_qmof_v2.1.yaml and ``--run-dir results/release/qmof-pbe-cgcnn-balora-v2.1``
+   (``make release-model`` runs all three);
 2. noise: the per-structure data-noise head, its variant chosen on validation
    (pipelines/configs/uncertainty.yaml; mofbalora.data_noise);
 3. calibrate on the held-out calibration split (Mondrian conformal intervals, mean rule, OOD thresholds);
@@ -23,7 +25,7 @@ checkpoint):
 (its trained weights), so the later stages rerun without training again. ``--keep-calibration``
 scores a folder as it is, without a noise head or a new calibration (the "before" of a change).
 
-The run folder is results/release/qmof-pbe-cgcnn-balora-v2.1/ (test predictions stay there: they
+The run folder is results/release/qmof-pbe-cgcnn-balora-v2.2/ (test predictions stay there: they
 hold QMOF labels and are never committed).
 """
 
@@ -67,11 +69,11 @@ from mofbalora.training.noise_head import load_uncertainty_config  # noqa: E402
 from bandgap_benchmark import git_commit  # noqa: E402
 
 logger = logging.getLogger("release_model")
-CONFIG = ROOT / "pipelines" / "configs" / "release_qmof_v2.1.yaml"
+CONFIG = ROOT / "pipelines" / "configs" / "release_qmof_v2.2.yaml"
 UNCERTAINTY_CONFIG = ROOT / "pipelines" / "configs" / "uncertainty.yaml"
 FIGURES_DIR = ROOT / "docs" / "results" / "release"
 RELEASE = SHIPPED[0]
-RUN_DIR = ROOT / "results" / "release" / f"{RELEASE.folder_name}-v2.1"
+RUN_DIR = ROOT / "results" / "release" / f"{RELEASE.folder_name}-v2.2"
 PACKAGE_DIR = ROOT / "mofbalora" / "pretrained" / RELEASE.folder_name
 TEST_TABLE = "test_predictions.csv"
 MAX_PACKAGE_BYTES = 5 * 1024 * 1024
@@ -202,7 +204,8 @@ def test_predictions(folder: Path, parts: dict[str, Any]) -> pd.DataFrame:
 
 def warm_start_record(folder: Path) -> dict[str, Any] | None:
     """Which trained model a warm-restarted fit started from (by content), and that model's own
-    training (from the release.json of its run folder, when there is one)."""
+    training and warm start (from the release.json of its run folder, when there is one): a chain
+    of restarts nests, oldest innermost."""
     identity = json.loads((folder / IDENTITY_FILE).read_text())
     source = identity["train_config"].get("warm_start_from")
     if source is None:
@@ -210,9 +213,12 @@ def warm_start_record(folder: Path) -> dict[str, Any] | None:
     out = {"from": source, "model_json_sha256": identity["warm_start_model_json_sha256"]}
     prior = warm_start_folder(TrainConfig.from_dict(identity["train_config"])) / "release.json"
     if prior.exists():
-        training = json.loads(prior.read_text())["training"]
+        prior_record = json.loads(prior.read_text())
+        training = prior_record["training"]
         out["training"] = {k: training[k] for k in ("epochs_run", "best_epoch", "best_val_mae_ev", "train_wall_s")
                            if k in training}
+        if prior_record.get("warm_start"):
+            out["warm_start"] = prior_record["warm_start"]
     return out
 
 

@@ -71,7 +71,7 @@ def test_models_lists_the_shipped_model():
 
 def test_unknown_model_name_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["predict", "--model", "qmof-hse", str(tmp_path)])
-    assert result.exit_code == 2 and "not a shipped model (qmof-pbe, qmof-pbe-v2, qmof-pbe-v1.1, qmof-pbe-v1)" in result.output
+    assert result.exit_code == 2 and "not a shipped model (qmof-pbe, qmof-pbe-v2.1, qmof-pbe-v2, qmof-pbe-v1.1, qmof-pbe-v1)" in result.output
 
 
 def test_screen_uses_the_shipped_model_by_default(coremof_cifs, fresh_cache, tmp_path):

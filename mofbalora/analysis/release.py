@@ -162,15 +162,27 @@ def _training_time(training: dict[str, Any]) -> str:
             "featurising included)")
 
 
+def _earlier_schedules(warm_start: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The training records of the schedules a warm restart continues, oldest first (the record nests them)."""
+    chain = []
+    while warm_start and warm_start.get("training"):
+        chain.insert(0, warm_start["training"])
+        warm_start = warm_start.get("warm_start")
+    return chain
+
+
 def _warm_start_lines(warm_start: dict[str, Any] | None) -> list[str]:
     if not warm_start:
         return []
-    before = warm_start.get("training") or {}
-    text = (f"- A warm restart (docs/method.md §5): these epochs are a second schedule from the weights of "
+    earlier = _earlier_schedules(warm_start)
+    ordinal = {1: "second", 2: "third", 3: "fourth"}.get(len(earlier), f"{len(earlier) + 1}th") if earlier else "further"
+    text = (f"- A warm restart (docs/method.md §5): these epochs are a {ordinal} schedule from the weights of "
             f"`{warm_start['from']}` (model.json sha256 `{warm_start['model_json_sha256'][:12]}`)")
-    if before:
-        text += (f", which had trained {before['epochs_run']} epochs ({before['train_wall_s'] / 60:.0f} min; best "
-                 f"validation MAE {before['best_val_mae_ev']:.3f} eV)")
+    if earlier:
+        before = earlier[-1]
+        text += (f", which had trained {' + '.join(str(s['epochs_run']) for s in earlier)} epochs "
+                 f"({sum(s['train_wall_s'] for s in earlier) / 60:.0f} min; best validation MAE "
+                 f"{before['best_val_mae_ev']:.3f} eV)")
     return [text + "."]
 
 
@@ -264,10 +276,9 @@ def model_card(record: dict[str, Any]) -> str:
 
 
 def _epochs_text(training: dict[str, Any], warm_start: dict[str, Any] | None) -> str:
-    """"30 (27)": epochs run (best); a warm restart adds its source's epochs first: "30 + 15 (15)"."""
-    before = (warm_start or {}).get("training")
-    prefix = f"{before['epochs_run']} + " if before else ""
-    return f"{prefix}{training['epochs_run']} ({training['best_epoch']})"
+    """"30 (27)": epochs run (best); a warm restart adds its earlier schedules' epochs first: "30 + 15 + 15 (13)"."""
+    return " + ".join(str(s["epochs_run"]) for s in [*_earlier_schedules(warm_start), training]) + \
+        f" ({training['best_epoch']})"
 
 
 def releases_table(records: dict[str, dict[str, Any]]) -> str:

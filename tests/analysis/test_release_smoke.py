@@ -41,7 +41,12 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
             "training": {"epochs_run": 30, "best_epoch": 27, "best_val_mae_ev": 0.3304, "train_wall_s": 5400.0}}
     warm_card = model_card({**record, "warm_start": warm})
     assert f"from the weights of `{run}` (model.json sha256 `{'ab' * 6}`), which had trained 30 epochs (90 min; " \
-           "best validation MAE 0.330 eV)" in warm_card
+           "best validation MAE 0.330 eV)" in warm_card and "a second schedule" in warm_card
+    chain_card = model_card({**record, "warm_start": {
+        "from": "v2.1", "model_json_sha256": "cd" * 32, "warm_start": warm,
+        "training": {"epochs_run": 15, "best_epoch": 15, "best_val_mae_ev": 0.3176, "train_wall_s": 2400.0}}})
+    assert "a third schedule from the weights of `v2.1`" in chain_card
+    assert "which had trained 30 + 15 epochs (130 min; best validation MAE 0.318 eV)" in chain_card
     assert not list(package.rglob("*.ckpt")) and not (package / "members" / "0" / "logs").exists()
     # the packaged copy predicts like the run folder it came from
     _, paths, _ = small_qmof

@@ -26,6 +26,10 @@ def test_releases_table_puts_each_release_side_by_side():
             "warm_start": {"from": "run", "training": {"epochs_run": 30, "best_epoch": 27}}}
     row = next(line for line in releases_table({"warm": warm}).splitlines() if line.startswith("| `warm`"))
     assert row.rstrip(" |").endswith("30 + 15 (14)")
+    chain = {**warm, "warm_start": {"from": "run2", "training": {"epochs_run": 15, "best_epoch": 15},
+                                    "warm_start": warm["warm_start"]}}  # a restart of a restart
+    row = next(line for line in releases_table({"chain": chain}).splitlines() if line.startswith("| `chain`"))
+    assert row.rstrip(" |").endswith("30 + 15 + 15 (14)")
     assert releases_table({"cold": _record(0.30)}).splitlines()[-1].rstrip(" |").endswith("| 30 (28)")
 
 
