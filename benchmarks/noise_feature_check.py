@@ -9,7 +9,11 @@ reads), and h(x), the fine-tuned model's own crystal features (its head's input)
 mean |training residual| of the k nearest training structures, a training structure itself left
 out. For each feature set it fits σ_n = floor + softplus(a + b·feature) by Gaussian NLL on the
 training residuals and reports, on the validation split, the NLL of N(mean_S, σ_epi² + σ_n²) (eV)
-and Spearman ρ(total std, |error|), next to the folder's own noise head. Nothing here touches the
+and Spearman ρ(total std, |error|), next to the folder's own noise head. Two rows ask whether the
+inputs, not the fit, set the ceiling: the same two-feature scale fitted on the validation split's
+own (unseen) residuals, scored by 5-fold cross-validation within it, and a gradient-boosted
+regressor of log |residual| on z, h, both kNN features and the predicted gap (trained on the
+training residuals; its output ranks, so only its ρ is reported). Nothing here touches the
 calibration or test split. Prints one JSON line per row.
 """
 
@@ -25,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import spearmanr
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.model_selection import KFold
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
@@ -85,6 +91,14 @@ def fit_scale(features_train: np.ndarray, residual_train: np.ndarray, features_v
         return (floor_ev + torch.nn.functional.softplus(bias + torch.from_numpy(features_val) @ weight)).numpy()
 
 
+def cross_fitted_scale(features: np.ndarray, residual: np.ndarray, floor_ev: float, folds: int = 5) -> np.ndarray:
+    """σ_n of each structure from :func:`fit_scale` fitted on the other folds' residuals (the same split)."""
+    out = np.empty(len(residual))
+    for fit_rows, score_rows in KFold(folds, shuffle=True, random_state=0).split(features):
+        out[score_rows] = fit_scale(features[fit_rows], residual[fit_rows], features[score_rows], floor_ev)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a fitted model folder with a noise head (and split.json)")
@@ -101,7 +115,7 @@ def main() -> None:
     model = load_model(folder)
     (_, train_samples, train_gaps), (_, val_samples, val_gaps) = prepared.parts["train"], prepared.parts["val"]
     h_train, mean_train = head_inputs_and_means(model, train_samples)
-    h_val, _ = head_inputs_and_means(model, val_samples)
+    h_val, mean_val = head_inputs_and_means(model, val_samples)
     residual_train = np.asarray(train_gaps) - mean_train
     predictive = model.predictive(val_samples, n_samples=meta["calibration"]["samples"])
     error = predictive.mean - np.asarray(val_gaps)
@@ -121,8 +135,17 @@ def main() -> None:
         val_features = np.stack([knn[n][1] for n in names], 1)
         rows.append(score("kNN residual in " + " and ".join(names),
                           fit_scale(train_features, residual_train, val_features, noise_config.floor_ev)))
+    both = [np.stack([knn[n][i] for n in ("z", "h")], 1) for i in (0, 1)]
+    residual_val = np.asarray(val_gaps) - mean_val
+    rows.append(score("kNN residual in z and h, fitted on validation residuals (5-fold)",
+                      cross_fitted_scale(both[1], residual_val, noise_config.floor_ev)))
+    boosted = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0).fit(
+        np.column_stack([spaces["z"][0], h_train, both[0], mean_train]), np.log(np.abs(residual_train) + epsilon_ev))
+    ranking = boosted.predict(np.column_stack([spaces["z"][1], h_val, both[1], mean_val]))
+    rows.append({"noise_input": "gradient boosting of log |residual| on z, h, both kNN features and the mean",
+                 "val_spearman_abs_error": float(spearmanr(ranking, np.abs(error))[0])})
     rows.append({"train_rmse_ev": float(np.sqrt(np.mean(residual_train ** 2))),
-                 "val_rmse_ev": float(np.sqrt(np.mean((np.asarray(val_gaps) - model.predict_mean_mode(val_samples)) ** 2))),
+                 "val_rmse_ev": float(np.sqrt(np.mean(residual_val ** 2))),
                  "h_dim": int(h_train.shape[1]), "neighbours": noise_config.neighbours})
     for row in rows:
         print(json.dumps(row))
