@@ -281,6 +281,9 @@ def screen(
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(Path("screen.csv"), "--out", help="Ranked table (CSV or parquet)."),
     top: int = typer.Option(10, help="Rows shown in the summary."),
+    in_distribution_first: bool = typer.Option(
+        False, "--in-distribution-first",
+        help="Rank structures flagged out of distribution after all others (each group by probability)."),
     chunk_size: int = CHUNK_SIZE,
     resume: bool = RESUME,
     accelerator: str = ACCELERATOR,
@@ -308,7 +311,7 @@ def screen(
                               resume, window_ev=(low, high))
     if not _is_global_zero():
         return
-    ranked = rank_by_window(table, low, high)
+    ranked = rank_by_window(table, low, high, in_distribution_first=in_distribution_first)
     write_table_atomic(ranked, out)
     summary = screening_summary(ranked, low, high, top=top)
     write_text_atomic(Path(str(out) + ".summary.md"), summary)

@@ -310,14 +310,16 @@ class BandgapModel:
                                      trainer_kwargs=trainer_kwargs, workers=workers, window_ev=window_ev)
 
     def screen(self, inputs: Sequence[Any] | str | os.PathLike | Structure, *, gap_ev: tuple[float, float],
-               samples: int | None = None, seed: int = 0, **kwargs: Any) -> pd.DataFrame:
+               samples: int | None = None, seed: int = 0, in_distribution_first: bool = False,
+               **kwargs: Any) -> pd.DataFrame:
         """Rank inputs (as for :meth:`predict`) by the calibrated probability ``p_in_window`` that
-        their PBE gap lies in ``gap_ev`` = (low, high) eV; the table ``mofbalora screen`` writes."""
+        their PBE gap lies in ``gap_ev`` = (low, high) eV; the table ``mofbalora screen`` writes.
+        ``in_distribution_first`` ranks structures flagged out of distribution after the rest."""
         from mofbalora.uncertainty.screening import rank_by_window
 
         low, high = gap_ev
         table = self.predict(inputs, samples=samples, seed=seed, window_ev=(low, high), **kwargs)
-        return rank_by_window(table, low, high)
+        return rank_by_window(table, low, high, in_distribution_first=in_distribution_first)
 
     def predict_resolved(self, slots: Sequence[Path | Structure], ids: Sequence[str], *, samples: int | None = None,
                          seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,

@@ -6,19 +6,26 @@ import numpy as np
 import pandas as pd
 
 
-def rank_by_window(predictions: pd.DataFrame, low_ev: float, high_ev: float) -> pd.DataFrame:
+def rank_by_window(predictions: pd.DataFrame, low_ev: float, high_ev: float, *,
+                   in_distribution_first: bool = False) -> pd.DataFrame:
     """Sort a prediction table with ``p_in_window`` by probability, skipped rows last; add ``rank``.
 
-    Ties are broken by the distance of the mean from the window centre.
+    Ties are broken by the distance of the mean from the window centre. With
+    ``in_distribution_first``, every structure flagged ``out_of_distribution`` ranks after every
+    unflagged one (each group by probability): the calibration says little about flagged ones.
     """
     if "p_in_window" not in predictions:
         raise ValueError("predictions need a p_in_window column (BandgapModel.predict(..., window_ev=...))")
+    if in_distribution_first and "out_of_distribution" not in predictions:
+        raise ValueError("in_distribution_first needs an out_of_distribution column")
     table = predictions.copy()
     ok = table["status"] == "ok"
     centre_distance = (table["bandgap_mean_ev"] - (low_ev + high_ev) / 2).abs()
-    table = table.assign(_missing=~ok, _centre=centre_distance)
-    table = table.sort_values(["_missing", "p_in_window", "_centre"], ascending=[True, False, True], kind="stable")
-    table = table.drop(columns=["_missing", "_centre"]).reset_index(drop=True)
+    flagged = table["out_of_distribution"].fillna(True).astype(bool) if in_distribution_first else False
+    table = table.assign(_missing=~ok, _flagged=flagged, _centre=centre_distance)
+    table = table.sort_values(["_missing", "_flagged", "p_in_window", "_centre"], ascending=[True, True, False, True],
+                              kind="stable")
+    table = table.drop(columns=["_missing", "_flagged", "_centre"]).reset_index(drop=True)
     table.insert(0, "rank", np.where(table["status"] == "ok", np.arange(1, len(table) + 1), 0))
     return table
 

@@ -94,6 +94,14 @@ def test_screen_ranks_by_window_probability(tmp_path, cli_model, mixed_inputs):
     assert ok["p_in_window"].between(0, 1).all() and ok["p_in_window"].max() < 1.0  # calibrated: never certain
     assert list(table["status"]).index("skipped") == len(ok)  # skipped rows last
     assert "out_of_distribution" in table and (tmp_path / "screen.csv.summary.md").exists()
+    assert ok["out_of_distribution"].any() and not ok["out_of_distribution"].all()  # both groups, for the next check
+    first = tmp_path / "screen_in_distribution_first.csv"
+    result = CliRunner().invoke(app, ["screen", "--model", str(cli_model), "--gap", "1.0:3.0", "--samples", "8",
+                                      "--in-distribution-first", "--out", str(first), str(folder)])
+    assert result.exit_code == 0, result.output
+    reordered = pd.read_csv(first)
+    flags = reordered.loc[reordered["status"] == "ok", "out_of_distribution"].to_numpy()
+    assert (np.diff(flags.astype(int)) >= 0).all() and sorted(reordered["id"]) == sorted(table["id"])
     assert CliRunner().invoke(app, ["screen", "--model", str(cli_model), "--gap", "3:1", str(folder)]).exit_code != 0
     assert "--accelerator" in CliRunner().invoke(app, ["screen", "--help"]).output
 

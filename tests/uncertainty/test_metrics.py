@@ -67,6 +67,13 @@ def test_window_probability_and_ranking():
     assert list(ranked["id"]) == ["d", "a", "b", "c", "e"] and list(ranked["rank"]) == [1, 2, 3, 4, 0]
     with pytest.raises(ValueError, match="p_in_window"):
         rank_by_window(table.drop(columns="p_in_window"), 1.5, 3.0)
+    # flagged structures after every unflagged one, each group still by probability
+    flagged = table.assign(out_of_distribution=[False, True, False, True, None])
+    ranked = rank_by_window(flagged, 1.5, 3.0, in_distribution_first=True)
+    assert list(ranked["id"]) == ["a", "c", "d", "b", "e"] and list(ranked["rank"]) == [1, 2, 3, 4, 0]
+    assert list(rank_by_window(flagged, 1.5, 3.0)["id"]) == ["d", "a", "b", "c", "e"]  # off by default
+    with pytest.raises(ValueError, match="out_of_distribution"):
+        rank_by_window(table, 1.5, 3.0, in_distribution_first=True)
 
 
 def test_recalibrator_ignores_a_few_near_zero_stds(gaussian_data):
