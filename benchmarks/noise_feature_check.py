@@ -130,18 +130,18 @@ def main() -> None:
                 "val_spearman_total_std_abs_error": float(spearmanr(total, np.abs(error))[0])}
 
     rows = [score(f"the folder's head ({meta['noise_head']['chosen']})", predictive.std_aleatoric)]
-    for names in (["z"], ["h"], ["z", "h"]):
-        train_features = np.stack([knn[n][0] for n in names], 1)
-        val_features = np.stack([knn[n][1] for n in names], 1)
+    features = {names: tuple(np.stack([knn[n][i] for n in names], 1) for i in (0, 1))
+                for names in (("z",), ("h",), ("z", "h"))}  # (training, validation)
+    for names, (train_features, val_features) in features.items():
         rows.append(score("kNN residual in " + " and ".join(names),
                           fit_scale(train_features, residual_train, val_features, noise_config.floor_ev)))
-    both = [np.stack([knn[n][i] for n in ("z", "h")], 1) for i in (0, 1)]
+    train_both, val_both = features[("z", "h")]
     residual_val = np.asarray(val_gaps) - mean_val
     rows.append(score("kNN residual in z and h, fitted on validation residuals (5-fold)",
-                      cross_fitted_scale(both[1], residual_val, noise_config.floor_ev)))
+                      cross_fitted_scale(val_both, residual_val, noise_config.floor_ev)))
     boosted = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0).fit(
-        np.column_stack([spaces["z"][0], h_train, both[0], mean_train]), np.log(np.abs(residual_train) + epsilon_ev))
-    ranking = boosted.predict(np.column_stack([spaces["z"][1], h_val, both[1], mean_val]))
+        np.column_stack([spaces["z"][0], h_train, train_both, mean_train]), np.log(np.abs(residual_train) + epsilon_ev))
+    ranking = boosted.predict(np.column_stack([spaces["z"][1], h_val, val_both, mean_val]))
     rows.append({"noise_input": "gradient boosting of log |residual| on z, h, both kNN features and the mean",
                  "val_spearman_abs_error": float(spearmanr(ranking, np.abs(error))[0])})
     rows.append({"train_rmse_ev": float(np.sqrt(np.mean(residual_train ** 2))),
