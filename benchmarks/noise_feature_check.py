@@ -1,6 +1,7 @@
-"""Which inputs of the data-noise head rank unseen errors? Validation only (docs/method.md §13, round 3).
+"""Which inputs of the data-noise head rank unseen errors? Validation only (docs/method.md §13).
 
-    python benchmarks/noise_feature_check.py results/release/qmof-pbe-cgcnn-balora
+    python benchmarks/noise_feature_check.py results/release/qmof-pbe-cgcnn-balora-v2.2 \
+        --compare results/release/v1.1
 
 For a fitted model folder this takes the training and validation splits' noise-off residuals and
 two feature spaces: z(x), the bare pretrained backbone's crystal embedding (what the noise head
@@ -13,8 +14,19 @@ and Spearman ρ(total std, |error|), next to the folder's own noise head. Two ro
 inputs, not the fit, set the ceiling: the same two-feature scale fitted on the validation split's
 own (unseen) residuals, scored by 5-fold cross-validation within it, and a gradient-boosted
 regressor of log |residual| on z, h, both kNN features and the predicted gap (trained on the
-training residuals; its output ranks, so only its ρ is reported). Nothing here touches the
-calibration or test split. Prints one JSON line per row.
+training residuals; its output ranks, so only its ρ is reported).
+
+Three more sources of information about the error, none of them a noise head today:
+- the composition: the same kNN residual feature among the element-fraction vectors (k
+  ``--composition-neighbours``), alone and beside the one in z;
+- the sensitivity of the prediction to the structure: the mean |change| of the noise-off
+  prediction when every atom is moved by ``--perturb-angstrom`` in a random direction (pymatgen's
+  ``Structure.perturb``, ``--perturb-draws`` seeded draws), alone and added in quadrature to the head's std;
+- with ``--compare FOLDER``, another model trained on the same split: its own total std, the
+  disagreement of the two means, and its |error| (known only on labelled data: how much of the
+  error the two models share).
+
+Nothing here touches the calibration or test split. Prints one JSON line per row.
 """
 
 from __future__ import annotations
@@ -43,6 +55,8 @@ from mofbalora.backbones.batching import Collate, GraphDataset  # noqa: E402
 from mofbalora.backbones.heads import NEIGHBOUR_EPSILON  # noqa: E402
 from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
+from mofbalora.data.structures import read_structure  # noqa: E402
+from mofbalora.featurise.base import get_featuriser  # noqa: E402
 from mofbalora.model_folder import load_train_embeddings, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402
@@ -71,6 +85,18 @@ def knn_feature(train: np.ndarray, val: np.ndarray, abs_residual: np.ndarray, k:
     own = index.kneighbors(scaler.transform(train))[1][:, 1:]
     other = index.kneighbors(scaler.transform(val), n_neighbors=k)[1]
     return np.log(epsilon_ev + abs_residual[own].mean(1)), np.log(epsilon_ev + abs_residual[other].mean(1))
+
+
+def element_fractions(samples) -> np.ndarray:
+    """Each structure's composition as fractions of its atoms per element, [n, 119]."""
+    counts = np.stack([np.bincount(sample.atomic_number.numpy(), minlength=119) for sample in samples])
+    return counts / counts.sum(1, keepdims=True)
+
+
+def perturbed_means(model, structures, ids, featuriser, distance_angstrom: float, draws: int) -> np.ndarray:
+    """Noise-off predictions (eV) [draws, n] after moving every atom by ``distance_angstrom`` (seeds 0..draws-1)."""
+    return np.stack([head_inputs_and_means(model, [featuriser.featurise(s.copy().perturb(distance_angstrom, seed=draw), i)
+                                                   for s, i in zip(structures, ids)])[1] for draw in range(draws)])
 
 
 def fit_scale(features_train: np.ndarray, residual_train: np.ndarray, features_val: np.ndarray, floor_ev: float):
@@ -103,17 +129,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a fitted model folder with a noise head (and split.json)")
     parser.add_argument("--uncertainty-config", default=str(ROOT / "pipelines" / "configs" / "uncertainty.yaml"))
+    parser.add_argument("--composition-neighbours", type=int, default=100, help="k of the kNN in composition")
+    parser.add_argument("--perturb-angstrom", type=float, default=0.05, help="how far each atom is moved (Å)")
+    parser.add_argument("--perturb-draws", type=int, default=3)
+    parser.add_argument("--compare", help="another fitted model folder on the same split (e.g. an earlier release)")
     args = parser.parse_args()
     logging.disable(logging.INFO)
     folder = Path(args.model)
     meta = read_model_json(folder)
     config = TrainConfig.from_dict(meta["train_config"])
     noise_config = load_uncertainty_config(args.uncertainty_config)["noise_head"]
+    dataset = load_labelled_dataset(None, target=config.target)
     with tempfile.TemporaryDirectory() as scratch:  # prepare_data writes the split it used there
-        prepared = prepare_data(config, load_labelled_dataset(None, target=config.target), Path(scratch),
-                                progress=False, split=Split.load(folder / "split.json"))
+        prepared = prepare_data(config, dataset, Path(scratch), progress=False, split=Split.load(folder / "split.json"))
     model = load_model(folder)
-    (_, train_samples, train_gaps), (_, val_samples, val_gaps) = prepared.parts["train"], prepared.parts["val"]
+    (_, train_samples, train_gaps), (val_ids, val_samples, val_gaps) = prepared.parts["train"], prepared.parts["val"]
     h_train, mean_train = head_inputs_and_means(model, train_samples)
     h_val, mean_val = head_inputs_and_means(model, val_samples)
     residual_train = np.asarray(train_gaps) - mean_train
@@ -144,6 +174,36 @@ def main() -> None:
     ranking = boosted.predict(np.column_stack([spaces["z"][1], h_val, val_both, mean_val]))
     rows.append({"noise_input": "gradient boosting of log |residual| on z, h, both kNN features and the mean",
                  "val_spearman_abs_error": float(spearmanr(ranking, np.abs(error))[0])})
+    composition = knn_feature(element_fractions(train_samples), element_fractions(val_samples), np.abs(residual_train),
+                              args.composition_neighbours, epsilon_ev)
+    rows.append(score(f"kNN residual in the composition (element fractions, k = {args.composition_neighbours})",
+                      fit_scale(composition[0][:, None], residual_train, composition[1][:, None], noise_config.floor_ev)))
+    rows.append(score("kNN residual in z and in the composition",
+                      fit_scale(np.stack([knn["z"][0], composition[0]], 1), residual_train,
+                                np.stack([knn["z"][1], composition[1]], 1), noise_config.floor_ev)))
+    structures = [read_structure(path) for path in dataset.table.set_index("id").loc[val_ids, "path"]]
+    perturbed = perturbed_means(model, structures, val_ids, get_featuriser(config.backbone), args.perturb_angstrom,
+                                args.perturb_draws)
+    sensitivity = np.abs(perturbed - mean_val).mean(0)
+    rows.append({"noise_input": f"sensitivity: mean |change| of the prediction, atoms moved {args.perturb_angstrom} Å "
+                                f"({args.perturb_draws} draws)",
+                 "val_spearman_abs_error": float(spearmanr(sensitivity, np.abs(error))[0]),
+                 "val_spearman_with_head_in_quadrature": float(spearmanr(np.hypot(predictive.std_total_raw, sensitivity),
+                                                                         np.abs(error))[0]),
+                 "val_mae_perturbed_ev": float(np.abs(perturbed.mean(0) - np.asarray(val_gaps)).mean())})
+    if args.compare:
+        if set(Split.load(Path(args.compare) / "split.json").part("train")) & set(val_ids):
+            raise SystemExit(f"{args.compare}: trained on structures of {folder}'s validation split; compare on the same split")
+        other = load_model(args.compare)
+        other_predictive = other.predictive(val_samples, n_samples=read_model_json(Path(args.compare))["calibration"]["samples"])
+        _, other_mean = head_inputs_and_means(other, val_samples)
+        rows.append({"noise_input": f"another model ({args.compare}): its total std; the disagreement of the noise-off means; "
+                                    "its |error| (labelled data only)",
+                     "val_spearman_other_total_std": float(spearmanr(other_predictive.std_total_raw, np.abs(error))[0]),
+                     "val_spearman_mean_disagreement": float(spearmanr(np.abs(other_mean - mean_val), np.abs(error))[0]),
+                     "val_spearman_other_abs_error": float(spearmanr(np.abs(other_predictive.mean - np.asarray(val_gaps)),
+                                                                     np.abs(error))[0]),
+                     "val_mae_other_ev": float(np.abs(other_predictive.mean - np.asarray(val_gaps)).mean())})
     rows.append({"train_rmse_ev": float(np.sqrt(np.mean(residual_train ** 2))),
                  "val_rmse_ev": float(np.sqrt(np.mean(residual_val ** 2))),
                  "h_dim": int(h_train.shape[1]), "neighbours": noise_config.neighbours})
