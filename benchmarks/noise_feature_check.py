@@ -56,7 +56,7 @@ from mofbalora.backbones.heads import NEIGHBOUR_EPSILON  # noqa: E402
 from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
 from mofbalora.data.structures import read_structure  # noqa: E402
-from mofbalora.featurise.base import get_featuriser  # noqa: E402
+from mofbalora.featurise import get_featuriser  # noqa: E402
 from mofbalora.model_folder import load_train_embeddings, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402

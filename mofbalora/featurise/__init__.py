@@ -1,7 +1,27 @@
 """Structure-to-graph featurisers (one per backbone) with an on-disk, content-keyed cache."""
 
-from mofbalora.featurise.base import Featuriser, get_featuriser
+from __future__ import annotations
+
+from typing import Any
+
+from mofbalora.featurise.base import Featuriser
 from mofbalora.featurise.cache import FeatureCache
 from mofbalora.featurise.runner import FeaturisedSet, featurise_paths
+
+
+def get_featuriser(name: str, **kwargs: Any) -> Featuriser:
+    """Featuriser by backbone name (the featuriser modules are imported on first use).
+
+    Raises:
+        ValueError: listing the valid names.
+    """
+    from mofbalora.featurise.cgcnn import CGCNNFeaturiser
+    from mofbalora.featurise.chgnet import CHGNetFeaturiser
+
+    registry = {"cgcnn": CGCNNFeaturiser, "chgnet": CHGNetFeaturiser}
+    if name not in registry:
+        raise ValueError(f"unknown featuriser {name!r}; choose from {sorted(registry)}")
+    return registry[name](**kwargs)
+
 
 __all__ = ["FeatureCache", "Featuriser", "FeaturisedSet", "featurise_paths", "get_featuriser"]

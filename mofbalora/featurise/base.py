@@ -1,4 +1,4 @@
-"""The featuriser interface and its registry."""
+"""The featuriser interface every backbone's featuriser implements (the registry is the package's ``get_featuriser``)."""
 
 from __future__ import annotations
 
@@ -42,17 +42,3 @@ def sample_num_atoms(sample: Any) -> int:
     """Atoms in the cell of a featurised sample (every featuriser keeps ``atomic_number``)."""
     return int(len(sample.atomic_number))
 
-
-def get_featuriser(name: str, **kwargs: Any) -> Featuriser:
-    """Featuriser by backbone name.
-
-    Raises:
-        ValueError: listing the valid names.
-    """
-    from mofbalora.featurise.cgcnn import CGCNNFeaturiser
-    from mofbalora.featurise.chgnet import CHGNetFeaturiser
-
-    registry = {"cgcnn": CGCNNFeaturiser, "chgnet": CHGNetFeaturiser}
-    if name not in registry:
-        raise ValueError(f"unknown featuriser {name!r}; choose from {sorted(registry)}")
-    return registry[name](**kwargs)
