@@ -26,6 +26,11 @@ Three more sources of information about the error, none of them a noise head tod
   disagreement of the two means, and its |error| (known only on labelled data: how much of the
   error the two models share).
 
+A last row asks whether what is left of the error is in the labels or in the model: for the
+validation structures whose nearest training structure in z has the same composition and atom
+count (a near-duplicate), how far apart the two DFT gaps are, how large the model's errors on the
+pair are, and how alike (Pearson r of the two residuals).
+
 Nothing here touches the calibration or test split. Prints one JSON line per row.
 """
 
@@ -57,6 +62,7 @@ from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
 from mofbalora.data.structures import read_structure  # noqa: E402
 from mofbalora.featurise import get_featuriser  # noqa: E402
+from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
 from mofbalora.model_folder import load_train_embeddings, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402
@@ -97,6 +103,25 @@ def perturbed_means(model, structures, ids, featuriser, distance_angstrom: float
     """Noise-off predictions (eV) [draws, n] after moving every atom by ``distance_angstrom`` (seeds 0..draws-1)."""
     return np.stack([head_inputs_and_means(model, [featuriser.featurise(s.copy().perturb(distance_angstrom, seed=draw), i)
                                                    for s, i in zip(structures, ids)])[1] for draw in range(draws)])
+
+
+def near_duplicate_row(z_pair, fractions_pair, atoms_pair, gaps_pair, residual_pair) -> dict:
+    """Validation structures whose nearest training structure in standardised z has the same
+    composition and number of atoms: their label gap to it, and the model's noise-off errors on
+    both. Each argument is a (training, validation) pair of arrays."""
+    scaler = StandardScaler().fit(z_pair[0])
+    nearest = NearestNeighbors(n_neighbors=1).fit(scaler.transform(z_pair[0])).kneighbors(
+        scaler.transform(z_pair[1]))[1][:, 0]
+    twin = ((np.abs(fractions_pair[1] - fractions_pair[0][nearest]).sum(1) < 1e-9)
+            & (atoms_pair[1] == atoms_pair[0][nearest]))
+    pair = nearest[twin]
+    return {"noise_input": "near-duplicates: validation structures whose nearest training structure in z has their "
+                           "composition and atom count",
+            "n": int(twin.sum()),
+            "median_abs_label_difference_ev": float(np.median(np.abs(gaps_pair[1][twin] - gaps_pair[0][pair]))),
+            "val_mae_ev_on_them": float(np.abs(residual_pair[1][twin]).mean()),
+            "train_mae_ev_on_their_twins": float(np.abs(residual_pair[0][pair]).mean()),
+            "residual_pearson_r": float(np.corrcoef(residual_pair[1][twin], residual_pair[0][pair])[0, 1])}
 
 
 def fit_scale(features_train: np.ndarray, residual_train: np.ndarray, features_val: np.ndarray, floor_ev: float):
@@ -174,8 +199,8 @@ def main() -> None:
     ranking = boosted.predict(np.column_stack([spaces["z"][1], h_val, val_both, mean_val]))
     rows.append({"noise_input": "gradient boosting of log |residual| on z, h, both kNN features and the mean",
                  "val_spearman_abs_error": float(spearmanr(ranking, np.abs(error))[0])})
-    composition = knn_feature(element_fractions(train_samples), element_fractions(val_samples), np.abs(residual_train),
-                              args.composition_neighbours, epsilon_ev)
+    fractions = element_fractions(train_samples), element_fractions(val_samples)
+    composition = knn_feature(*fractions, np.abs(residual_train), args.composition_neighbours, epsilon_ev)
     rows.append(score(f"kNN residual in the composition (element fractions, k = {args.composition_neighbours})",
                       fit_scale(composition[0][:, None], residual_train, composition[1][:, None], noise_config.floor_ev)))
     rows.append(score("kNN residual in z and in the composition",
@@ -204,6 +229,9 @@ def main() -> None:
                      "val_spearman_other_abs_error": float(spearmanr(np.abs(other_predictive.mean - np.asarray(val_gaps)),
                                                                      np.abs(error))[0]),
                      "val_mae_other_ev": float(np.abs(other_predictive.mean - np.asarray(val_gaps)).mean())})
+    atoms = tuple(np.array([sample_num_atoms(s) for s in part]) for part in (train_samples, val_samples))
+    rows.append(near_duplicate_row(spaces["z"], fractions, atoms, (np.asarray(train_gaps), np.asarray(val_gaps)),
+                                   (residual_train, residual_val)))
     rows.append({"train_rmse_ev": float(np.sqrt(np.mean(residual_train ** 2))),
                  "val_rmse_ev": float(np.sqrt(np.mean(residual_val ** 2))),
                  "h_dim": int(h_train.shape[1]), "neighbours": noise_config.neighbours})
