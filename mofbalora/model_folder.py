@@ -31,11 +31,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, save_adapters
+from mofbalora.adapters.config import ADAPTER_KIND, ADAPTER_METHODS
 from mofbalora.adapters.model import ADAPTER_WEIGHTS_FILE, trainable_state_dict
 from mofbalora.backbones import get_backbone
 from mofbalora.backbones.heads import NEIGHBOUR_INPUTS, DataNoiseHead, apply_head
 from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
-from mofbalora.training.config import ADAPTER_KIND, ADAPTER_METHODS
 
 MODEL_FILE = "model.json"
 FORMAT_VERSION = 1

@@ -14,6 +14,12 @@ NoiseSampling = Literal["structure", "row"]
 Prior = Literal["gaussian", "log_uniform"]
 KLCount = Literal["element", "layer"]
 
+#: the training methods (``training.config.Method``) that train adapters
+ADAPTER_METHODS = ("lora", "balora", "lora-ensemble", "lora-mcdropout")
+#: the adapter kind each of them trains
+ADAPTER_KIND: dict[str, AdapterKind] = {"lora": "lora", "lora-ensemble": "lora", "balora": "balora",
+                                        "lora-mcdropout": "mcdropout"}
+
 
 def _check_choice(name: str, value: Any, kind: Any) -> None:
     choices = get_args(kind)

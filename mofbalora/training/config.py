@@ -9,17 +9,15 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from mofbalora.adapters.config import ADAPTER_KIND, ADAPTER_METHODS  # noqa: F401  (part of this module's API)
 from mofbalora.backbones.heads import HeadKind
 
 Method = Literal["head", "full", "lora", "balora", "lora-ensemble", "lora-mcdropout"]
 Likelihood = Literal["mse", "gaussian"]
 NoiseStdFit = Literal["joint", "mean_mode"]
 Schedule = Literal["warmup_cosine", "onecycle"]
-ADAPTER_METHODS = ("lora", "balora", "lora-ensemble", "lora-mcdropout")
 #: methods whose predictive draws are S stochastic forward passes of one model (docs/method.md §7, §11)
 SAMPLING_METHODS = ("balora", "lora-mcdropout")
-#: the adapter kind each adapter method trains
-ADAPTER_KIND = {"lora": "lora", "lora-ensemble": "lora", "balora": "balora", "lora-mcdropout": "mcdropout"}
 
 
 def strict_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
