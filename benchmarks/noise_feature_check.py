@@ -124,6 +124,31 @@ def near_duplicate_row(z_pair, fractions_pair, atoms_pair, gaps_pair, residual_p
             "residual_pearson_r": float(np.corrcoef(residual_pair[1][twin], residual_pair[0][pair])[0, 1])}
 
 
+def sensitivity_row(perturbed, mean_ev, total_std_ev, error_ev, gaps_ev, distance_angstrom: float) -> dict:
+    """How well the mean |change| of the noise-off prediction under perturbation ranks |error|, alone
+    and added in quadrature to the folder's total std."""
+    sensitivity = np.abs(perturbed - mean_ev).mean(0)
+    return {"noise_input": f"sensitivity: mean |change| of the prediction, atoms moved {distance_angstrom} Å "
+                           f"({len(perturbed)} draws)",
+            "val_spearman_abs_error": float(spearmanr(sensitivity, np.abs(error_ev))[0]),
+            "val_spearman_with_head_in_quadrature": float(spearmanr(np.hypot(total_std_ev, sensitivity), np.abs(error_ev))[0]),
+            "val_mae_perturbed_ev": float(np.abs(perturbed.mean(0) - gaps_ev).mean())}
+
+
+def compare_row(other_folder: Path, samples, gaps_ev, mean_ev, error_ev) -> dict:
+    """What another model on the same split says about this one's validation errors: its total std,
+    the two noise-off means' disagreement, and its own |error| (known on labelled data only)."""
+    other = load_model(other_folder)
+    predictive = other.predictive(samples, n_samples=read_model_json(other_folder)["calibration"]["samples"])
+    _, other_mean = head_inputs_and_means(other, samples)
+    return {"noise_input": f"another model ({other_folder}): its total std; the disagreement of the noise-off means; "
+                           "its |error| (labelled data only)",
+            "val_spearman_other_total_std": float(spearmanr(predictive.std_total_raw, np.abs(error_ev))[0]),
+            "val_spearman_mean_disagreement": float(spearmanr(np.abs(other_mean - mean_ev), np.abs(error_ev))[0]),
+            "val_spearman_other_abs_error": float(spearmanr(np.abs(predictive.mean - gaps_ev), np.abs(error_ev))[0]),
+            "val_mae_other_ev": float(np.abs(predictive.mean - gaps_ev).mean())}
+
+
 def fit_scale(features_train: np.ndarray, residual_train: np.ndarray, features_val: np.ndarray, floor_ev: float):
     """σ_n = floor + softplus(a + features·b), b and a by Gaussian NLL (L-BFGS) on the training residuals."""
     x, y = torch.from_numpy(features_train), torch.from_numpy(residual_train)
@@ -161,6 +186,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.INFO)
     folder = Path(args.model)
+    if args.compare and set(Split.load(Path(args.compare) / "split.json").part("train")) & set(
+            Split.load(folder / "split.json").part("val")):
+        raise SystemExit(f"{args.compare}: trained on structures of {folder}'s validation split; compare on the same split")
     meta = read_model_json(folder)
     config = TrainConfig.from_dict(meta["train_config"])
     noise_config = load_uncertainty_config(args.uncertainty_config)["noise_head"]
@@ -209,26 +237,10 @@ def main() -> None:
     structures = [read_structure(path) for path in dataset.table.set_index("id").loc[val_ids, "path"]]
     perturbed = perturbed_means(model, structures, val_ids, get_featuriser(config.backbone), args.perturb_angstrom,
                                 args.perturb_draws)
-    sensitivity = np.abs(perturbed - mean_val).mean(0)
-    rows.append({"noise_input": f"sensitivity: mean |change| of the prediction, atoms moved {args.perturb_angstrom} Å "
-                                f"({args.perturb_draws} draws)",
-                 "val_spearman_abs_error": float(spearmanr(sensitivity, np.abs(error))[0]),
-                 "val_spearman_with_head_in_quadrature": float(spearmanr(np.hypot(predictive.std_total_raw, sensitivity),
-                                                                         np.abs(error))[0]),
-                 "val_mae_perturbed_ev": float(np.abs(perturbed.mean(0) - np.asarray(val_gaps)).mean())})
+    rows.append(sensitivity_row(perturbed, mean_val, predictive.std_total_raw, error, np.asarray(val_gaps),
+                                args.perturb_angstrom))
     if args.compare:
-        if set(Split.load(Path(args.compare) / "split.json").part("train")) & set(val_ids):
-            raise SystemExit(f"{args.compare}: trained on structures of {folder}'s validation split; compare on the same split")
-        other = load_model(args.compare)
-        other_predictive = other.predictive(val_samples, n_samples=read_model_json(Path(args.compare))["calibration"]["samples"])
-        _, other_mean = head_inputs_and_means(other, val_samples)
-        rows.append({"noise_input": f"another model ({args.compare}): its total std; the disagreement of the noise-off means; "
-                                    "its |error| (labelled data only)",
-                     "val_spearman_other_total_std": float(spearmanr(other_predictive.std_total_raw, np.abs(error))[0]),
-                     "val_spearman_mean_disagreement": float(spearmanr(np.abs(other_mean - mean_val), np.abs(error))[0]),
-                     "val_spearman_other_abs_error": float(spearmanr(np.abs(other_predictive.mean - np.asarray(val_gaps)),
-                                                                     np.abs(error))[0]),
-                     "val_mae_other_ev": float(np.abs(other_predictive.mean - np.asarray(val_gaps)).mean())})
+        rows.append(compare_row(Path(args.compare), val_samples, np.asarray(val_gaps), mean_val, error))
     atoms = tuple(np.array([sample_num_atoms(s) for s in part]) for part in (train_samples, val_samples))
     rows.append(near_duplicate_row(spaces["z"], fractions, atoms, (np.asarray(train_gaps), np.asarray(val_gaps)),
                                    (residual_train, residual_val)))
