@@ -101,8 +101,8 @@ def element_fractions(samples) -> np.ndarray:
 
 def perturbed_means(model, structures, ids, featuriser, distance_angstrom: float, draws: int) -> np.ndarray:
     """Noise-off predictions (eV) [draws, n] after moving every atom by ``distance_angstrom`` (seeds 0..draws-1)."""
-    return np.stack([head_inputs_and_means(model, [featuriser.featurise(s.copy().perturb(distance_angstrom, seed=draw), i)
-                                                   for s, i in zip(structures, ids)])[1] for draw in range(draws)])
+    return np.stack([model.predict_mean_mode([featuriser.featurise(s.copy().perturb(distance_angstrom, seed=draw), i)
+                                              for s, i in zip(structures, ids)]) for draw in range(draws)])
 
 
 def near_duplicate_row(z_pair, fractions_pair, atoms_pair, gaps_pair, residual_pair) -> dict:
@@ -140,7 +140,7 @@ def compare_row(other_folder: Path, samples, gaps_ev, mean_ev, error_ev) -> dict
     the two noise-off means' disagreement, and its own |error| (known on labelled data only)."""
     other = load_model(other_folder)
     predictive = other.predictive(samples, n_samples=read_model_json(other_folder)["calibration"]["samples"])
-    _, other_mean = head_inputs_and_means(other, samples)
+    other_mean = other.predict_mean_mode(samples)
     return {"noise_input": f"another model ({other_folder}): its total std; the disagreement of the noise-off means; "
                            "its |error| (labelled data only)",
             "val_spearman_other_total_std": float(spearmanr(predictive.std_total_raw, np.abs(error_ev))[0]),
