@@ -101,6 +101,7 @@ def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.n
         "seed": seed,
         "calibration_mae_ev": float(np.mean(np.abs(predictive.mean - gaps_ev))),
         "normalised_rms": calibrator.normalised_rms_,
+        "normalised_rms_by_bin": calibrator.normalised_rms_by_bin_.tolist(),
         "settings": settings.to_dict(),
         "mean_rule": calibrator.mean_rule,
         "val_mae_ev_by_mean_rule": val_mae_by_rule,

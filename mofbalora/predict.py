@@ -258,7 +258,7 @@ class BandgapModel:
     def calibrated_std(self, predictive: Predictive) -> np.ndarray:
         if self.calibrator is None:
             return predictive.std_total_raw
-        return self.calibrator.calibrated_std(predictive.std_total_raw, len(predictive.mean))
+        return self.calibrator.calibrated_std(predictive.mean, predictive.std_total_raw)
 
     def point_prediction(self, predictive: Predictive) -> np.ndarray:
         """The reported mean (eV, ≥ 0): the calibrator's rule, max(mean, 0) when uncalibrated."""

@@ -95,7 +95,7 @@ class Study:
         scores = ablation.validation_scores(
             draws, self.val_truth, self.n_atoms, total_std=total,
             calibrated_interval=model.calibrator.interval(mean, total, confidence=0.95),
-            calibrated_std=model.calibrator.calibrated_std(total, len(mean)),
+            calibrated_std=model.calibrator.calibrated_std(mean, total),
             rng=self.rng, n_boot=self.design["bootstrap"])
         if self.shift_val is not None:
             _, samples, truth = self.shift_val

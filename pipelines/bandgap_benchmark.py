@@ -286,7 +286,7 @@ def calibrated(realised: Realised, truth_by_set: dict[str, np.ndarray]) -> dict[
                 entry[f"hit_{level}"].append(((truth >= low) & (truth <= high)).astype(float))
                 if level == 95:
                     entry["width_95_ev"].append(high - low)
-            cal_sd = calibrator.calibrated_std(sigma, len(mean))
+            cal_sd = calibrator.calibrated_std(mean, sigma)
             entry["nll"].append(-norm.logpdf(truth, loc=mean, scale=um.positive_std(cal_sd)))
     return {name: {key: np.array(values) for key, values in entry.items()} for name, entry in out.items()}
 

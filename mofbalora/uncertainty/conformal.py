@@ -49,7 +49,9 @@ class ConformalCalibrator:
         predictions_: calibration predictions ŷ (eV), [n_cal] (they place each residual in its bin).
         sigmas_: the calibration stds (eV) or None for a deterministic model.
         bin_thresholds_: predicted-gap bin edges (eV, first −inf, last inf) or None.
-        normalised_rms_: RMS of the normalised residuals; calibrated std = sigma · normalised_rms_.
+        normalised_rms_: RMS of all the normalised residuals.
+        normalised_rms_by_bin_: RMS of the normalised residuals in each Mondrian bin, [n_bins] (one
+            entry without bins); calibrated std = sigma · the entry of the prediction's bin.
     """
 
     def __init__(self, *, mondrian_min_per_bin: int | None = None, mondrian_max_bins: int = 8,
@@ -85,7 +87,20 @@ class ConformalCalibrator:
         else:
             self.bin_thresholds_ = None
         self._cps = ConformalPredictiveSystem().fit(self.residuals_, sigmas=sigmas, bins=self.gap_bins(y_pred))
+        normalised, bins = self.residuals_ / scale, self._bin_index(y_pred)
+        self.normalised_rms_by_bin_ = np.array([np.sqrt(np.mean(normalised[bins == b] ** 2)) if (bins == b).any()
+                                                else self.normalised_rms_ for b in range(self.n_bins)])
         return self
+
+    @property
+    def n_bins(self) -> int:
+        """Mondrian bins (1 without)."""
+        return 1 if self.bin_thresholds_ is None else len(self.bin_thresholds_) - 1
+
+    def _bin_index(self, y_pred: np.ndarray) -> np.ndarray:
+        """Each prediction's bin as an index array (all 0 without bins)."""
+        bins = self.gap_bins(y_pred)
+        return np.zeros(len(y_pred), dtype=int) if bins is None else bins
 
     def gap_bins(self, y_pred: np.ndarray) -> np.ndarray | None:
         """The Mondrian bin (0, 1, ...) of each predicted gap (eV), or None without bins: bin i holds
@@ -141,15 +156,20 @@ class ConformalCalibrator:
         y_pred, sigmas = self._inputs(y_pred, y_std)
         if self.mean_rule == "clip":
             return np.maximum(y_pred, 0.0)
-        scale = np.ones_like(y_pred) if sigmas is None else sigmas
-        alphas = self.residuals_ / (1.0 if self.sigmas_ is None else self.sigmas_)
-        test_bins, cal_bins = self.gap_bins(y_pred), self.gap_bins(self.predictions_)
         out = np.empty_like(y_pred)
-        for b in np.unique(test_bins) if test_bins is not None else [None]:
-            rows = slice(None) if b is None else test_bins == b
-            a = alphas if b is None else alphas[cal_bins == b]
-            out[rows] = np.maximum(y_pred[rows, None] + scale[rows, None] * a[None, :], 0.0).mean(1)
+        for rows, scale, pool in self._bin_pools(y_pred, sigmas):
+            out[rows] = np.maximum(y_pred[rows, None] + scale[:, None] * pool[None, :], 0.0).mean(1)
         return out
+
+    def _bin_pools(self, y_pred: np.ndarray, sigmas: np.ndarray | None):
+        """Per Mondrian bin present in ``y_pred``: its rows (mask), their scale σ (1 un-normalised)
+        and the bin's normalised calibration residuals r_i/σ_i."""
+        scale = np.ones_like(y_pred) if sigmas is None else sigmas
+        normalised = self.residuals_ / (1.0 if self.sigmas_ is None else self.sigmas_)
+        own, cal = self._bin_index(y_pred), self._bin_index(self.predictions_)
+        for b in np.unique(own):
+            rows = own == b
+            yield rows, scale[rows], normalised[cal == b]
 
     def crps(self, y_pred: np.ndarray, y_std: np.ndarray | None, y_true: np.ndarray) -> np.ndarray:
         """Continuous ranked probability score (eV) of each structure's calibrated predictive
@@ -166,12 +186,23 @@ class ConformalCalibrator:
             out[i] = result["CRPS"]
         return out
 
-    def calibrated_std(self, y_std: np.ndarray | None, n: int) -> np.ndarray:
-        """sigma · RMS of the calibration split's normalised residuals (eV); NaN for deterministic models."""
-        self._check_fitted()
-        if self.sigmas_ is None:
-            return np.full(n, np.nan)
-        return _as_1d(y_std, "y_std") * self.normalised_rms_
+    def calibrated_std(self, y_pred: np.ndarray, y_std: np.ndarray | None) -> np.ndarray:
+        """sigma · RMS of the normalised calibration residuals of ŷ's Mondrian bin (eV), the same
+        residuals its interval comes from; NaN for deterministic models."""
+        y_pred, sigmas = self._inputs(y_pred, y_std)
+        if sigmas is None:
+            return np.full(len(y_pred), np.nan)
+        return sigmas * self.normalised_rms_by_bin_[self._bin_index(y_pred)]
+
+    def sample(self, y_pred: np.ndarray, y_std: np.ndarray | None, draws: int, *, seed: int = 0) -> np.ndarray:
+        """Band gaps (eV) drawn from each structure's calibrated predictive distribution censored at
+        0 eV, [draws, n]: max(ŷ + σ·r_i/σ_i, 0) with i drawn uniformly from ŷ's bin's calibration
+        residuals (crepes' smoothing aside, the distribution its CDF and intervals come from)."""
+        y_pred, sigmas = self._inputs(y_pred, y_std)
+        rng, out = np.random.default_rng(seed), np.empty((draws, len(y_pred)))
+        for rows, scale, pool in self._bin_pools(y_pred, sigmas):
+            out[:, rows] = y_pred[rows] + scale * rng.choice(pool, size=(draws, int(rows.sum())))
+        return np.maximum(out, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fitted state; :meth:`from_dict` refits the (cheap) crepes system from it."""

@@ -57,6 +57,20 @@ def spearman_std_error(y_pred: np.ndarray, y_std: np.ndarray, y_true: np.ndarray
     return float(stats.spearmanr(y_std, np.abs(y_pred - y_true)).statistic)
 
 
+def spearman_std_error_if_true(y_pred: np.ndarray, y_std: np.ndarray, draws: np.ndarray) -> dict[str, float]:
+    """The Spearman ρ(std, |error|) a model's own predictive distribution promises: ρ(y_std, |y − y_pred|)
+    with the truth y replaced by draws from that distribution, [K, n]; the mean over the K draws and
+    their 2.5/97.5 percentiles. An observed ρ far below it means the stds rank worse than claimed; a
+    target above it cannot be met by a model whose distributions are this one (docs/method.md §13)."""
+    y_pred, y_std = _check(y_pred, y_std)
+    draws = np.asarray(draws, dtype=float)
+    if draws.ndim != 2 or draws.shape[1] != len(y_pred):
+        raise ValueError(f"draws must have shape [K, {len(y_pred)}], got {draws.shape}")
+    rhos = np.array([spearman_std_error(y_pred, y_std, draw) for draw in draws])
+    low, high = np.percentile(rhos, [2.5, 97.5])
+    return {"value": float(rhos.mean()), "range_low": float(low), "range_high": float(high), "draws": len(rhos)}
+
+
 def pearson_std_error(y_pred: np.ndarray, y_std: np.ndarray, y_true: np.ndarray) -> float:
     """Pearson correlation between the predicted std and the absolute error."""
     y_pred, y_std, y_true = _check(y_pred, y_std, y_true)

@@ -28,7 +28,7 @@ def test_normalised_intervals_cover_whatever_the_std_scale(heteroscedastic, scal
     # normalised: the width follows sigma
     lower, upper = calibrator.interval(pred[2000:], sigma[2000:] * scale, lower_bound_ev=None)
     assert np.corrcoef(upper - lower, sigma[2000:])[0, 1] > 0.99
-    assert calibrator.calibrated_std(sigma[:3] * scale, 3) == pytest.approx(sigma[:3], rel=0.1)
+    assert calibrator.calibrated_std(pred[:3], sigma[:3] * scale) == pytest.approx(sigma[:3], rel=0.1)
 
 
 def test_constant_width_for_deterministic_models(heteroscedastic):
@@ -37,7 +37,7 @@ def test_constant_width_for_deterministic_models(heteroscedastic):
     lower, upper = calibrator.interval(pred[2000:], None, lower_bound_ev=None)
     assert np.ptp(upper - lower) < 1e-9
     assert np.mean((truth[2000:] >= lower) & (truth[2000:] <= upper)) == pytest.approx(0.95, abs=0.02)
-    assert np.isnan(calibrator.calibrated_std(None, 4)).all()
+    assert np.isnan(calibrator.calibrated_std(pred[:4], None)).all()
 
 
 def test_window_probability_is_calibrated_and_never_certain(heteroscedastic):
@@ -125,6 +125,29 @@ def test_mondrian_calibrator_is_saved_loaded_and_applied(noise_by_gap):
         np.testing.assert_allclose(a, b)
     np.testing.assert_allclose(loaded.crps(pred[1500:1600], sigma[1500:1600], truth[1500:1600]),
                                calibrator.crps(pred[1500:1600], sigma[1500:1600], truth[1500:1600]))
+
+
+def test_calibrated_std_and_draws_follow_the_bin_of_the_interval(noise_by_gap):
+    """The std a row reports, and draws of its calibrated distribution, come from the same bin's
+    residuals as its interval: twice as wide below 1.5 eV, where the noise is twice as wide."""
+    pred, sigma, truth = noise_by_gap
+    calibrator = ConformalCalibrator(mondrian_min_per_bin=150).fit(pred[:1500], sigma[:1500], truth[:1500])
+    test = slice(1500, None)
+    calibrated_std = calibrator.calibrated_std(pred[test], sigma[test])
+    # ranges away from the bin that straddles 1.5 eV
+    ranges = {2.0: pred[test] < 1.3, 1.0: pred[test] > 1.9}
+    normalised_error = (truth[test] - pred[test]) / calibrated_std
+    for noise_factor, rows in ranges.items():
+        assert np.median(calibrated_std[rows] / sigma[test][rows]) == pytest.approx(noise_factor, rel=0.1)
+        # the calibrated std is the RMS of held-out residuals there
+        assert np.sqrt(np.mean(normalised_error[rows] ** 2)) == pytest.approx(1.0, abs=0.08)
+    draws = calibrator.sample(pred[test], sigma[test], 400, seed=3)
+    assert draws.shape == (400, len(pred) - 1500) and (draws >= 0).all()
+    np.testing.assert_array_equal(draws, calibrator.sample(pred[test], sigma[test], 400, seed=3))
+    lower, upper = calibrator.interval(pred[test], sigma[test])
+    inside = (draws >= lower) & (draws <= upper)
+    for rows in ranges.values():  # the draws' share inside the 95% interval: at least 95% in each range
+        assert 0.95 <= inside[:, rows].mean() <= 0.99  # (conformal ranks are conservative on a finite pool)
 
 
 def test_predictive_distribution_is_censored_at_zero():

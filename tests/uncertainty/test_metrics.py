@@ -120,3 +120,26 @@ def test_interval_score_by_hand():
     scores = interval_score(np.array([1.0, 1.0, 1.0]), np.array([2.0, 2.0, 2.0]), np.array([1.5, 0.5, 2.25]),
                             confidence=0.9)
     np.testing.assert_allclose(scores, [1.0, 1.0 + 20 * 0.5, 1.0 + 20 * 0.25])
+
+
+def test_promised_spearman_matches_a_truth_drawn_from_the_model():
+    """Truth drawn from the model's own Gaussians: the ρ the model promises is the ρ it gets; stds
+    that vary twice as much promise more; an std that ranks by chance is caught below its promise."""
+    rng = np.random.default_rng(4)
+    pred = rng.normal(2.0, 1.0, 3000)
+
+    def promise_and_outcome(spread):
+        std = 0.3 * np.exp(spread * rng.standard_normal(3000))
+        draws = pred + std * rng.standard_normal((100, 3000))
+        truth = pred + std * rng.standard_normal(3000)
+        return um.spearman_std_error_if_true(pred, std, draws), um.spearman_std_error(pred, std, truth), std
+
+    narrow, narrow_observed, _ = promise_and_outcome(0.27)  # std p90/p10 = 2
+    assert narrow["range_low"] <= narrow_observed <= narrow["range_high"] and narrow["draws"] == 100
+    assert narrow["value"] == pytest.approx(0.27, abs=0.03)  # the Gaussian answer for that spread (docs/method.md §13)
+    wide, _, std = promise_and_outcome(0.54)
+    assert wide["value"] > narrow["value"] + 0.15
+    shuffled = um.spearman_std_error(pred, rng.permutation(std), pred + std * rng.standard_normal(3000))
+    assert shuffled < wide["range_low"]
+    with pytest.raises(ValueError, match="draws must have shape"):
+        um.spearman_std_error_if_true(pred, std, np.zeros((5, 10)))
