@@ -26,6 +26,13 @@ Three more sources of information about the error, none of them a noise head tod
   disagreement of the two means, and its |error| (known only on labelled data: how much of the
   error the two models share).
 
+Another row asks whether the training residuals, which the fitted model has partly memorised,
+hide what an unseen error looks like: a second, independent model (gradient boosting of the gap on
+z, the composition and log atom count) gives out-of-fold residuals on the training split (5
+folds); a gradient-boosted regressor of their log |value| on the same inputs, and their kNN mean in
+z, rank this model's validation errors. The second model's own validation |error| and its
+disagreement with this model's mean go beside them.
+
 A last row asks whether what is left of the error is in the labels or in the model: for the
 validation structures whose nearest training structure in z has the same composition and atom
 count (a near-duplicate), how far apart the two DFT gaps are, how large the model's errors on the
@@ -149,6 +156,30 @@ def compare_row(other_folder: Path, samples, gaps_ev, mean_ev, error_ev) -> dict
             "val_mae_other_ev": float(np.abs(predictive.mean - gaps_ev).mean())}
 
 
+def out_of_fold_row(inputs_pair, gaps_pair, z_pair, mean_val_ev, error_ev, neighbours: int, epsilon_ev: float) -> dict:
+    """What a second, independent model's out-of-fold training residuals say about this model's
+    validation errors (the inputs are (training, validation) pairs)."""
+    (x_train, x_val), (gaps_train, gaps_val) = inputs_pair, gaps_pair
+
+    def booster():
+        return HistGradientBoostingRegressor(max_iter=400, learning_rate=0.05, random_state=0)
+
+    residual = np.empty(len(gaps_train))
+    for fit_rows, score_rows in KFold(5, shuffle=True, random_state=0).split(x_train):
+        residual[score_rows] = gaps_train[score_rows] - booster().fit(x_train[fit_rows], gaps_train[fit_rows]).predict(
+            x_train[score_rows])
+    hardness = booster().fit(x_train, np.log(np.abs(residual) + epsilon_ev)).predict(x_val)
+    knn = knn_feature(*z_pair, np.abs(residual), neighbours, epsilon_ev)[1]
+    second = booster().fit(x_train, gaps_train).predict(x_val)
+    return {"noise_input": "a second model (gradient boosting on z, composition, log atoms): its out-of-fold training "
+                           "residuals, learnt (boosting) or as a kNN mean in z; its own |error| and its disagreement",
+            "oof_mae_ev": float(np.abs(residual).mean()), "val_mae_second_ev": float(np.abs(second - gaps_val).mean()),
+            "val_spearman_oof_hardness": float(spearmanr(hardness, np.abs(error_ev))[0]),
+            "val_spearman_oof_knn_z": float(spearmanr(knn, np.abs(error_ev))[0]),
+            "val_spearman_second_abs_error": float(spearmanr(np.abs(second - gaps_val), np.abs(error_ev))[0]),
+            "val_spearman_mean_disagreement": float(spearmanr(np.abs(second - mean_val_ev), np.abs(error_ev))[0])}
+
+
 def fit_scale(features_train: np.ndarray, residual_train: np.ndarray, features_val: np.ndarray, floor_ev: float):
     """σ_n = floor + softplus(a + features·b), b and a by Gaussian NLL (L-BFGS) on the training residuals."""
     x, y = torch.from_numpy(features_train), torch.from_numpy(residual_train)
@@ -244,6 +275,10 @@ def main() -> None:
     atoms = tuple(np.array([sample_num_atoms(s) for s in part]) for part in (train_samples, val_samples))
     rows.append(near_duplicate_row(spaces["z"], fractions, atoms, (np.asarray(train_gaps), np.asarray(val_gaps)),
                                    (residual_train, residual_val)))
+    present = (fractions[0] > 0).any(0)  # elements seen in training
+    inputs = tuple(np.column_stack([z, f[:, present], np.log(n)]) for z, f, n in zip(spaces["z"], fractions, atoms))
+    rows.append(out_of_fold_row(inputs, (np.asarray(train_gaps), np.asarray(val_gaps)), spaces["z"], mean_val, error,
+                                noise_config.neighbours, epsilon_ev))
     rows.append({"train_rmse_ev": float(np.sqrt(np.mean(residual_train ** 2))),
                  "val_rmse_ev": float(np.sqrt(np.mean(residual_val ** 2))),
                  "h_dim": int(h_train.shape[1]), "neighbours": noise_config.neighbours})

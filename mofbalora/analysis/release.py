@@ -172,6 +172,15 @@ def _promise_text(scores: dict[str, Any]) -> list[str]:
             "vary more from structure to structure than these do, and the validation NLL chose these (docs/method.md §13)."]
 
 
+def _commits_text(record: dict[str, Any]) -> str:
+    """The code commit of each stage's last run (``stages``), or the record's own commit for a
+    record made before stages were logged."""
+    last = {entry["stage"]: entry["git_commit"] for entry in record.get("stages") or []}
+    if not last:
+        return f"code commit `{record['git_commit']}`"
+    return "code commit of each stage's last run: " + ", ".join(f"{stage} `{commit[:12]}`" for stage, commit in last.items())
+
+
 def _training_time(training: dict[str, Any]) -> str:
     """How long training took: the training loops' own time, summed over sessions, where the run
     recorded it; else the fit's start to end (``wall_s``, which covers the last session only)."""
@@ -242,7 +251,7 @@ def model_card(record: dict[str, Any]) -> str:
         f"batch {config['batch_size']}, lr {config['lr']}, {config.get('schedule', 'warmup_cosine')} schedule.",
         f"- Prediction: S = {calibration['samples']} weight samples (sampling seed {calibration['seed']}); "
         "the conformal calibrator was fitted with that S, so use the default S.",
-        f"- Trained on {training['device']}: {_training_time(training)}; code commit `{record['git_commit']}`.",
+        f"- Trained on {training['device']}: {_training_time(training)}; {_commits_text(record)}.",
         *_warm_start_lines(record.get("warm_start")),
         "- Validation MAE per epoch (eV, mean mode, what early stopping watched): "
         + ", ".join(f"{value:.3f}" for value in training["val_mae_ev_by_epoch"]) + ".",

@@ -39,6 +39,7 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
     assert (run / "figures" / "reliability_p_in_window.png").read_bytes()[:4] == b"\x89PNG"
     card = (package / "MODEL_CARD.md").read_text()
     assert f"{test['mae_ev']['value']:.3f}" in card and record["data"]["split_sha256"] in card
+    assert f"fit `{record['stages'][0]['git_commit'][:12]}`, noise `" in card  # each stage's own code
     assert record["warm_start"] is None and "warm restart" not in card
     warm = {"from": str(run), "model_json_sha256": "ab" * 32,
             "training": {"epochs_run": 30, "best_epoch": 27, "best_val_mae_ev": 0.3304, "train_wall_s": 5400.0}}
