@@ -166,6 +166,12 @@ class StageLog:
         write_text_atomic(self.path, json.dumps(entries + [entry], indent=1))
 
 
+def trained_with(recorded: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether a model's recorded train_config is ``config``; a setting added to TrainConfig after
+    the model was trained reads as its default, which is the behaviour it was trained with."""
+    return TrainConfig.from_dict(recorded).to_dict() == config.to_dict()
+
+
 def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | None) -> None:
     """Start ``run_dir`` as the fitted folder of ``package`` (same config and split): its trained
     weights, split and training record; later stages then run without training again.
@@ -176,7 +182,7 @@ def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | Non
     if (run_dir / IDENTITY_FILE).exists():
         return
     meta = read_model_json(package)
-    if meta["train_config"] != config.to_dict():
+    if not trained_with(meta["train_config"], config):
         raise SystemExit(f"{package} was trained with another config than this run's")
     dataset = load_labelled_dataset(data, target=config.target)
     copy_for_prediction(package, run_dir, meta_updates={"data": {**meta["data"], "source": str(dataset.source)}})

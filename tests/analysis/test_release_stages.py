@@ -41,3 +41,18 @@ def test_a_fresh_folder_stays_empty_until_its_first_stage_ends(pipeline, tmp_pat
         (run / "fit_identity.json").write_text("{}")
     [entry] = json.loads((run / pipeline.STAGES_FILE).read_text())
     assert entry["stage"] == "fit" and entry["wall_s"] >= 0
+
+
+def test_a_package_from_before_a_setting_existed_seeds_a_run_of_the_same_recipe(pipeline):
+    """qmof-pbe-v1.1's record predates `schedule` and other settings: it reads as the v1 recipe
+    (their defaults), and not as a recipe that differs in a setting it does record."""
+    from mofbalora.pretrained import SHIPPED
+    from mofbalora.training.config import load_train_config
+
+    v1 = load_train_config(pipeline.ROOT / "pipelines" / "configs" / "release_qmof_v1.yaml")
+    recorded = json.loads((next(m for m in SHIPPED if m.alias == "qmof-pbe-v1.1").folder / "model.json").read_text())
+    recorded = recorded["train_config"]
+    assert "schedule" not in recorded and recorded != v1.to_dict()
+    assert pipeline.trained_with(recorded, v1)
+    assert not pipeline.trained_with({**recorded, "lr": 0.001}, v1)
+    assert not pipeline.trained_with(recorded, load_train_config(pipeline.CONFIG))
