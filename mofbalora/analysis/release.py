@@ -130,8 +130,7 @@ def _distribution_rows(scores: dict[str, Any]) -> list[str]:
     promised = scores.get("spearman_calibrated_std_if_true")
     if promised:
         rows.append(f"| Spearman ρ(total std, \\|error\\|) if the truth were drawn from the calibrated distributions "
-                    f"(mean, 95% range of {promised['draws']} draws) | {promised['value']:.3f} "
-                    f"[{promised['range_low']:.3f}, {promised['range_high']:.3f}] |")
+                    f"(mean, 95% range of {promised['draws']} draws) | {_promise_cell(promised)} |")
     if scores.get("spearman_aleatoric_std_abs_error"):
         rows.append(f"| Spearman ρ(data-noise std, \\|error\\|) | {_ci_text(scores['spearman_aleatoric_std_abs_error'])} |")
     for entry in scores.get("coverage_95_by_predicted_gap_bin", []):
@@ -311,10 +310,17 @@ def _epochs_text(training: dict[str, Any], warm_start: dict[str, Any] | None) ->
         f" ({training['best_epoch']})"
 
 
+def _promise_cell(promised: dict[str, float] | None) -> str:
+    if not promised:
+        return "–"
+    return f"{promised['value']:.3f} [{promised['range_low']:.3f}, {promised['range_high']:.3f}]"
+
+
 def releases_table(records: dict[str, dict[str, Any]]) -> str:
     """Markdown: the test figures of each release (``{alias: release.json record}``), newest first,
     side by side with their 95% BCa CIs; "–" where a release predates a score."""
-    header = ["model", "test MAE (eV)", "95% coverage", "ρ(total std, \\|err\\|)", "CRPS (eV)",
+    header = ["model", "test MAE (eV)", "95% coverage", "ρ(total std, \\|err\\|)",
+              "ρ its distributions promise (95% of draws)", "CRPS (eV)",
               f"95% coverage, gap < {SMALL_GAP_EV} eV", "95% width p10 / p50 / p90 (eV)",
               "epochs (best; a warm restart after its source's)"]
     rows = []
@@ -322,8 +328,8 @@ def releases_table(records: dict[str, dict[str, Any]]) -> str:
         test, training = record["test"], record["training"]
         widths = test.get("width_95_ev_p10_p50_p90")
         rows.append([f"`{alias}`", _ci(test["mae_ev"]), _ci(test["coverage_95"]),
-                     _ci(test.get("spearman_calibrated_std_abs_error")), _ci(test.get("crps_ev")),
-                     _ci(test.get("small_gap_coverage_95")),
+                     _ci(test.get("spearman_calibrated_std_abs_error")), _promise_cell(test.get("spearman_calibrated_std_if_true")),
+                     _ci(test.get("crps_ev")), _ci(test.get("small_gap_coverage_95")),
                      " / ".join(f"{w:.2f}" for w in widths) if widths else f"– / {test['width_95_median_ev']:.2f} / –",
                      _epochs_text(training, record.get("warm_start"))])
     n_test = sorted({record["test"]["n_test"] for record in records.values()})

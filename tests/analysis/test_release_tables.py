@@ -9,7 +9,8 @@ def _record(mae, split="s1", crps=None):
     test = {"n_test": 100, "mae_ev": ci(mae), "coverage_95": ci(0.95), "width_95_median_ev": 2.0,
             "spearman_calibrated_std_abs_error": ci(0.3)}
     if crps is not None:
-        test |= {"crps_ev": ci(crps), "width_95_ev_p10_p50_p90": [1.0, 2.0, 3.0]}
+        test |= {"crps_ev": ci(crps), "width_95_ev_p10_p50_p90": [1.0, 2.0, 3.0],
+                 "spearman_calibrated_std_if_true": {"value": 0.2, "range_low": 0.15, "range_high": 0.25, "draws": 200}}
     return {"test": test, "training": {"epochs_run": 30, "best_epoch": 28}, "data": {"split_sha256": split}}
 
 
@@ -18,7 +19,9 @@ def test_releases_table_puts_each_release_side_by_side():
     header, new, old = [[cell.strip() for cell in line.split(" | ")]
                         for line in table.splitlines() if line.startswith("| `") or line.startswith("| model")]
     crps, width = header.index("CRPS (eV)"), header.index("95% width p10 / p50 / p90 (eV)")
+    promise = header.index("ρ its distributions promise (95% of draws)")
     assert "0.350 [0.340, 0.360]" in new and new[crps] == "0.250 [0.240, 0.260]" and new[width] == "1.00 / 2.00 / 3.00"
+    assert new[promise] == "0.200 [0.150, 0.250]" and old[promise] == "–"
     assert "0.440 [0.430, 0.450]" in old and old[crps] == "–" and old[width] == "– / 2.00 / –"  # predates CRPS
     assert "one split, the same for every release" in table
     assert "DIFFER" in releases_table({"new": _record(0.35), "old": _record(0.44, split="s2")})
