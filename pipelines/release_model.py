@@ -59,7 +59,7 @@ from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E40
 from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
 from mofbalora.model_folder import copy_for_prediction, package_versions, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
-from mofbalora.pretrained import SHIPPED  # noqa: E402
+from mofbalora.pretrained import SHIPPED, ShippedModel  # noqa: E402
 from mofbalora.training.config import TrainConfig, load_train_config  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
 from mofbalora.training.fit import (  # noqa: E402
@@ -244,12 +244,19 @@ def warm_start_record(folder: Path) -> dict[str, Any] | None:
     return out
 
 
-def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], config_path: Path) -> dict[str, Any]:
+def shipped_for(package_dir: Path) -> ShippedModel:
+    """The shipped model a package folder holds (an archived release keeps its own name and
+    ``--model`` alias); any other folder (a smoke test's) is packaged as the release."""
+    return next((shipped for shipped in SHIPPED if shipped.folder_name == package_dir.name), RELEASE)
+
+
+def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], config_path: Path, *,
+                   shipped: ShippedModel = RELEASE) -> dict[str, Any]:
     meta = read_model_json(folder)
     train_atoms = [sample_num_atoms(s) for s in parts["train"][1]]
     data = meta["data"]
     return {
-        "name": RELEASE.folder_name, "alias": RELEASE.alias,
+        "name": shipped.folder_name, "alias": shipped.alias,
         "git_commit": git_commit(),
         "config_file": str(config_path.resolve().relative_to(ROOT)) if config_path.resolve().is_relative_to(ROOT)
         else str(config_path),
@@ -335,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         table = test_predictions(folder, parts)
     scores = test_scores(table, predictive_draws=calibrated_draws(folder, table))
     # the release's figures are published; another run folder (a smoke test) keeps its own
-    record = release_record(folder, parts, scores, config_path)  # its commit stamp before any file is written
+    # its commit stamp before any file is written
+    record = release_record(folder, parts, scores, config_path, shipped=shipped_for(package_dir))
     figures = Path(args.figures_dir) if args.figures_dir else FIGURES_DIR if run_dir == RUN_DIR else run_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     window_reliability(scores["p_in_window_reliability"], figures / "reliability_p_in_window.png",

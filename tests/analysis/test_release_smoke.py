@@ -40,6 +40,10 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
     card = (package / "MODEL_CARD.md").read_text()
     assert f"{test['mae_ev']['value']:.3f}" in card and record["data"]["split_sha256"] in card
     assert f"fit `{record['stages'][0]['git_commit'][:12]}`, noise `" in card  # each stage's own code
+    assert record["alias"] == "qmof-pbe" and "The default model of `mofbalora predict`" in card
+    archived = model_card({**record, "name": "qmof-pbe-cgcnn-balora-v2.1", "alias": "qmof-pbe-v2.1"})
+    assert archived.startswith("# Model card: qmof-pbe-cgcnn-balora-v2.1 (`--model qmof-pbe-v2.1`)")
+    assert "**An archived release** (the default before v2.2" in archived and "The default model of" not in archived
     assert record["warm_start"] is None and "warm restart" not in card
     warm = {"from": str(run), "model_json_sha256": "ab" * 32,
             "training": {"epochs_run": 30, "best_epoch": 27, "best_val_mae_ev": 0.3304, "train_wall_s": 5400.0}}

@@ -56,3 +56,10 @@ def test_a_package_from_before_a_setting_existed_seeds_a_run_of_the_same_recipe(
     assert pipeline.trained_with(recorded, v1)
     assert not pipeline.trained_with({**recorded, "lr": 0.001}, v1)
     assert not pipeline.trained_with(recorded, load_train_config(pipeline.CONFIG))
+
+
+def test_an_archived_package_keeps_its_own_name(pipeline, tmp_path):
+    archived = pipeline.shipped_for(tmp_path / "qmof-pbe-cgcnn-balora-v2.1")
+    assert (archived.alias, archived.folder_name) == ("qmof-pbe-v2.1", "qmof-pbe-cgcnn-balora-v2.1")
+    assert pipeline.shipped_for(pipeline.PACKAGE_DIR) is pipeline.RELEASE
+    assert pipeline.shipped_for(tmp_path / "package") is pipeline.RELEASE  # a smoke test's folder
