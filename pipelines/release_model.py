@@ -191,12 +191,19 @@ def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | Non
     write_text_atomic(run_dir / IDENTITY_FILE, json.dumps(identity, indent=1))
 
 
+def test_table_current(folder: Path) -> bool:
+    """Whether the cached test predictions were made by the model as it is now (a new noise head or
+    calibration rewrites model.json, and the test stage then runs again)."""
+    path = folder / TEST_TABLE
+    return path.exists() and path.stat().st_mtime >= (folder / "model.json").stat().st_mtime
+
+
 def test_predictions(folder: Path, parts: dict[str, Any]) -> pd.DataFrame:
     """The model's predictions on the test split (cached in the run folder), with each
     structure's CRPS, predicted-gap bin and probability of the :data:`WINDOW_EV` window."""
     path = folder / TEST_TABLE
-    if path.exists() and path.stat().st_mtime >= (folder / "model.json").stat().st_mtime:
-        return pd.read_csv(path)  # made by the model as it is now (a new head or calibration redoes it)
+    if test_table_current(folder):
+        return pd.read_csv(path)
     model = load_model(folder)
     calibration = model.meta["calibration"]
     ids, samples, gaps = parts["test"]
@@ -338,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stop_after == "calibrate":
         return
     parts = prepared.parts
-    with log.stage("test", already_done=(folder / TEST_TABLE).exists()):
+    with log.stage("test", already_done=test_table_current(folder)):
         table = test_predictions(folder, parts)
     scores = test_scores(table, predictive_draws=calibrated_draws(folder, table))
     # the release's figures are published; another run folder (a smoke test) keeps its own

@@ -63,3 +63,18 @@ def test_an_archived_package_keeps_its_own_name(pipeline, tmp_path):
     assert (archived.alias, archived.folder_name) == ("qmof-pbe-v2.1", "qmof-pbe-cgcnn-balora-v2.1")
     assert pipeline.shipped_for(pipeline.PACKAGE_DIR) is pipeline.RELEASE
     assert pipeline.shipped_for(tmp_path / "package") is pipeline.RELEASE  # a smoke test's folder
+
+
+def test_the_test_stage_counts_as_done_only_for_the_model_as_it_is(pipeline, tmp_path):
+    """A new noise head or calibration rewrites model.json: the cached test table is then stale,
+    the stage runs again, and the stage log must say so."""
+    import os
+
+    (tmp_path / "model.json").write_text("{}")
+    assert not pipeline.test_table_current(tmp_path)
+    table = tmp_path / pipeline.TEST_TABLE
+    table.write_text("id\n")
+    assert pipeline.test_table_current(tmp_path)
+    later = table.stat().st_mtime + 10
+    os.utime(tmp_path / "model.json", (later, later))
+    assert not pipeline.test_table_current(tmp_path)
