@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.model_selection import KFold
+from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
@@ -164,10 +164,7 @@ def out_of_fold_row(inputs_pair, gaps_pair, z_pair, mean_val_ev, error_ev, neigh
     def booster():
         return HistGradientBoostingRegressor(max_iter=400, learning_rate=0.05, random_state=0)
 
-    residual = np.empty(len(gaps_train))
-    for fit_rows, score_rows in KFold(5, shuffle=True, random_state=0).split(x_train):
-        residual[score_rows] = gaps_train[score_rows] - booster().fit(x_train[fit_rows], gaps_train[fit_rows]).predict(
-            x_train[score_rows])
+    residual = gaps_train - cross_val_predict(booster(), x_train, gaps_train, cv=KFold(5, shuffle=True, random_state=0))
     hardness = booster().fit(x_train, np.log(np.abs(residual) + epsilon_ev)).predict(x_val)
     knn = knn_feature(*z_pair, np.abs(residual), neighbours, epsilon_ev)[1]
     second = booster().fit(x_train, gaps_train).predict(x_val)

@@ -290,7 +290,7 @@ def package(folder: Path, record: dict[str, Any], destination: Path) -> Path:
     packaged model trained with another recipe (keep it under a versioned name first)."""
     if (destination / "model.json").exists():
         shipped = read_model_json(destination)["train_config"]
-        if shipped != record["train_config"]:
+        if not trained_with(shipped, TrainConfig.from_dict(record["train_config"])):
             raise SystemExit(f"{destination} holds a model trained with another config; move it to a versioned "
                              "folder (and a SHIPPED entry in mofbalora/pretrained) before packaging this one")
     card = model_card(record)

@@ -49,6 +49,7 @@ class ConformalCalibrator:
         predictions_: calibration predictions ŷ (eV), [n_cal] (they place each residual in its bin).
         sigmas_: the calibration stds (eV) or None for a deterministic model.
         bin_thresholds_: predicted-gap bin edges (eV, first −inf, last inf) or None.
+        normalised_residuals_: the residuals over their stds, r_i/σ_i (the residuals without stds).
         normalised_rms_: RMS of all the normalised residuals.
         normalised_rms_by_bin_: RMS of the normalised residuals in each Mondrian bin, [n_bins] (one
             entry without bins); calibrated std = sigma · the entry of the prediction's bin.
@@ -75,8 +76,8 @@ class ConformalCalibrator:
         sigmas = _sigmas(y_std, len(y_pred))
         self.residuals_, self.predictions_ = y_true - y_pred, y_pred
         self.sigmas_ = sigmas
-        scale = 1.0 if sigmas is None else sigmas
-        self.normalised_rms_ = float(np.sqrt(np.mean((self.residuals_ / scale) ** 2)))
+        self.normalised_residuals_ = self.residuals_ / (1.0 if sigmas is None else sigmas)
+        self.normalised_rms_ = float(np.sqrt(np.mean(self.normalised_residuals_ ** 2)))
         n_bins = 1 if self.mondrian_min_per_bin is None else min(len(y_pred) // self.mondrian_min_per_bin,
                                                                   self.mondrian_max_bins)
         if bin_thresholds is not None:
@@ -87,9 +88,10 @@ class ConformalCalibrator:
         else:
             self.bin_thresholds_ = None
         self._cps = ConformalPredictiveSystem().fit(self.residuals_, sigmas=sigmas, bins=self.gap_bins(y_pred))
-        normalised, bins = self.residuals_ / scale, self._bin_index(y_pred)
-        self.normalised_rms_by_bin_ = np.array([np.sqrt(np.mean(normalised[bins == b] ** 2)) if (bins == b).any()
-                                                else self.normalised_rms_ for b in range(self.n_bins)])
+        self._calibration_bins = self._bin_index(y_pred)
+        self.normalised_rms_by_bin_ = np.array([
+            np.sqrt(np.mean(self.normalised_residuals_[self._calibration_bins == b] ** 2))
+            if (self._calibration_bins == b).any() else self.normalised_rms_ for b in range(self.n_bins)])
         return self
 
     @property
@@ -165,11 +167,10 @@ class ConformalCalibrator:
         """Per Mondrian bin present in ``y_pred``: its rows (mask), their scale σ (1 un-normalised)
         and the bin's normalised calibration residuals r_i/σ_i."""
         scale = np.ones_like(y_pred) if sigmas is None else sigmas
-        normalised = self.residuals_ / (1.0 if self.sigmas_ is None else self.sigmas_)
-        own, cal = self._bin_index(y_pred), self._bin_index(self.predictions_)
+        own = self._bin_index(y_pred)
         for b in np.unique(own):
             rows = own == b
-            yield rows, scale[rows], normalised[cal == b]
+            yield rows, scale[rows], self.normalised_residuals_[self._calibration_bins == b]
 
     def crps(self, y_pred: np.ndarray, y_std: np.ndarray | None, y_true: np.ndarray) -> np.ndarray:
         """Continuous ranked probability score (eV) of each structure's calibrated predictive
