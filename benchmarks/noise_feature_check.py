@@ -69,7 +69,7 @@ from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
 from mofbalora.data.structures import read_structure  # noqa: E402
 from mofbalora.featurise import get_featuriser  # noqa: E402
-from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
+from mofbalora.featurise.base import element_counts, sample_num_atoms  # noqa: E402
 from mofbalora.model_folder import load_train_embeddings, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402
@@ -102,7 +102,7 @@ def knn_feature(train: np.ndarray, val: np.ndarray, abs_residual: np.ndarray, k:
 
 def element_fractions(samples) -> np.ndarray:
     """Each structure's composition as fractions of its atoms per element, [n, 119]."""
-    counts = np.stack([np.bincount(sample.atomic_number.numpy(), minlength=119) for sample in samples])
+    counts = element_counts(samples)
     return counts / counts.sum(1, keepdims=True)
 
 

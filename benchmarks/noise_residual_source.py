@@ -38,6 +38,7 @@ from mofbalora.model_folder import load_train_embeddings, read_model_json  # noq
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402
 from mofbalora.training.fit import prepare_data  # noqa: E402
+from mofbalora.featurise.base import element_counts  # noqa: E402
 from mofbalora.training.noise_head import fit_noise_head, load_uncertainty_config  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
 
@@ -72,14 +73,16 @@ def main() -> None:
         return {"val_nll_total": um.gaussian_nll(predictive.mean, total, val_gaps),
                 "val_spearman_total_std_abs_error": um.spearman_std_error(predictive.mean, total, val_gaps)}
 
+    counts = element_counts(train_samples), element_counts(val_samples)
+
     def fitted(inputs: str, fit_on: tuple[torch.Tensor, ...], stop_on: tuple[torch.Tensor, ...]):
         model.noise_head = fit_noise_head(inputs=inputs, config=noise_config, std_scale=model.normaliser.std_ev,
-                                          train=fit_on, val=stop_on)
+                                          train=fit_on, val=stop_on, element_counts=counts)
         return model
 
     rows = []
     for inputs in noise_config.variants:
-        aleatoric = fitted(inputs, train, val).aleatoric_std(val[0].numpy(), predictive.mean)
+        aleatoric = fitted(inputs, train, val).aleatoric_std(val[0].numpy(), predictive.mean, counts[1])
         rows.append({"inputs": inputs, "residuals": "train", **scores(aleatoric)})
         if inputs in NEIGHBOUR_INPUTS:
             continue

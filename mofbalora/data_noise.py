@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mofbalora.featurise.base import element_counts
 from mofbalora.model_folder import (
     TRAIN_EMBEDDINGS_FILE, load_train_embeddings, read_model_json, save_noise_head, write_model_json,
 )
@@ -61,14 +62,16 @@ def fit_data_noise(folder: str | os.PathLike, *, prepared: PreparedData, config:
     val = _part_inputs(model, *prepared.parts["val"][1:])
     _, val_samples, val_gaps = prepared.parts["val"]
     val_predictive = model.predictive(val_samples, seed=meta["train_config"]["seed"], progress=progress)
+    counts = element_counts(train_samples), element_counts(val_samples)
     mean_mode_ev = model.normaliser.to_ev(val[1].double().numpy())
     rows = []
     heads = {}
     for inputs in config.variants:
-        head = fit_noise_head(inputs=inputs, config=config, std_scale=model.normaliser.std_ev, train=train, val=val)
+        head = fit_noise_head(inputs=inputs, config=config, std_scale=model.normaliser.std_ev, train=train, val=val,
+                              element_counts=counts)
         heads[inputs] = head
         model.noise_head = head
-        aleatoric = model.aleatoric_std(val[0].numpy(), val_predictive.mean)
+        aleatoric = model.aleatoric_std(val[0].numpy(), val_predictive.mean, counts[1])
         total = model.total_std(val_predictive.std_epistemic, aleatoric)
         rows.append({"inputs": inputs,
                      "val_nll_total": um.gaussian_nll(val_predictive.mean, total, val_gaps),

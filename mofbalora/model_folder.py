@@ -207,17 +207,23 @@ def save_noise_head(folder: Path, head: DataNoiseHead) -> dict[str, Any]:
     with atomic_path(folder / NOISE_HEAD_FILE) as tmp:
         save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp))
     neighbours = getattr(head, "reference_abs_residual", None)
-    return {"file": NOISE_HEAD_FILE, "inputs": head.inputs, "floor": head.floor,
-            "hidden": None if head.mlp is None else head.mlp[0].out_features, "embedding_dim": len(head.z_mean),
-            "neighbours": head.neighbours, "n_reference": 0 if neighbours is None else len(neighbours)}
+    record = {"file": NOISE_HEAD_FILE, "inputs": head.inputs, "floor": head.floor,
+              "hidden": None if head.mlp is None else head.mlp[0].out_features, "embedding_dim": len(head.z_mean),
+              "neighbours": head.neighbours, "n_reference": 0 if neighbours is None else len(neighbours)}
+    if head.needs_composition:
+        record.update(composition_neighbours=head.composition_neighbours,
+                      n_composition_entries=len(head.reference_elements))
+    return record
 
 
 def load_noise_head(folder: str | os.PathLike, record: dict[str, Any]) -> DataNoiseHead:
     """The head described by ``record`` (:func:`save_noise_head`), loaded strictly; a neighbour
-    head searches the folder's training embeddings."""
+    head searches the folder's training embeddings (and the composition variant its own buffers)."""
     head = DataNoiseHead(embedding_dim=record["embedding_dim"], inputs=record["inputs"],
                          hidden=record["hidden"] or 1, floor=record["floor"], neighbours=record.get("neighbours", 10),
-                         n_reference=record.get("n_reference", 0))
+                         n_reference=record.get("n_reference", 0),
+                         composition_neighbours=record.get("composition_neighbours", 100),
+                         n_composition_entries=record.get("n_composition_entries", 0))
     head.load_state_dict(load_file(str(Path(folder) / record["file"])), strict=True)
     if head.inputs in NEIGHBOUR_INPUTS:
         head.set_neighbours(load_train_embeddings(folder).float())

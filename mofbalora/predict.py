@@ -33,7 +33,7 @@ from mofbalora.data.datasets import default_cache_dir
 from mofbalora.data.structures import expand_inputs, unique_structure_ids
 from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths
-from mofbalora.featurise.base import sample_num_atoms
+from mofbalora.featurise.base import element_counts, sample_num_atoms
 from mofbalora.model_folder import (
     TRAIN_EMBEDDINGS_FILE, bare_member, load_members, load_noise_head, load_train_embeddings, merge_if_adapted,
 )
@@ -195,21 +195,30 @@ class BandgapModel:
         std = draws.std(0, ddof=1) if draws.shape[0] > 1 else np.full_like(mean, np.nan)
         return mean, std
 
-    def aleatoric_std(self, frozen: np.ndarray | None, mean_ev: np.ndarray) -> np.ndarray:
-        """σ_n(x) in eV: the noise head's (docs/method.md §13), else the one learned number, else NaN."""
+    def aleatoric_std(self, frozen: np.ndarray | None, mean_ev: np.ndarray,
+                      element_counts: np.ndarray | None = None) -> np.ndarray:
+        """σ_n(x) in eV: the noise head's (docs/method.md §13), else the one learned number, else NaN.
+
+        ``frozen``: z(x) [n, dim]; ``element_counts`` [n, N_ELEMENT_COLUMNS]
+        (``featurise.base.element_counts``), read only by a composition-aware head."""
         if self.noise_head is None:
             return np.full(len(mean_ev), np.nan if self.noise_std_ev is None else self.noise_std_ev)
         if len(mean_ev) == 0:
             return np.zeros(0)
         with torch.inference_mode():
             std = self.noise_head(torch.as_tensor(frozen, dtype=torch.float32),
-                                  torch.as_tensor(self.normaliser.to_standard(mean_ev), dtype=torch.float32))
+                                  torch.as_tensor(self.normaliser.to_standard(mean_ev), dtype=torch.float32),
+                                  element_counts=element_counts)
         return std.double().numpy() * self.normaliser.std_ev
+
+    def head_element_counts(self, samples: Sequence[Any]) -> np.ndarray | None:
+        """The element counts of ``samples`` when the noise head reads them, else None."""
+        return element_counts(samples) if self.noise_head is not None and self.noise_head.needs_composition else None
 
     def aleatoric_std_of(self, samples: Sequence[Any], mean_ev: np.ndarray) -> np.ndarray:
         """:meth:`aleatoric_std` of featurised ``samples`` with predicted means ``mean_ev`` (eV)."""
         frozen = self.frozen_embeddings(samples) if self.noise_head is not None and len(samples) else None
-        return self.aleatoric_std(frozen, np.asarray(mean_ev, dtype=float))
+        return self.aleatoric_std(frozen, np.asarray(mean_ev, dtype=float), self.head_element_counts(samples))
 
     def total_std(self, std_epistemic: np.ndarray, std_aleatoric: np.ndarray) -> np.ndarray:
         """sqrt(epistemic² + noise²) in eV, uncalibrated. Without a noise head it is NaN where the
@@ -245,7 +254,7 @@ class BandgapModel:
             distance = np.full(len(samples), np.nan)
         else:
             distance = self.embedding_distance.score(frozen)
-        aleatoric = self.aleatoric_std(frozen, mean)
+        aleatoric = self.aleatoric_std(frozen, mean, self.head_element_counts(samples))
         return Predictive(mean, std, aleatoric, self.total_std(std, aleatoric), distance,
                           np.array([sample_num_atoms(s) for s in samples], dtype=int))
 

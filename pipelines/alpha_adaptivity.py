@@ -41,6 +41,7 @@ from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_state  # noqa: E402
 from mofbalora.analysis import ablation, study  # noqa: E402
 from mofbalora.analysis.report import _ci, _table  # noqa: E402
 from mofbalora.data.io import write_text_atomic  # noqa: E402
+from mofbalora.featurise.base import element_counts  # noqa: E402
 from mofbalora.model_folder import package_versions  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 
@@ -84,14 +85,15 @@ def arms(design: dict[str, Any], profile: dict[str, Any], *,
 
 
 def method_runs(name: str, models: list[Any], draws: list[dict[str, np.ndarray]], sets: list[str],
-                frozen: dict[str, np.ndarray]) -> dict[str, study.MethodRuns]:
-    """The study's MethodRuns per set (an ensemble's members pooled), with its data noise σ_n(x)."""
+                frozen: dict[str, np.ndarray], counts: dict[str, np.ndarray]) -> dict[str, study.MethodRuns]:
+    """The study's MethodRuns per set (an ensemble's members pooled), with its data noise σ_n(x)
+    (``frozen``: z(x), ``counts``: element counts, of every set)."""
     if name == "lora-ensemble":
         model, members = models[0], draws[0]
-        noise = aleatoric_by_set(model, {s: members[s].mean(0) for s in sets}, frozen)
+        noise = aleatoric_by_set(model, {s: members[s].mean(0) for s in sets}, frozen, counts)
         return {s: study.MethodRuns(name, members[s], np.full_like(members[s], np.nan), pooled=True,
                                     aleatoric=noise[s][None]) for s in sets}
-    noise = [aleatoric_by_set(m, {s: d[s].mean(0) for s in sets}, frozen) for m, d in zip(models, draws)]
+    noise = [aleatoric_by_set(m, {s: d[s].mean(0) for s in sets}, frozen, counts) for m, d in zip(models, draws)]
     return {s: study.MethodRuns(name, np.stack([d[s].mean(0) for d in draws]), np.stack([study_spread(d[s]) for d in draws]),
                                 aleatoric=np.stack([n[s] for n in noise])) for s in sets}
 
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> Path:
     truth = {"test": parts["test"][2], **{f"shift_{n}": v[2] for n, v in shifts.items()}}
     frozen = cached(run_dir / "predictions" / "alpha-adaptivity-frozen.npz",
                     lambda: frozen_by_set(profile["backbone"], sets))
+    counts = {name: element_counts(part) for name, part in sets.items()}
     samples = profile["claim_samples"]
     runs: dict[str, dict[str, study.MethodRuns]] = {}
     winner_seed0 = None
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> Path:
             models.append(model)
             draws.append(cached(run_dir / "predictions" / f"alpha-adaptivity-{folder.name}-S{samples}.npz",
                                 lambda: method_draws(model, sets, samples=samples, label=folder.name)))
-        runs[method] = method_runs(method, models, draws, list(sets), frozen)
+        runs[method] = method_runs(method, models, draws, list(sets), frozen, counts)
         if method == "balora":
             winner_seed0 = models[0]
     if args.references_only:

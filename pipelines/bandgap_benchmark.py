@@ -44,7 +44,7 @@ from mofbalora.data.datasets import default_cache_dir, load_labelled_dataset  # 
 from mofbalora.data.io import atomic_path, write_text_atomic  # noqa: E402
 from mofbalora.data.splits import Split, make_split  # noqa: E402
 from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
-from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
+from mofbalora.featurise.base import element_counts, sample_num_atoms  # noqa: E402
 from mofbalora.backbones.batching import compute_frozen_embeddings  # noqa: E402
 from mofbalora.model_folder import bare_member, member_adapter_config, package_versions  # noqa: E402
 from mofbalora.predict import BandgapModel, load_model  # noqa: E402
@@ -256,9 +256,11 @@ class Realised:
     noise_std_ev: list[float]  # per seed (one for a pooled ensemble)
 
 
-def aleatoric_by_set(model: BandgapModel, means: dict[str, np.ndarray], frozen: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """σ_n(x) (eV) of ``model``'s noise head on every set, at the predicted means ``means`` [n]."""
-    return {name: model.aleatoric_std(frozen[name], means[name]) for name in means}
+def aleatoric_by_set(model: BandgapModel, means: dict[str, np.ndarray], frozen: dict[str, np.ndarray],
+                     counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """σ_n(x) (eV) of ``model``'s noise head on every set, at the predicted means ``means`` [n]
+    (``frozen``: z(x), ``counts``: element counts, of every set)."""
+    return {name: model.aleatoric_std(frozen[name], means[name], counts[name]) for name in means}
 
 
 def frozen_by_set(backbone: str, sets: dict[str, list[Any]]) -> dict[str, np.ndarray]:
@@ -419,6 +421,7 @@ def main(argv: list[str] | None = None) -> Path:
     head = profile["head"]
     # z(x) of every set, once: the per-structure data-noise heads' input (docs/method.md §13)
     frozen = cached(run_dir / "predictions" / "frozen-embeddings.npz", lambda: frozen_by_set(profile["backbone"], sets))
+    counts = {name: element_counts(samples) for name, samples in sets.items()}  # a composition-aware head's input
 
     # Step 1: every method, every seed (docs/method.md §12); LoRA's seeds are the ensemble's members.
     folders: dict[str, list[Path]] = {}
@@ -443,11 +446,11 @@ def main(argv: list[str] | None = None) -> Path:
         pooled = spec["method"] == "lora-ensemble"
         if pooled:  # one folder; its draws are the members' predictions
             ensemble_model, members_draws = per_seed[0]
-            noise = aleatoric_by_set(ensemble_model, {s: members_draws[s].mean(0) for s in sets}, frozen)
+            noise = aleatoric_by_set(ensemble_model, {s: members_draws[s].mean(0) for s in sets}, frozen, counts)
             runs = {s: study.MethodRuns(name, members_draws[s], np.full_like(members_draws[s], np.nan), pooled=True,
                                         aleatoric=noise[s][None]) for s in sets}
         else:
-            noise = [aleatoric_by_set(m, {s: d[s].mean(0) for s in sets}, frozen) for m, d in per_seed]
+            noise = [aleatoric_by_set(m, {s: d[s].mean(0) for s in sets}, frozen, counts) for m, d in per_seed]
             runs = {s: study.MethodRuns(name, np.stack([d[s].mean(0) for _, d in per_seed]),
                                         np.stack([study_spread(d[s]) for _, d in per_seed]),
                                         aleatoric=np.stack([n[s] for n in noise])) for s in sets}
@@ -457,7 +460,7 @@ def main(argv: list[str] | None = None) -> Path:
             # LoRA: each member on its own (seeds 0..M-1), with the ensemble folder's noise head at its own mean
             realised["lora"] = Realised({s: study.MethodRuns(
                 "lora", members_draws[s], np.full_like(members_draws[s], np.nan),
-                aleatoric=np.stack([ensemble_model.aleatoric_std(frozen[s], row) for row in members_draws[s]]))
+                aleatoric=np.stack([ensemble_model.aleatoric_std(frozen[s], row, counts[s]) for row in members_draws[s]]))
                 for s in sets}, members)
         else:
             realised[name] = Realised(runs, [float(m.noise_std_ev) for m, _ in per_seed])
@@ -486,7 +489,7 @@ def main(argv: list[str] | None = None) -> Path:
     realised["laplace-lora"] = Realised(
         {s: study.MethodRuns("laplace-lora", np.stack([r[f"{s}_mean"] for r in laplace_runs]),
                              np.stack([r[f"{s}_std"] for r in laplace_runs]),
-                             aleatoric=np.stack([ensemble_model.aleatoric_std(frozen[s], r[f"{s}_mean"])
+                             aleatoric=np.stack([ensemble_model.aleatoric_std(frozen[s], r[f"{s}_mean"], counts[s])
                                                  for r in laplace_runs])) for s in sets},
         realised["lora"].noise_std_ev)
     cost["laplace-lora"] = {**cost["lora"], "laplace_fit_wall_s_per_seed": float(np.mean([r["fit_wall_s"] for r in laplace_runs])),

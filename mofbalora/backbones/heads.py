@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal, get_args
 
+import numpy as np
 import torch
 from torch import nn
 
 from mofbalora.backbones.base import GraphBackbone
+from mofbalora.featurise.base import N_ELEMENT_COLUMNS
 
 HeadKind = Literal["pretrained", "residual"]
 
@@ -69,13 +71,29 @@ def apply_head(backbone: GraphBackbone, kind: HeadKind) -> GraphBackbone:
     return backbone
 
 
-NoiseInputs = Literal["constant", "embedding", "embedding+mean", "embedding+neighbours", "neighbours"]
+NoiseInputs = Literal["constant", "embedding", "embedding+mean", "embedding+neighbours", "neighbours",
+                     "neighbours+composition"]
 #: the variants that read the nearest training structures' residuals
-NEIGHBOUR_INPUTS = ("embedding+neighbours", "neighbours")
+NEIGHBOUR_INPUTS = ("embedding+neighbours", "neighbours", "neighbours+composition")
+#: the variants that also read them among the nearest training compositions (element fractions)
+COMPOSITION_INPUTS = ("neighbours+composition",)
 
 #: added to the neighbours' mean |residual| (standardised units) before its log, so that a run of
 #: exact fits among the neighbours gives a finite feature
 NEIGHBOUR_EPSILON = 0.02
+
+
+def _nearest_other(index: Any, query: np.ndarray, k: int, exclude_self: bool) -> torch.Tensor:
+    """Rows of the k nearest reference points [G, k]; with ``exclude_self`` query row i is
+    reference row i and is left out, even among ties at distance 0 (duplicate compositions).
+    k is capped at one less than the reference set, so a small training set (smoke runs) still works."""
+    k = max(1, min(k, index.n_samples_fit_ - 1))
+    found = index.kneighbors(query, n_neighbors=k + exclude_self)[1]
+    if exclude_self:
+        is_self = found == np.arange(len(found))[:, None]
+        is_self[~is_self.any(1), -1] = True  # itself not among the ties returned: drop the farthest
+        found = found[~is_self].reshape(len(found), k)
+    return torch.from_numpy(found)
 
 
 class DataNoiseHead(nn.Module):
@@ -86,37 +104,56 @@ class DataNoiseHead(nn.Module):
     where :math:`\tilde z` is the bare pretrained backbone's crystal embedding standardised with
     the training split's statistics and :math:`u(x)` is what ``inputs`` says the MLP sees:
     ``constant`` (nothing: one learned number, the homoscedastic baseline), ``embedding``
-    (:math:`\tilde z`), ``embedding+mean`` (:math:`\tilde z` and the predicted mean) or
+    (:math:`\tilde z`), ``embedding+mean`` (:math:`\tilde z` and the predicted mean),
     ``embedding+neighbours`` (:math:`\tilde z` and the log mean |training residual| of the
     ``neighbours`` nearest training structures in :math:`\tilde z`, leaving a training structure
-    itself out) or ``neighbours`` (that log mean |training residual| alone: a kNN estimate of the
-    local error scale, mapped by the MLP). The floor keeps the likelihood finite where the head would otherwise shrink to
-    zero on a memorised structure.
+    itself out), ``neighbours`` (that log mean |training residual| alone: a kNN estimate of the
+    local error scale, mapped by the MLP) or ``neighbours+composition`` (that feature and the same
+    estimate among the ``composition_neighbours`` nearest training compositions: element
+    fractions, standardised per element). The floor keeps the likelihood finite where the head
+    would otherwise shrink to zero on a memorised structure.
 
-    The neighbour variant keeps the training residuals as a buffer; the training embeddings it
-    searches are the model folder's (``train_embeddings.safetensors``) and are given with
-    :meth:`set_neighbours`, not saved twice.
+    The neighbour variants keep the training residuals as a buffer; the training embeddings they
+    search are the model folder's (``train_embeddings.safetensors``) and are given with
+    :meth:`set_neighbours`, not saved twice. The composition variant keeps the training element
+    counts as buffers too (sparse rows: a few hundred kB for QMOF's training split).
 
-    Shapes: z [G, F], mean [G] -> [G].
+    Shapes: z [G, F], mean [G], element_counts [G, N_ELEMENT_COLUMNS] -> [G].
     """
 
     def __init__(self, *, embedding_dim: int, inputs: NoiseInputs, hidden: int, floor: float,
-                 neighbours: int = 10, n_reference: int = 0) -> None:
+                 neighbours: int = 10, n_reference: int = 0, composition_neighbours: int = 100,
+                 n_composition_entries: int = 0) -> None:
         super().__init__()
         if inputs not in get_args(NoiseInputs):
             raise ValueError(f"inputs must be one of {get_args(NoiseInputs)}, got {inputs!r}")
-        if floor < 0 or hidden < 1 or neighbours < 1:
-            raise ValueError(f"need floor >= 0, hidden >= 1 and neighbours >= 1, got {floor}, {hidden}, {neighbours}")
+        if floor < 0 or hidden < 1 or neighbours < 1 or composition_neighbours < 1:
+            raise ValueError(f"need floor >= 0, hidden >= 1 and neighbours >= 1, got {floor}, {hidden}, "
+                             f"{neighbours}, {composition_neighbours}")
         self.inputs, self.floor, self.neighbours = inputs, float(floor), int(neighbours)
+        self.composition_neighbours = int(composition_neighbours)
         self.register_buffer("z_mean", torch.zeros(embedding_dim))
         self.register_buffer("z_scale", torch.ones(embedding_dim))
         if inputs in NEIGHBOUR_INPUTS:
             self.register_buffer("reference_abs_residual", torch.zeros(n_reference))
+        if inputs in COMPOSITION_INPUTS:  # the training counts as sparse rows (CSR)
+            self.register_buffer("reference_offsets", torch.zeros(n_reference + 1, dtype=torch.int32))
+            self.register_buffer("reference_elements", torch.zeros(n_composition_entries, dtype=torch.uint8))
+            self.register_buffer("reference_counts", torch.zeros(n_composition_entries, dtype=torch.int16))
+            self.register_buffer("composition_mean", torch.zeros(N_ELEMENT_COLUMNS))
+            self.register_buffer("composition_scale", torch.ones(N_ELEMENT_COLUMNS))
         self._index: Any = None
+        self._composition_index: Any = None
         self.bias = nn.Parameter(torch.zeros(()))
-        width = {"constant": 0, "embedding": embedding_dim, "neighbours": 1}.get(inputs, embedding_dim + 1)
+        width = {"constant": 0, "embedding": embedding_dim, "neighbours": 1,
+                 "neighbours+composition": 2}.get(inputs, embedding_dim + 1)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.Softplus(), nn.Linear(hidden, 1)) if width else None
         self.reset_parameters()
+
+    @property
+    def needs_composition(self) -> bool:
+        """Whether :meth:`forward` needs the structures' element counts."""
+        return self.inputs in COMPOSITION_INPUTS
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.bias)
@@ -134,9 +171,11 @@ class DataNoiseHead(nn.Module):
             self.bias.fill_(float(excess + torch.log(-torch.expm1(torch.tensor(-excess)))))  # softplus⁻¹
         return self
 
-    def set_neighbours(self, z_train: torch.Tensor, abs_residual: torch.Tensor | None = None) -> "DataNoiseHead":
-        """The training structures' embeddings [n, F] to search, and (when fitting) their
-        |residuals| [n] in standardised units; loading gives only the embeddings."""
+    def set_neighbours(self, z_train: torch.Tensor, abs_residual: torch.Tensor | None = None,
+                       element_counts: torch.Tensor | np.ndarray | None = None) -> "DataNoiseHead":
+        """The training structures' embeddings [n, F] to search and, when fitting, their |residuals|
+        [n] in standardised units (and, for the composition variant, their element counts
+        [n, N_ELEMENT_COLUMNS]); loading gives only the embeddings, the rest is in the buffers."""
         from sklearn.neighbors import NearestNeighbors
 
         if abs_residual is not None:
@@ -144,27 +183,70 @@ class DataNoiseHead(nn.Module):
         if len(z_train) != len(self.reference_abs_residual):
             raise ValueError(f"{len(z_train)} training embeddings for {len(self.reference_abs_residual)} residuals")
         self._index = NearestNeighbors(n_neighbors=self.neighbours + 1).fit(self._standardise(z_train).numpy())
+        if self.needs_composition:
+            if element_counts is not None:
+                self._store_counts(torch.as_tensor(np.asarray(element_counts)))
+            fractions = self._fractions(self._reference_counts())
+            if abs_residual is not None:  # the per-element standardisation of sklearn's StandardScaler
+                scale = fractions.std(0, unbiased=False)
+                self.composition_mean = fractions.mean(0)
+                self.composition_scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            self._composition_index = NearestNeighbors().fit(self._standardise_composition(fractions))
         return self
 
-    def neighbour_feature(self, z: torch.Tensor, *, exclude_self: bool = False) -> torch.Tensor:
-        """log(NEIGHBOUR_EPSILON + mean |residual| of the nearest training structures), [G]."""
+    def _store_counts(self, counts: torch.Tensor) -> None:
+        if counts.shape != (len(self.reference_abs_residual), N_ELEMENT_COLUMNS):
+            raise ValueError(f"element counts of shape {tuple(counts.shape)} for {len(self.reference_abs_residual)} "
+                             f"training structures")
+        rows, elements = torch.nonzero(counts, as_tuple=True)
+        self.reference_offsets = torch.cat([torch.zeros(1, dtype=torch.int64),
+                                            torch.bincount(rows, minlength=len(counts)).cumsum(0)]).int()
+        self.reference_elements = elements.to(torch.uint8)
+        self.reference_counts = counts[rows, elements].to(torch.int16)
+
+    def _reference_counts(self) -> torch.Tensor:
+        n = len(self.reference_offsets) - 1
+        rows = torch.repeat_interleave(torch.arange(n), torch.diff(self.reference_offsets.long()))
+        dense = torch.zeros(n, N_ELEMENT_COLUMNS)
+        dense[rows, self.reference_elements.long()] = self.reference_counts.float()
+        return dense
+
+    @staticmethod
+    def _fractions(counts: torch.Tensor) -> torch.Tensor:
+        counts = torch.as_tensor(np.asarray(counts)).double()
+        return counts / counts.sum(1, keepdim=True).clamp_min(1)
+
+    def _standardise_composition(self, fractions: torch.Tensor) -> np.ndarray:
+        return ((fractions - self.composition_mean.double()) / self.composition_scale.double()).numpy()
+
+    def neighbour_features(self, z: torch.Tensor, element_counts: torch.Tensor | np.ndarray | None = None, *,
+                           exclude_self: bool = False) -> torch.Tensor:
+        """log(NEIGHBOUR_EPSILON + mean |residual| of the nearest training structures) in z̃ and,
+        for the composition variant, among compositions, [G, 1 or 2]. With ``exclude_self`` the
+        queries are the training structures themselves, each left out of its own feature."""
         if self._index is None:
             raise ValueError("call set_neighbours first")
-        _, index = self._index.kneighbors(self._standardise(z).numpy(), n_neighbors=self.neighbours + exclude_self)
-        index = torch.from_numpy(index[:, 1:] if exclude_self else index)
-        return torch.log(NEIGHBOUR_EPSILON + self.reference_abs_residual[index].mean(1))
+        rows = [_nearest_other(self._index, self._standardise(z).numpy(), self.neighbours, exclude_self)]
+        if self.needs_composition:
+            if element_counts is None:
+                raise ValueError("the neighbours+composition noise head needs the structures' element counts")
+            query = self._standardise_composition(self._fractions(element_counts))
+            rows.append(_nearest_other(self._composition_index, query, self.composition_neighbours, exclude_self))
+        return torch.stack([torch.log(NEIGHBOUR_EPSILON + self.reference_abs_residual[index].mean(1))
+                            for index in rows], dim=1)
 
     def _standardise(self, z: torch.Tensor) -> torch.Tensor:
         return (z.detach().float() - self.z_mean) / self.z_scale
 
-    def forward(self, z: torch.Tensor, mean: torch.Tensor, neighbour: torch.Tensor | None = None) -> torch.Tensor:
-        """σ_n [G]; ``neighbour`` is :meth:`neighbour_feature`, computed here when not given."""
+    def forward(self, z: torch.Tensor, mean: torch.Tensor, neighbour: torch.Tensor | None = None,
+                element_counts: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        """σ_n [G]; ``neighbour`` is :meth:`neighbour_features`, computed here when not given."""
         logit = self.bias.expand(len(mean))
         if self.mlp is not None:
-            parts = [] if self.inputs == "neighbours" else [self._standardise(z)]
+            parts = [] if self.inputs in ("neighbours", "neighbours+composition") else [self._standardise(z)]
             if self.inputs in NEIGHBOUR_INPUTS:
-                neighbour = self.neighbour_feature(z) if neighbour is None else neighbour
-                parts.append(neighbour.unsqueeze(1).float())
+                neighbour = self.neighbour_features(z, element_counts) if neighbour is None else neighbour
+                parts.append(neighbour.float().reshape(len(mean), -1))
             elif self.inputs == "embedding+mean":
                 parts.append(mean.unsqueeze(1))
             features = torch.cat(parts, dim=1)

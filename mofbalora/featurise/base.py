@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 from pymatgen.core import Structure
 
 
@@ -42,3 +43,15 @@ def sample_num_atoms(sample: Any) -> int:
     """Atoms in the cell of a featurised sample (every featuriser keeps ``atomic_number``)."""
     return int(len(sample.atomic_number))
 
+
+
+#: columns of :func:`element_counts`: atomic numbers 0..118
+N_ELEMENT_COLUMNS = 119
+
+
+def element_counts(samples: Sequence[Any]) -> np.ndarray:
+    """Atoms per element in each featurised sample's cell, [n, N_ELEMENT_COLUMNS] int64 (column = Z)."""
+    if not len(samples):
+        return np.zeros((0, N_ELEMENT_COLUMNS), dtype=np.int64)
+    return np.stack([np.bincount(np.asarray(sample.atomic_number, dtype=np.int64), minlength=N_ELEMENT_COLUMNS)
+                     for sample in samples])

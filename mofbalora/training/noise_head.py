@@ -40,16 +40,19 @@ class NoiseHeadConfig:
             N(mean, σ_epi² + σ_n²) is kept (the rule is declared in the YAML before any test run).
         hidden: MLP width.
         floor_ev: smallest σ_n (eV).
-        neighbours: k of the neighbour variants' nearest training structures.
+        neighbours: k of the neighbour variants' nearest training structures in z.
+        composition_neighbours: k of the composition variant's nearest training compositions.
         epochs, batch_size, lr, weight_decay, patience: AdamW on the training residuals, early
             stopping on the validation NLL.
         seed: initialisation and shuffling seed.
     """
 
-    variants: tuple[str, ...] = ("constant", "embedding", "embedding+mean", "embedding+neighbours", "neighbours")
+    variants: tuple[str, ...] = ("constant", "embedding", "embedding+mean", "embedding+neighbours", "neighbours",
+                                 "neighbours+composition")
     hidden: int = 32
     floor_ev: float = 0.05
     neighbours: int = 10
+    composition_neighbours: int = 100
     epochs: int = 300
     batch_size: int = 512
     lr: float = 3e-3
@@ -63,7 +66,7 @@ class NoiseHeadConfig:
         if unknown or not self.variants:
             raise ValueError(f"noise_head.variants must be a non-empty subset of {get_args(NoiseInputs)}, "
                              f"got {list(self.variants)}")
-        for name in ("hidden", "epochs", "batch_size", "patience", "neighbours"):
+        for name in ("hidden", "epochs", "batch_size", "patience", "neighbours", "composition_neighbours"):
             if getattr(self, name) < 1:
                 raise ValueError(f"noise_head.{name} must be >= 1, got {getattr(self, name)}")
         if self.floor_ev < 0 or self.lr <= 0:
@@ -118,27 +121,32 @@ class _NoiseHeadModule(L.LightningModule):
 
 
 def fit_noise_head(*, inputs: str, config: NoiseHeadConfig, std_scale: float, train: tuple[torch.Tensor, ...],
-                   val: tuple[torch.Tensor, ...]) -> DataNoiseHead:
+                   val: tuple[torch.Tensor, ...], element_counts: tuple[Any, Any] | None = None) -> DataNoiseHead:
     """One head variant fitted on ``train`` = (z [n, F], mean [n], truth [n]), standardised units.
 
     ``std_scale`` (eV per standardised unit) turns ``config.floor_ev`` into the head's floor.
     The weights of the epoch with the lowest validation NLL are returned. For the neighbour
-    variant, ``z_train`` is also the set searched, and a training structure's own residual is
-    left out of its feature.
+    variants, ``z_train`` is also the set searched, and a training structure's own residual is
+    left out of its feature. ``element_counts`` = (training, validation) counts
+    [n, N_ELEMENT_COLUMNS] (``featurise.base.element_counts``) are needed by the composition variant.
     """
     z_train, mean_train, truth_train = (t.float() for t in train)
     z_val, mean_val, truth_val = (t.float() for t in val)
     L.seed_everything(config.seed, verbose=False)
     residual_train = truth_train - mean_train
     head = DataNoiseHead(embedding_dim=z_train.shape[1], inputs=inputs, hidden=config.hidden,
-                         floor=config.floor_ev / std_scale, neighbours=config.neighbours, n_reference=len(z_train))
+                         floor=config.floor_ev / std_scale, neighbours=config.neighbours, n_reference=len(z_train),
+                         composition_neighbours=config.composition_neighbours)
     head.set_reference(z_train, initial_std=float(residual_train.pow(2).mean().sqrt()))
+    counts_train, counts_val = element_counts if element_counts is not None else (None, None)
+    if head.needs_composition and element_counts is None:
+        raise ValueError(f"the {inputs} noise head needs the element counts of the training and validation structures")
     if inputs in NEIGHBOUR_INPUTS:
-        head.set_neighbours(z_train, residual_train.abs())
-        neighbour_train = head.neighbour_feature(z_train, exclude_self=True)
-        neighbour_val = head.neighbour_feature(z_val)
+        head.set_neighbours(z_train, residual_train.abs(), counts_train)
+        neighbour_train = head.neighbour_features(z_train, counts_train, exclude_self=True)
+        neighbour_val = head.neighbour_features(z_val, counts_val)
     else:
-        neighbour_train, neighbour_val = torch.zeros(len(z_train)), torch.zeros(len(z_val))
+        neighbour_train, neighbour_val = torch.zeros(len(z_train), 1), torch.zeros(len(z_val), 1)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(TensorDataset(z_train, mean_train, residual_train, neighbour_train),
                               batch_size=config.batch_size, shuffle=True, generator=generator)

@@ -121,14 +121,14 @@ def test_neighbour_feature_reads_the_nearest_training_residuals(tmp_path):
     head = DataNoiseHead(embedding_dim=8, inputs="embedding+neighbours", hidden=4, floor=0.01, neighbours=5,
                          n_reference=400)
     head.set_reference(z, initial_std=0.5).set_neighbours(z, (truth - mean).abs())
-    quiet, noisy = head.neighbour_feature(z[:2])  # row 0 in the quiet cluster, row 1 in the noisy one
+    quiet, noisy = head.neighbour_features(z[:2])[:, 0]  # row 0 in the quiet cluster, row 1 in the noisy one
     assert float(torch.exp(quiet)) == pytest.approx(0.02 + 0.1 * np.sqrt(2 / np.pi), abs=0.05)
     assert float(torch.exp(noisy)) == pytest.approx(0.02 + np.sqrt(2 / np.pi), rel=0.35)
     single = DataNoiseHead(embedding_dim=8, inputs="embedding+neighbours", hidden=4, floor=0.01, neighbours=1,
                            n_reference=400).set_neighbours(z, (truth - mean).abs())
     own = torch.log(0.02 + (truth - mean).abs()[:5])
-    assert torch.allclose(single.neighbour_feature(z[:5]), own)  # itself is its own nearest neighbour
-    assert not torch.allclose(single.neighbour_feature(z[:5], exclude_self=True), own)
+    assert torch.allclose(single.neighbour_features(z[:5])[:, 0], own)  # itself is its own nearest neighbour
+    assert not torch.allclose(single.neighbour_features(z[:5], exclude_self=True)[:, 0], own)
     save_train_embeddings(tmp_path, z)
     loaded = load_noise_head(tmp_path, save_noise_head(tmp_path, head))
     assert (tmp_path / TRAIN_EMBEDDINGS_FILE).exists()
