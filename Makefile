@@ -53,7 +53,8 @@ release-pilot: $(STAMP)
 
 # The shipped model: all of QMOF, resumable (rerun to continue); see pipelines/release_model.py.
 # By default v2's fit first (release_qmof.yaml), then its warm restarts: v2.1 (release_qmof_v2.1.yaml)
-# and v2.2 (release_qmof_v2.2.yaml, the shipped one).
+# and v2.2 (release_qmof_v2.2.yaml), whose fit the shipped v2.3 has (it differs from v2.2 in its
+# noise head only; run folder results/release/qmof-pbe-cgcnn-balora-v2.3).
 RELEASE_ARGS ?=
 release-model: $(STAMP)
 ifeq ($(strip $(RELEASE_ARGS)),)

@@ -2,15 +2,18 @@
 
 Stages, each resumable (a rerun skips what is done; an interrupted fit continues from its last
 checkpoint):
-1. fit: CGCNN + the chosen BaLoRA default on all of QMOF. The shipped v2.2
-   (pipelines/configs/release_qmof_v2.2.yaml, the default) is a warm restart of v2.1
+1. fit: CGCNN + the chosen BaLoRA default on all of QMOF. The shipped v2.3 has the fit of v2.2
+   (pipelines/configs/release_qmof_v2.2.yaml, the default), a warm restart of v2.1
    (release_qmof_v2.1.yaml), itself a warm restart of v2 (release_qmof.yaml); their fits must exist
    first: ``python pipelines/release_model.py --config pipelines/configs/release_qmof.yaml
    --run-dir results/release/qmof-pbe-cgcnn-balora --stop-after fit``, then the same with
    release_qmof_v2.1.yaml and ``--run-dir results/release/qmof-pbe-cgcnn-balora-v2.1``
    (``make release-model`` runs all three);
 2. noise: the per-structure data-noise head, its variant chosen on validation
-   (pipelines/configs/uncertainty.yaml; mofbalora.data_noise);
+   (pipelines/configs/uncertainty.yaml; mofbalora.data_noise). v2.3 differs from v2.2 only here:
+   the fourth round of variants chose the composition-aware head (docs/method.md §13). The archived
+   v2.2 is rescored with ``--keep-calibration --run-dir results/release/qmof-pbe-cgcnn-balora-v2.2
+   --package-dir mofbalora/pretrained/qmof-pbe-cgcnn-balora-v2.2``;
 3. calibrate on the held-out calibration split (Mondrian conformal intervals, mean rule, OOD thresholds);
 4. test: predictions on the test split at the model's S, scored with BCa bootstrap CIs, and the
    reliability figure of the window probability;
@@ -25,7 +28,7 @@ checkpoint):
 (its trained weights), so the later stages rerun without training again. ``--keep-calibration``
 scores a folder as it is, without a noise head or a new calibration (the "before" of a change).
 
-The run folder is results/release/qmof-pbe-cgcnn-balora-v2.2/ (test predictions stay there: they
+The run folder is results/release/qmof-pbe-cgcnn-balora-v2.3/ (test predictions stay there: they
 hold QMOF labels and are never committed).
 """
 
@@ -75,7 +78,7 @@ CONFIG = ROOT / "pipelines" / "configs" / "release_qmof_v2.2.yaml"
 UNCERTAINTY_CONFIG = ROOT / "pipelines" / "configs" / "uncertainty.yaml"
 FIGURES_DIR = ROOT / "docs" / "results" / "release"
 RELEASE = SHIPPED[0]
-RUN_DIR = ROOT / "results" / "release" / f"{RELEASE.folder_name}-v2.2"
+RUN_DIR = ROOT / "results" / "release" / f"{RELEASE.folder_name}-v2.3"
 PACKAGE_DIR = ROOT / "mofbalora" / "pretrained" / RELEASE.folder_name
 TEST_TABLE = "test_predictions.csv"
 MAX_PACKAGE_BYTES = 5 * 1024 * 1024

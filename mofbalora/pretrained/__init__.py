@@ -27,9 +27,12 @@ class ShippedModel:
 
 SHIPPED = (
     ShippedModel("qmof-pbe", "qmof-pbe-cgcnn-balora",
-                 "v2.2: CGCNN + BaLoRA on all of QMOF (PBE band gaps, eV), v2 warm-restarted for a second "
-                 "and a third schedule, per-structure data noise, Mondrian-conformal intervals censored at 0 eV"),
+                 "v2.3: CGCNN + BaLoRA on all of QMOF (PBE band gaps, eV), v2.2's weights with a composition-aware "
+                 "per-structure data-noise head, Mondrian-conformal intervals censored at 0 eV"),
     # earlier releases stay, so that a screen made with one can be reproduced
+    ShippedModel("qmof-pbe-v2.2", "qmof-pbe-cgcnn-balora-v2.2",
+                 "the default before v2.3: v2 warm-restarted for a second and a third schedule, per-structure "
+                 "data noise from the neighbours in z, Mondrian-conformal intervals censored at 0 eV"),
     ShippedModel("qmof-pbe-v2.1", "qmof-pbe-cgcnn-balora-v2.1",
                  "the default before v2.2: v2 warm-restarted for a second schedule, per-structure data noise, "
                  "Mondrian-conformal intervals censored at 0 eV"),

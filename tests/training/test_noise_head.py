@@ -64,6 +64,69 @@ def test_neighbours_head_learns_the_local_error_scale_from_neighbours_alone(tmp_
         torch.testing.assert_close(loaded(z[:7], mean[:7]), std[:7])
 
 
+def _chemistry(n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Embeddings that say nothing; the truth scatters 10x more around the mean for the Cu
+    frameworks (odd rows) than for the Zn ones, which share one composition each."""
+    from mofbalora.featurise.base import N_ELEMENT_COLUMNS
+
+    generator = torch.Generator().manual_seed(seed)
+    copper = torch.arange(n) % 2 == 1
+    counts = torch.zeros(n, N_ELEMENT_COLUMNS, dtype=torch.int64)
+    counts[:, 6], counts[:, 8], counts[:, 1] = 8, 4, 6  # C8 O4 H6 linker atoms
+    counts[copper, 29] = 2
+    counts[~copper, 30] = 2
+    z = torch.randn(n, 8, generator=generator)
+    mean = torch.randn(n, generator=generator)
+    truth = mean + torch.randn(n, generator=generator) * torch.where(copper, 1.0, 0.1)
+    return z, mean, truth, counts
+
+
+def test_composition_head_learns_which_chemistry_is_noisy(tmp_path):
+    """Where z carries no information and the composition does, ``neighbours+composition``
+    recovers each chemistry's scale and ``neighbours`` (z alone) cannot; the head survives
+    saving with its sparse training compositions, and refuses to run without counts."""
+    from mofbalora.model_folder import load_noise_head, save_noise_head, save_train_embeddings
+
+    config = NoiseHeadConfig(epochs=300, patience=30, floor_ev=0.01, neighbours=10, composition_neighbours=50)
+    (*train, train_counts), (*val, val_counts) = _chemistry(2000, 0), _chemistry(500, 1)
+    z, mean, _, counts = _chemistry(400, 2)
+    stds = {}
+    for inputs in ("neighbours", "neighbours+composition"):
+        head = fit_noise_head(inputs=inputs, config=config, std_scale=1.0, train=tuple(train), val=tuple(val),
+                              element_counts=(train_counts, val_counts))
+        with torch.no_grad():
+            stds[inputs] = head(z, mean, element_counts=counts)
+    composition = stds["neighbours+composition"]
+    assert composition[::2].median().item() == pytest.approx(0.1, rel=0.35)
+    assert composition[1::2].median().item() == pytest.approx(1.0, rel=0.25)
+    blind = stds["neighbours"]
+    assert blind[1::2].median() / blind[::2].median() < 2  # z alone cannot tell the two apart
+    assert len(head.reference_elements) == 4 * 2000  # four elements a structure, stored sparse
+    save_train_embeddings(tmp_path, train[0])
+    loaded = load_noise_head(tmp_path, save_noise_head(tmp_path, head))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(z, mean, element_counts=counts.numpy()), composition)
+    with pytest.raises(ValueError, match="element counts"):
+        loaded(z, mean)
+
+
+def test_a_training_structure_is_not_its_own_neighbour_among_duplicates():
+    """Five training structures with one composition: with k = 4 each one's feature is the mean
+    |residual| of the other four, whichever order the tied neighbours come back in."""
+    from mofbalora.featurise.base import N_ELEMENT_COLUMNS
+
+    counts = torch.zeros(5, N_ELEMENT_COLUMNS, dtype=torch.int64)
+    counts[:, 30], counts[:, 8] = 1, 1
+    residual = torch.tensor([0.1, 0.2, 0.4, 0.8, 1.6])
+    head = DataNoiseHead(embedding_dim=2, inputs="neighbours+composition", hidden=4, floor=0.01, neighbours=4,
+                         n_reference=5, composition_neighbours=4)
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    head.set_reference(z, initial_std=0.5).set_neighbours(z, residual, counts)
+    others = (residual.sum() - residual) / 4
+    torch.testing.assert_close(head.neighbour_features(z, counts, exclude_self=True)[:, 1],
+                               torch.log(0.02 + others))
+
+
 def test_floor_and_bad_settings():
     head = DataNoiseHead(embedding_dim=4, inputs="embedding+mean", hidden=8, floor=0.3)
     head.set_reference(torch.randn(50, 4), initial_std=0.2)  # below the floor: starts at the floor
@@ -110,6 +173,17 @@ def test_noise_stage_on_real_qmof(tmp_path, tiny_dataset):
         assert aleatoric.nunique() == len(table)
     assert (table["bandgap_mean_ev"] >= 0).all() and (table["lower_95_ev"] >= 0).all()
     assert table["p_metallic"].between(0, 1).all()
+    # the composition-aware head through the whole path: stage, saved folder, predict on CIFs
+    from mofbalora.calibrate import complete_uncertainty_stages
+
+    complete_uncertainty_stages(folder, data=tiny_dataset, noise_head=NoiseHeadConfig(
+        epochs=50, patience=10, variants=("neighbours+composition",)))
+    composition = load_model(folder)
+    assert composition.noise_head.needs_composition
+    table = composition.predict([tiny_dataset / f"{i}.cif" for i in split.test])
+    aleatoric = table["bandgap_std_aleatoric_ev"]
+    assert (aleatoric >= config.floor_ev - 1e-9).all() and aleatoric.nunique() == len(table)
+    assert table["upper_95_ev"].gt(table["lower_95_ev"]).all()
 
 
 def test_neighbour_feature_reads_the_nearest_training_residuals(tmp_path):
