@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mofbalora.cli import app
-from mofbalora.pretrained import DEFAULT_MODEL, SHIPPED, resolve_model
+from mofbalora.pretrained import DEFAULT_MODEL, SHIPPED, resolve_model, shipped_models
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = Path(__file__).with_name("pretrained_expected.json")
@@ -199,3 +200,26 @@ def test_top_level_load_model_predicts_paths_structures_and_atoms_in_one_list(co
 
 def _pinned_ok(path: Path) -> bool:
     return json.loads(PINNED.read_text()).get(path.stem, {}).get("status") == "ok"
+
+
+def test_noise_feature_of_a_structure_does_not_depend_on_batch_or_threads():
+    """A prediction depends on the structure, not on its neighbours in the input list: the shipped
+    head's kNN features of training compositions (many near-ties after per-element
+    standardisation) are the same in one batch on 2 BLAS threads as one at a time on 1."""
+    from threadpoolctl import threadpool_limits
+
+    from mofbalora.predict import load_model
+
+    from mofbalora.backbones.heads import COMPOSITION_INPUTS
+
+    folder = next(model.folder for model in shipped_models()
+                  if (json.loads((model.folder / "model.json").read_text()).get("noise_head") or {}).get("inputs")
+                  in COMPOSITION_INPUTS)
+    head = load_model(folder).noise_head
+    counts = head._reference_counts()[::50].long().numpy()
+    z = torch.randn(len(counts), len(head.z_mean), generator=torch.Generator().manual_seed(0))
+    with threadpool_limits(limits=2):
+        batch = head.neighbour_features(z, counts)
+    with threadpool_limits(limits=1):
+        single = torch.cat([head.neighbour_features(z[i:i + 1], counts[i:i + 1]) for i in range(len(counts))])
+    torch.testing.assert_close(batch, single, rtol=0, atol=1e-6)

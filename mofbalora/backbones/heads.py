@@ -191,7 +191,11 @@ class DataNoiseHead(nn.Module):
                 scale = fractions.std(0, unbiased=False)
                 self.composition_mean = fractions.mean(0)
                 self.composition_scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-            self._composition_index = NearestNeighbors().fit(self._standardise_composition(fractions))
+            # a tree computes each distance on its own: a structure's neighbours, ties and near-ties
+            # included (standardised rare elements make many), do not depend on the batch or on
+            # BLAS threads as brute force's matrix products do
+            self._composition_index = NearestNeighbors(algorithm="ball_tree").fit(
+                self._standardise_composition(fractions))
         return self
 
     def _store_counts(self, counts: torch.Tensor) -> None:
