@@ -169,12 +169,6 @@ class StageLog:
         write_text_atomic(self.path, json.dumps(entries + [entry], indent=1))
 
 
-def trained_with(recorded: dict[str, Any], config: TrainConfig) -> bool:
-    """Whether a model's recorded train_config is ``config``; a setting added to TrainConfig after
-    the model was trained reads as its default, which is the behaviour it was trained with."""
-    return TrainConfig.from_dict(recorded).to_dict() == config.to_dict()
-
-
 def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | None) -> None:
     """Start ``run_dir`` as the fitted folder of ``package`` (same config and split): its trained
     weights, split and training record; later stages then run without training again.
@@ -185,7 +179,7 @@ def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | Non
     if (run_dir / IDENTITY_FILE).exists():
         return
     meta = read_model_json(package)
-    if not trained_with(meta["train_config"], config):
+    if not config.was_recorded_as(meta["train_config"]):
         raise SystemExit(f"{package} was trained with another config than this run's")
     dataset = load_labelled_dataset(data, target=config.target)
     copy_for_prediction(package, run_dir, meta_updates={"data": {**meta["data"], "source": str(dataset.source)}})
@@ -293,7 +287,7 @@ def package(folder: Path, record: dict[str, Any], destination: Path) -> Path:
     packaged model trained with another recipe (keep it under a versioned name first)."""
     if (destination / "model.json").exists():
         shipped = read_model_json(destination)["train_config"]
-        if not trained_with(shipped, TrainConfig.from_dict(record["train_config"])):
+        if not TrainConfig.from_dict(record["train_config"]).was_recorded_as(shipped):
             raise SystemExit(f"{destination} holds a model trained with another config; move it to a versioned "
                              "folder (and a SHIPPED entry in mofbalora/pretrained) before packaging this one")
     card = model_card(record)

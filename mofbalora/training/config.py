@@ -139,6 +139,14 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         return strict_from_dict(cls, values, "training config")
 
+    def was_recorded_as(self, recorded: dict[str, Any]) -> bool:
+        """Whether a model's recorded train_config is this config; a setting added to TrainConfig
+        after the model was trained reads as its default, which is the behaviour it was trained with."""
+        try:
+            return TrainConfig.from_dict(recorded).to_dict() == self.to_dict()
+        except (TypeError, ValueError):  # a setting since removed or renamed
+            return False
+
     def with_overrides(self, **overrides: Any) -> "TrainConfig":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -246,7 +246,10 @@ def check_model_folder(out_dir: Path, identity: dict[str, Any], *, resume: bool)
                                       "choose another --out or pass --overwrite")
         return
     saved = json.loads(path.read_text())
-    differences = _differences(saved, json.loads(json.dumps(identity)))
+    current = json.loads(json.dumps(identity))
+    if TrainConfig.from_dict(current["train_config"]).was_recorded_as(saved.get("train_config", {})):
+        saved["train_config"] = current["train_config"]  # settings added since the folder began read as defaults
+    differences = _differences(saved, current)
     if differences:
         raise FolderMismatchError(f"{out_dir} was started with a different setup: " + "; ".join(differences)
                                   + ". Use another --out, or --overwrite to start again.")

@@ -53,9 +53,9 @@ def test_a_package_from_before_a_setting_existed_seeds_a_run_of_the_same_recipe(
     recorded = json.loads((next(m for m in SHIPPED if m.alias == "qmof-pbe-v1.1").folder / "model.json").read_text())
     recorded = recorded["train_config"]
     assert "schedule" not in recorded and recorded != v1.to_dict()
-    assert pipeline.trained_with(recorded, v1)
-    assert not pipeline.trained_with({**recorded, "lr": 0.001}, v1)
-    assert not pipeline.trained_with(recorded, load_train_config(pipeline.CONFIG))
+    assert v1.was_recorded_as(recorded)
+    assert not v1.was_recorded_as({**recorded, "lr": 0.001})
+    assert not load_train_config(pipeline.CONFIG).was_recorded_as(recorded)
 
 
 def test_an_archived_package_keeps_its_own_name(pipeline, tmp_path):

@@ -171,6 +171,13 @@ def test_refit_into_a_folder_with_another_setup_is_refused(fitted, tiny_dataset,
         fit(tiny_config("head"), data=tiny_dataset, out_dir=folder, progress=False)
     # the same setup is accepted (complete: nothing retrained), and --overwrite starts again
     assert fit(tiny_config("lora"), data=tiny_dataset, out_dir=folder, progress=False, resume=True) == folder
+    # a folder begun before a setting existed: the setting reads as its default, not as a difference
+    identity = json.loads((folder / "fit_identity.json").read_text())
+    del identity["train_config"]["alpha_net_lr_factor"], identity["train_config"]["noise_std_fit"]
+    (folder / "fit_identity.json").write_text(json.dumps(identity))
+    assert fit(tiny_config("lora"), data=tiny_dataset, out_dir=folder, progress=False, resume=True) == folder
+    with pytest.raises(FolderMismatchError, match=r"train_config\.epochs: folder has 4, this run 3"):
+        fit(tiny_config("lora", epochs=3), data=tiny_dataset, out_dir=folder, progress=False)
     assert fit(tiny_config("lora", epochs=1), data=tiny_dataset, out_dir=folder, progress=False, overwrite=True) == folder
     assert json.loads((folder / "model.json").read_text())["train_config"]["epochs"] == 1
 
