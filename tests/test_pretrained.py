@@ -74,7 +74,7 @@ def test_models_lists_the_shipped_model():
 
 def test_unknown_model_name_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["predict", "--model", "qmof-hse", str(tmp_path)])
-    assert result.exit_code == 2 and "not a shipped model (qmof-pbe, qmof-pbe-v2.1, qmof-pbe-v2, qmof-pbe-v1.1, qmof-pbe-v1)" in result.output
+    assert result.exit_code == 2 and "not a shipped model (qmof-pbe, qmof-pbe-v2.2, qmof-pbe-v2.1, qmof-pbe-v2, qmof-pbe-v1.1, qmof-pbe-v1)" in result.output
 
 
 def test_screen_uses_the_shipped_model_by_default(coremof_cifs, fresh_cache, tmp_path):
@@ -205,7 +205,8 @@ def _pinned_ok(path: Path) -> bool:
 def test_noise_feature_of_a_structure_does_not_depend_on_batch_or_threads():
     """A prediction depends on the structure, not on its neighbours in the input list: the shipped
     head's kNN features of training compositions (many near-ties after per-element
-    standardisation) are the same in one batch on 2 BLAS threads as one at a time on 1."""
+    standardisation) are the same in one batch on 2 BLAS threads as one at a time on 1, and so
+    is σ_n, bit for bit."""
     from threadpoolctl import threadpool_limits
 
     from mofbalora.predict import load_model
@@ -223,3 +224,8 @@ def test_noise_feature_of_a_structure_does_not_depend_on_batch_or_threads():
     with threadpool_limits(limits=1):
         single = torch.cat([head.neighbour_features(z[i:i + 1], counts[i:i + 1]) for i in range(len(counts))])
     torch.testing.assert_close(batch, single, rtol=0, atol=1e-6)
+    mean = torch.linspace(-1, 2, len(counts))  # and σ_n itself, to the last bit
+    with torch.no_grad():
+        whole = head(z, mean, element_counts=counts)
+        apart = torch.cat([head(z[i:i + 1], mean[i:i + 1], element_counts=counts[i:i + 1]) for i in range(len(counts))])
+    assert torch.equal(whole, apart)

@@ -244,8 +244,12 @@ class DataNoiseHead(nn.Module):
 
     def forward(self, z: torch.Tensor, mean: torch.Tensor, neighbour: torch.Tensor | None = None,
                 element_counts: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
-        """σ_n [G]; ``neighbour`` is :meth:`neighbour_features`, computed here when not given."""
-        logit = self.bias.expand(len(mean))
+        """σ_n [G]; ``neighbour`` is :meth:`neighbour_features`, computed here when not given.
+
+        Computed in float64 and rounded to float32 at the end: in float32 the last bit of a matrix
+        product or a vectorised softplus depends on how many rows share the call, and a structure's
+        σ_n must not depend on its batch."""
+        logit = self.bias.double().expand(len(mean))
         if self.mlp is not None:
             parts = [] if self.inputs in ("neighbours", "neighbours+composition") else [self._standardise(z)]
             if self.inputs in NEIGHBOUR_INPUTS:
@@ -253,6 +257,8 @@ class DataNoiseHead(nn.Module):
                 parts.append(neighbour.float().reshape(len(mean), -1))
             elif self.inputs == "embedding+mean":
                 parts.append(mean.unsqueeze(1))
-            features = torch.cat(parts, dim=1)
-            logit = logit + self.mlp(features).squeeze(1)
-        return self.floor + nn.functional.softplus(logit)
+            first, activation, last = self.mlp
+            features = torch.cat(parts, dim=1).double()
+            hidden = activation(nn.functional.linear(features, first.weight.double(), first.bias.double()))
+            logit = logit + nn.functional.linear(hidden, last.weight.double(), last.bias.double()).squeeze(1)
+        return (self.floor + nn.functional.softplus(logit)).float()
