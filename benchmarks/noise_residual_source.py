@@ -34,11 +34,11 @@ from mofbalora.backbones.heads import NEIGHBOUR_INPUTS  # noqa: E402
 from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
 from mofbalora.data_noise import _part_inputs  # noqa: E402
+from mofbalora.featurise.base import element_counts  # noqa: E402
 from mofbalora.model_folder import load_train_embeddings, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402
 from mofbalora.training.fit import prepare_data  # noqa: E402
-from mofbalora.featurise.base import element_counts  # noqa: E402
 from mofbalora.training.noise_head import fit_noise_head, load_uncertainty_config  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
 

@@ -77,6 +77,8 @@ NoiseInputs = Literal["constant", "embedding", "embedding+mean", "embedding+neig
 NEIGHBOUR_INPUTS = ("embedding+neighbours", "neighbours", "neighbours+composition")
 #: the variants that also read them among the nearest training compositions (element fractions)
 COMPOSITION_INPUTS = ("neighbours+composition",)
+#: the variants whose MLP sees only those neighbour features, not z̃
+NEIGHBOURS_ONLY_INPUTS = ("neighbours", "neighbours+composition")
 
 #: added to the neighbours' mean |residual| (standardised units) before its log, so that a run of
 #: exact fits among the neighbours gives a finite feature
@@ -145,8 +147,9 @@ class DataNoiseHead(nn.Module):
         self._index: Any = None
         self._composition_index: Any = None
         self.bias = nn.Parameter(torch.zeros(()))
-        width = {"constant": 0, "embedding": embedding_dim, "neighbours": 1,
-                 "neighbours+composition": 2}.get(inputs, embedding_dim + 1)
+        # z̃ unless the neighbour features alone; one feature per neighbour search; or the mean
+        width = (0 if inputs == "constant" or inputs in NEIGHBOURS_ONLY_INPUTS else embedding_dim) \
+            + (inputs in NEIGHBOUR_INPUTS) + (inputs in COMPOSITION_INPUTS) + (inputs == "embedding+mean")
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.Softplus(), nn.Linear(hidden, 1)) if width else None
         self.reset_parameters()
 
@@ -251,7 +254,7 @@ class DataNoiseHead(nn.Module):
         σ_n must not depend on its batch."""
         logit = self.bias.double().expand(len(mean))
         if self.mlp is not None:
-            parts = [] if self.inputs in ("neighbours", "neighbours+composition") else [self._standardise(z)]
+            parts = [] if self.inputs in NEIGHBOURS_ONLY_INPUTS else [self._standardise(z)]
             if self.inputs in NEIGHBOUR_INPUTS:
                 neighbour = self.neighbour_features(z, element_counts) if neighbour is None else neighbour
                 parts.append(neighbour.float().reshape(len(mean), -1))

@@ -44,7 +44,6 @@ def sample_num_atoms(sample: Any) -> int:
     return int(len(sample.atomic_number))
 
 
-
 #: columns of :func:`element_counts`: atomic numbers 0..118
 N_ELEMENT_COLUMNS = 119
 
