@@ -60,7 +60,9 @@ from mofbalora.data_noise import fit_data_noise  # noqa: E402
 from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E402
 from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
-from mofbalora.model_folder import copy_for_prediction, package_versions, read_model_json  # noqa: E402
+from mofbalora.model_folder import (  # noqa: E402
+    NOISE_HEAD_FILE, copy_for_prediction, package_versions, read_model_json,
+)
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.pretrained import SHIPPED, ShippedModel  # noqa: E402
 from mofbalora.training.config import TrainConfig, load_train_config  # noqa: E402
@@ -68,7 +70,7 @@ from mofbalora.data.splits import Split  # noqa: E402
 from mofbalora.training.fit import (  # noqa: E402
     IDENTITY_FILE, TIMING_FILE, fit, fit_identity, prepare_data, validation_curve, warm_start_folder,
 )
-from mofbalora.training.noise_head import load_uncertainty_config  # noqa: E402
+from mofbalora.training.noise_head import NoiseHeadConfig, load_uncertainty_config  # noqa: E402
 from mofbalora.uncertainty.conformal import ConformalCalibrator  # noqa: E402
 
 from bandgap_benchmark import git_commit  # noqa: E402
@@ -80,6 +82,8 @@ FIGURES_DIR = ROOT / "docs" / "results" / "release"
 RELEASE = SHIPPED[0]
 RUN_DIR = ROOT / "results" / "release" / f"{RELEASE.folder_name}-v2.3"
 PACKAGE_DIR = ROOT / "mofbalora" / "pretrained" / RELEASE.folder_name
+#: where ``--from-package`` runs go by default, one folder per package
+FROM_PACKAGE_RUNS = ROOT / "results" / "release" / "from-package"
 TEST_TABLE = "test_predictions.csv"
 MAX_PACKAGE_BYTES = 5 * 1024 * 1024
 #: draws of the calibrated distributions for the ρ they promise (its spread over draws is ~0.03)
@@ -87,15 +91,26 @@ PROMISE_DRAWS = 200
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    return Path(args.config), Path(args.run_dir), Path(args.package_dir)
+    """Config, run folder and package folder. With ``--from-package`` they default to that
+    package's own: the config file its release.json names, a run folder of its name under
+    :data:`FROM_PACKAGE_RUNS`, and the package itself (``git diff`` then shows what the rerun changed)."""
+    if not args.from_package:
+        return (Path(args.config or CONFIG), Path(args.run_dir or RUN_DIR), Path(args.package_dir or PACKAGE_DIR))
+    source = Path(args.from_package)
+    if not (source / "release.json").exists():
+        raise SystemExit(f"{source}: not a packaged release (no release.json)")
+    recorded = json.loads((source / "release.json").read_text())["config_file"]
+    return (Path(args.config) if args.config else ROOT / recorded,
+            Path(args.run_dir) if args.run_dir else FROM_PACKAGE_RUNS / source.resolve().name,
+            Path(args.package_dir) if args.package_dir else source)
 
 
 def training_record(folder: Path) -> dict[str, Any]:
     """Epochs run, best epoch and wall time of the fit stage (from its files, or from the
     release.json of the package a ``--from-package`` run started from)."""
-    seeded = folder / SEEDED_RECORD
-    if seeded.exists():
-        return json.loads(seeded.read_text())["training"]
+    seeded = seeded_record(folder)
+    if seeded is not None:
+        return seeded["training"]
     member = folder / "members" / "0"
     started = (folder / IDENTITY_FILE).stat().st_mtime
     finished = (member / "done").stat().st_mtime
@@ -128,6 +143,8 @@ def earlier_releases_val_mae(record: dict[str, Any]) -> dict[str, float]:
 
 
 SEEDED_RECORD = "seeded_from_release.json"
+#: the noise-head config and calibration settings a seeded package records (uncertainty.yaml's layout)
+SEEDED_UNCERTAINTY = "seeded_uncertainty.json"
 STAGES_FILE = "stages.json"
 
 
@@ -169,23 +186,61 @@ class StageLog:
         write_text_atomic(self.path, json.dumps(entries + [entry], indent=1))
 
 
-def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | None) -> None:
+def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | None, *,
+                      keep_calibration: bool = False) -> None:
     """Start ``run_dir`` as the fitted folder of ``package`` (same config and split): its trained
-    weights, split and training record; later stages then run without training again.
+    weights, split, training record and the stage log of its fit. Without ``keep_calibration`` the
+    package's noise head and calibration are left behind, so that those stages run again with the
+    settings the package records (:data:`SEEDED_UNCERTAINTY`): the figures of its release.json are
+    then reproduced from its weights alone. Nothing of the fit's own folder (or of the model a warm
+    restart started from) needs to be on this machine.
 
     Raises:
-        SystemExit: when the package was trained with another config.
+        SystemExit: when the package was trained with another config, or records no settings to
+            refit its noise head and calibration with (rescore it with ``keep_calibration``).
     """
     if (run_dir / IDENTITY_FILE).exists():
         return
     meta = read_model_json(package)
+    record = json.loads((package / "release.json").read_text())
     if not config.was_recorded_as(meta["train_config"]):
         raise SystemExit(f"{package} was trained with another config than this run's")
+    recorded_settings = {"noise_head": (meta.get("noise_head") or {}).get("config"),
+                         "calibration": (meta.get("calibration") or {}).get("settings")}
+    if not keep_calibration and None in recorded_settings.values():
+        raise SystemExit(f"{package} records no noise-head config or calibration settings to refit them with; "
+                         "rescore it as it is with --keep-calibration")
     dataset = load_labelled_dataset(data, target=config.target)
-    copy_for_prediction(package, run_dir, meta_updates={"data": {**meta["data"], "source": str(dataset.source)}})
-    write_text_atomic(run_dir / SEEDED_RECORD, (package / "release.json").read_text())
-    identity = fit_identity(config, dataset, Split.load(run_dir / meta["split_file"]))
+    updates = {"data": {**meta["data"], "source": str(dataset.source)}}
+    if not keep_calibration:
+        updates |= {"noise_head": None, "calibration": None}
+    copy_for_prediction(package, run_dir, meta_updates=updates)
+    if not keep_calibration:
+        (run_dir / NOISE_HEAD_FILE).unlink(missing_ok=True)
+        write_text_atomic(run_dir / SEEDED_UNCERTAINTY, json.dumps(recorded_settings, indent=1))
+    write_text_atomic(run_dir / SEEDED_RECORD, json.dumps(record, indent=1))
+    # the code that made what this folder keeps: the fit's stages, and with the calibration kept the rest
+    kept = [stage for stage in record.get("stages", []) if keep_calibration or stage["stage"] == "fit"]
+    write_text_atomic(run_dir / STAGES_FILE, json.dumps(kept, indent=1))
+    identity = fit_identity(config, dataset, Split.load(run_dir / meta["split_file"]),
+                            warm_start_sha256=(record.get("warm_start") or {}).get("model_json_sha256"))
     write_text_atomic(run_dir / IDENTITY_FILE, json.dumps(identity, indent=1))
+
+
+def seeded_record(folder: Path) -> dict[str, Any] | None:
+    """The release.json of the package ``folder`` was seeded from, or None for a folder that trained."""
+    path = folder / SEEDED_RECORD
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def uncertainty_settings(folder: Path, default_path: str | os.PathLike) -> dict[str, Any]:
+    """The noise-head config and calibration settings of the stages after training: those a seeded
+    package records, else the YAML at ``default_path`` (``pipelines/configs/uncertainty.yaml``)."""
+    path = folder / SEEDED_UNCERTAINTY
+    if not path.exists():
+        return load_uncertainty_config(default_path)
+    recorded = json.loads(path.read_text())
+    return {"noise_head": NoiseHeadConfig.from_dict(recorded["noise_head"]), "calibration": recorded["calibration"]}
 
 
 def test_table_current(folder: Path) -> bool:
@@ -231,7 +286,10 @@ def calibrated_draws(folder: Path, table: pd.DataFrame) -> np.ndarray | None:
 def warm_start_record(folder: Path) -> dict[str, Any] | None:
     """Which trained model a warm-restarted fit started from (by content), and that model's own
     training and warm start (from the release.json of its run folder, when there is one): a chain
-    of restarts nests, oldest innermost."""
+    of restarts nests, oldest innermost. A folder seeded from a package has its record's."""
+    seeded = seeded_record(folder)
+    if seeded is not None:
+        return seeded.get("warm_start")
     identity = json.loads((folder / IDENTITY_FILE).read_text())
     source = identity["train_config"].get("warm_start_from")
     if source is None:
@@ -307,24 +365,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="QMOF folder or archive (default: ../shared/data/qmof)")
     parser.add_argument("--stop-after", choices=["fit", "noise", "calibrate", "test"], default=None)
-    parser.add_argument("--from-package", default=None, help="start the run folder from this packaged model")
+    parser.add_argument("--from-package", default=None,
+                        help="start from this packaged model's weights: refit its noise head and calibration "
+                             "with the settings it records, test, and rewrite the package")
     parser.add_argument("--keep-calibration", action="store_true",
-                        help="score the folder as it is: no noise head, no new calibration")
+                        help="score the folder as it is: no new noise head, no new calibration")
     parser.add_argument("--uncertainty-config", default=str(UNCERTAINTY_CONFIG), help=argparse.SUPPRESS)
     parser.add_argument("--figures-dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--config", default=str(CONFIG), help=argparse.SUPPRESS)
-    parser.add_argument("--run-dir", default=str(RUN_DIR), help=argparse.SUPPRESS)
-    parser.add_argument("--package-dir", default=str(PACKAGE_DIR), help=argparse.SUPPRESS)
+    parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--package-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config_path, run_dir, package_dir = _paths(args)
     config = load_train_config(config_path)
-    uncertainty = load_uncertainty_config(args.uncertainty_config)
     if args.from_package:
-        seed_from_package(Path(args.from_package), run_dir, config, args.data)
+        seed_from_package(Path(args.from_package), run_dir, config, args.data, keep_calibration=args.keep_calibration)
+    uncertainty = uncertainty_settings(run_dir, args.uncertainty_config)
     log = StageLog(run_dir)
     with log.stage("fit", already_done=(run_dir / "model.json").exists()):
-        folder = fit(config, data=args.data, out_dir=run_dir, resume=(run_dir / IDENTITY_FILE).exists())
+        # a seeded folder is a finished fit whose training folder need not be on this machine
+        folder = run_dir if seeded_record(run_dir) is not None else fit(
+            config, data=args.data, out_dir=run_dir, resume=(run_dir / IDENTITY_FILE).exists())
     if folder is None or args.stop_after == "fit":
         return
     # all of QMOF's features are loaded once, for the noise head, calibration and the test stage
@@ -348,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     # the release's figures are published; another run folder (a smoke test) keeps its own
     # its commit stamp before any file is written
     record = release_record(folder, parts, scores, config_path, shipped=shipped_for(package_dir))
-    figures = Path(args.figures_dir) if args.figures_dir else FIGURES_DIR if run_dir == RUN_DIR else run_dir / "figures"
+    figures = (Path(args.figures_dir) if args.figures_dir else
+               FIGURES_DIR if package_dir.resolve() == PACKAGE_DIR.resolve() else run_dir / "figures")
     figures.mkdir(parents=True, exist_ok=True)
     window_reliability(scores["p_in_window_reliability"], figures / "reliability_p_in_window.png",
                        title=f"{RELEASE.alias}: P(gap in {WINDOW_EV[0]:g}–{WINDOW_EV[1]:g} eV), test split")
@@ -359,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stop_after == "test":
         return
     package(folder, record, package_dir)
-    if package_dir.resolve() == PACKAGE_DIR.resolve():  # the shipped releases, side by side in the README
+    if package_dir.resolve() in {shipped.folder.resolve() for shipped in SHIPPED}:  # side by side in the README
         write_generated_block(ROOT / "README.md", "releases", releases_table(shipped_records()),
                               generated_by="pipelines/release_model.py", before="After `pip install`")
     print(f"test MAE {scores['mae_ev']['value']:.3f} eV, 95% coverage {scores['coverage_95']['value']:.3f}, "

@@ -309,8 +309,9 @@ def model_card(record: dict[str, Any]) -> str:
         "window probability (`mofbalora screen`) deciding which to compute. Not a replacement for DFT on a final "
         "candidate, and not for non-MOF materials.",
         "",
-        "Reproduce: `make release-model` (resumable; `pipelines/release_model.py`). The stages after training "
-        "alone (noise head, calibration, test, package) from these weights: "
+        "Reproduce: `make release-model` (resumable; `pipelines/release_model.py`). From these weights alone, "
+        "the stages after training (the noise head and the calibration refitted with the settings model.json "
+        "records, the test split scored, this folder rewritten; `git diff` then shows what changed): "
         f"`python pipelines/release_model.py --from-package mofbalora/pretrained/{record['name']}`.",
     ]
     return "\n".join(lines) + "\n"

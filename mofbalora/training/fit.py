@@ -204,13 +204,18 @@ def warm_start_folder(config: TrainConfig) -> Path:
     return folder
 
 
-def fit_identity(config: TrainConfig, dataset: LabelledDataset, split: Split) -> dict[str, Any]:
+def fit_identity(config: TrainConfig, dataset: LabelledDataset, split: Split, *,
+                 warm_start_sha256: str | None = None) -> dict[str, Any]:
     """What a model folder was started with: config, data and split (and the model a warm
-    restart starts from, by content). A rerun must match it."""
+    restart starts from, by content). A rerun must match it.
+
+    ``warm_start_sha256``: that model's checksum as a release record gives it, for a folder seeded
+    from a package whose warm-start source is not on this machine (it is read from there otherwise).
+    """
     identity = {"train_config": config.to_dict(), "data_source": str(dataset.source),
                 "labels_sha256": dataset.labels_sha256, "split_sha256": split.fingerprint()}
     if config.warm_start_from is not None:
-        identity["warm_start_model_json_sha256"] = model_json_sha256(warm_start_folder(config))
+        identity["warm_start_model_json_sha256"] = warm_start_sha256 or model_json_sha256(warm_start_folder(config))
     return identity
 
 
