@@ -31,7 +31,7 @@ from mofbalora.training.config import TrainConfig, strict_from_dict
 from mofbalora.training.fit import PreparedData, fit, prepare_data
 from mofbalora.training.noise_head import NoiseHeadConfig
 from mofbalora.uncertainty.conformal import MEAN_RULES, ConformalCalibrator
-from mofbalora.uncertainty.metrics import mae
+from mofbalora.uncertainty.metrics import SMALL_GAP_EV, mae
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,10 @@ def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.n
                                      mondrian_max_bins=settings.mondrian_max_bins).fit(
         predictive.mean, predictive.std_total_raw, gaps_ev)
     val_mae_by_rule = {}
+    if len(settings.mean_rules) > 1 and validation is None:
+        raise ValueError("choosing among mean rules needs the validation split")
+    val = None if validation is None else model.predictive(validation[0], n_samples=n_samples, seed=seed)
     if len(settings.mean_rules) > 1:
-        if validation is None:
-            raise ValueError("choosing among mean rules needs the validation split")
-        val = model.predictive(validation[0], n_samples=n_samples, seed=seed)
         for rule in settings.mean_rules:
             calibrator.mean_rule = rule
             val_mae_by_rule[rule] = mae(calibrator.point_prediction(val.mean, val.std_total_raw),
@@ -106,7 +106,25 @@ def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.n
         "mean_rule": calibrator.mean_rule,
         "val_mae_ev_by_mean_rule": val_mae_by_rule,
         "n_bins": 1 if calibrator.bin_thresholds_ is None else len(calibrator.bin_thresholds_) - 1,
+        "validation_coverage_95": None if val is None else validation_coverage(calibrator, val.mean, val.std_total_raw,
+                                                                               validation[1]),
     }
+
+
+def validation_coverage(calibrator: ConformalCalibrator, mean_ev: np.ndarray, std_total_raw_ev: np.ndarray,
+                        gaps_ev: np.ndarray) -> dict[str, Any]:
+    """How the calibrated 95% intervals cover a split the calibrator never saw (validation): overall,
+    in each Mondrian bin of the predicted gap, and for true gaps below ``SMALL_GAP_EV``. A check
+    before the test split is scored, not a choice: nothing is selected on it."""
+    gaps_ev = np.asarray(gaps_ev, dtype=float)
+    lower, upper = calibrator.interval(mean_ev, std_total_raw_ev)
+    covered = (gaps_ev >= lower) & (gaps_ev <= upper)
+    bins, small = calibrator.bin_index(mean_ev), gaps_ev < SMALL_GAP_EV
+    return {"n": int(len(gaps_ev)), "all": float(covered.mean()),
+            "by_bin": [{"n": int((bins == b).sum()), "coverage": float(covered[bins == b].mean()) if (bins == b).any()
+                        else None} for b in range(calibrator.n_bins)],
+            "small_gap": {"threshold_ev": SMALL_GAP_EV, "n": int(small.sum()),
+                          "coverage": float(covered[small].mean()) if small.any() else None}}
 
 
 def calibrate(folder: str | os.PathLike, *, data: str | os.PathLike | None = None, progress: bool = False,

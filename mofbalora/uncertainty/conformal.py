@@ -88,7 +88,7 @@ class ConformalCalibrator:
         else:
             self.bin_thresholds_ = None
         self._cps = ConformalPredictiveSystem().fit(self.residuals_, sigmas=sigmas, bins=self.gap_bins(y_pred))
-        self._calibration_bins = self._bin_index(y_pred)
+        self._calibration_bins = self.bin_index(y_pred)
         self.normalised_rms_by_bin_ = np.array([
             np.sqrt(np.mean(self.normalised_residuals_[self._calibration_bins == b] ** 2))
             if (self._calibration_bins == b).any() else self.normalised_rms_ for b in range(self.n_bins)])
@@ -99,7 +99,7 @@ class ConformalCalibrator:
         """Mondrian bins (1 without)."""
         return 1 if self.bin_thresholds_ is None else len(self.bin_thresholds_) - 1
 
-    def _bin_index(self, y_pred: np.ndarray) -> np.ndarray:
+    def bin_index(self, y_pred: np.ndarray) -> np.ndarray:
         """Each prediction's bin as an index array (all 0 without bins)."""
         bins = self.gap_bins(y_pred)
         return np.zeros(len(y_pred), dtype=int) if bins is None else bins
@@ -167,7 +167,7 @@ class ConformalCalibrator:
         """Per Mondrian bin present in ``y_pred``: its rows (mask), their scale σ (1 un-normalised)
         and the bin's normalised calibration residuals r_i/σ_i."""
         scale = np.ones_like(y_pred) if sigmas is None else sigmas
-        own = self._bin_index(y_pred)
+        own = self.bin_index(y_pred)
         for b in np.unique(own):
             rows = own == b
             yield rows, scale[rows], self.normalised_residuals_[self._calibration_bins == b]
@@ -193,7 +193,7 @@ class ConformalCalibrator:
         y_pred, sigmas = self._inputs(y_pred, y_std)
         if sigmas is None:
             return np.full(len(y_pred), np.nan)
-        return sigmas * self.normalised_rms_by_bin_[self._bin_index(y_pred)]
+        return sigmas * self.normalised_rms_by_bin_[self.bin_index(y_pred)]
 
     def sample(self, y_pred: np.ndarray, y_std: np.ndarray | None, draws: int, *, seed: int = 0) -> np.ndarray:
         """Band gaps (eV) drawn from each structure's calibrated predictive distribution censored at

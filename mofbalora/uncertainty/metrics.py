@@ -16,6 +16,8 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 #: the one clipping rule: metrics that need a positive std (NLL, Gaussian intervals) see at least this
 STD_FLOOR_EV = 1e-9
+#: gaps below this (eV) are where PBE and the model are least reliable (small-gap / metallic MOFs)
+SMALL_GAP_EV = 0.5
 
 
 def positive_std(std: np.ndarray) -> np.ndarray:

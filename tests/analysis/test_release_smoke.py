@@ -26,6 +26,8 @@ def test_release_pipeline_packages_a_usable_model(tmp_path, qmof_dataset, small_
     assert training["sessions"] == 1 and 0 < training["train_wall_s"] <= training["wall_s"]
     assert len(training["val_mae_ev_by_epoch"]) == training["epochs_run"]
     assert test["n_test"] == record["data"]["n_test"] > 0
+    # the calibrated intervals checked on the validation split before the test split is scored
+    assert record["calibration"]["validation_coverage_95"]["n"] == record["data"]["n_val"]
     for key in ("mae_ev", "coverage_95", "spearman_epistemic_std_abs_error"):
         assert test[key]["ci_low"] <= test[key]["value"] <= test[key]["ci_high"], key
     # the per-structure noise stage ran, and the test stage scored the calibrated distribution

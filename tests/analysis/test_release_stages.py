@@ -78,3 +78,47 @@ def test_the_test_stage_counts_as_done_only_for_the_model_as_it_is(pipeline, tmp
     later = table.stat().st_mtime + 10
     os.utime(tmp_path / "model.json", (later, later))
     assert not pipeline.test_table_current(tmp_path)
+
+
+@pytest.mark.qmof
+def test_the_shipped_model_card_command_seeds_a_rerun_without_any_training_folder(pipeline, tmp_path, qmof_dataset):
+    """`--from-package` (the model card's "reproduce" command) on a machine that never trained the
+    model: qmof-pbe was a warm restart of run folders under results/ that a user does not have. The
+    seeded folder takes the warm start from the package's record, drops the noise head and the
+    calibration so that they are refitted with the settings the package records, and keeps the
+    fit's stage log; with --keep-calibration it keeps them all."""
+    import argparse
+
+    from mofbalora.model_folder import read_model_json
+    from mofbalora.pretrained import SHIPPED
+
+    package = SHIPPED[0].folder
+    record = json.loads((package / "release.json").read_text())
+    shipped = read_model_json(package)
+    assert record["warm_start"]  # the case that failed: its source folder is not in the repository
+    defaults = pipeline._paths(argparse.Namespace(from_package=str(package), config=None, run_dir=None,
+                                                  package_dir=None))
+    assert defaults == (pipeline.ROOT / record["config_file"], pipeline.FROM_PACKAGE_RUNS / package.name, package)
+
+    run = tmp_path / "refit"
+    pipeline.main(["--from-package", str(package), "--run-dir", str(run), "--stop-after", "fit",
+                   "--data", str(qmof_dataset.source)])
+    meta = read_model_json(run)
+    assert meta["noise_head"] is None and meta["calibration"] is None and not (run / "noise_head.safetensors").exists()
+    settings = pipeline.uncertainty_settings(run, pipeline.UNCERTAINTY_CONFIG)
+    assert settings["noise_head"].to_dict() == shipped["noise_head"]["config"]
+    assert settings["calibration"] == shipped["calibration"]["settings"]
+    stages = json.loads((run / pipeline.STAGES_FILE).read_text())
+    assert stages and stages == [s for s in record["stages"] if s["stage"] == "fit"]
+    identity = json.loads((run / pipeline.IDENTITY_FILE).read_text())
+    assert identity["warm_start_model_json_sha256"] == record["warm_start"]["model_json_sha256"]
+    assert pipeline.warm_start_record(run) == record["warm_start"]
+    assert pipeline.training_record(run) == record["training"]
+
+    kept = tmp_path / "rescore"
+    pipeline.main(["--from-package", str(package), "--run-dir", str(kept), "--stop-after", "fit", "--keep-calibration",
+                   "--data", str(qmof_dataset.source)])
+    meta = read_model_json(kept)
+    assert meta["noise_head"] == shipped["noise_head"] and meta["calibration"] == shipped["calibration"]
+    assert json.loads((kept / pipeline.STAGES_FILE).read_text()) == record["stages"]
+    assert not (kept / pipeline.SEEDED_UNCERTAINTY).exists()

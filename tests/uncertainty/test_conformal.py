@@ -198,3 +198,23 @@ def test_bins_and_predictions_do_not_depend_on_a_global_rng(noise_by_gap):
                         *calibrator.interval(queries, std)))
     for first, second in zip(*outputs):
         np.testing.assert_array_equal(first, second)
+
+
+def test_validation_coverage_counts_each_bin_and_the_small_gaps():
+    """calibrate.validation_coverage on a known answer: calibration residuals spread evenly over
+    [-1, 1] eV (σ = 1) in two predicted-gap bins, so every 95% interval is ŷ ± ~0.95 eV."""
+    from mofbalora.calibrate import validation_coverage
+
+    grid = np.linspace(-1, 1, 500)
+    predicted = np.repeat([1.0, 3.0], 500)
+    calibrator = ConformalCalibrator(mondrian_min_per_bin=500).fit(predicted, np.ones(1000), predicted + np.tile(grid, 2))
+    assert calibrator.n_bins == 2
+    # bin 0 (ŷ = 1): residuals 0, 0.5 inside; 0.99 outside; truth 0.3 (residual -0.7) is a small gap inside
+    # bin 1 (ŷ = 3): residual 0.9 inside; -1.5 and 1.5 outside; truth 0.2 (residual -2.8) a small gap outside
+    mean = np.array([1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0])
+    truth = np.array([1.0, 1.5, 1.99, 0.3, 3.9, 1.5, 4.5, 0.2])
+    result = validation_coverage(calibrator, mean, np.ones(8), truth)
+    assert result["n"] == 8 and result["all"] == pytest.approx(4 / 8)
+    assert [b["n"] for b in result["by_bin"]] == [4, 4]
+    assert [b["coverage"] for b in result["by_bin"]] == pytest.approx([3 / 4, 1 / 4])
+    assert result["small_gap"] == {"threshold_ev": 0.5, "n": 2, "coverage": pytest.approx(0.5)}
