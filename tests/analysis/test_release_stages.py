@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .conftest import load_pipeline
+from .conftest import ROOT, load_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,19 @@ def test_the_shipped_model_card_command_seeds_a_rerun_without_any_training_folde
     assert meta["noise_head"] == shipped["noise_head"] and meta["calibration"] == shipped["calibration"]
     assert json.loads((kept / pipeline.STAGES_FILE).read_text()) == record["stages"]
     assert not (kept / pipeline.SEEDED_UNCERTAINTY).exists()
+
+
+def test_reproduction_report_lists_what_moved_beyond_the_tolerance():
+    """benchmarks/reproduce_releases.py's comparison of a shipped and a reproduced release.json."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_releases",
+                                                  ROOT / "benchmarks" / "reproduce_releases.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = {"mae_ev": {"value": 0.3, "ci_low": 0.28}, "n_test": 10, "bins": [{"n": 4, "cov": 0.9}], "kind": "a"}
+    reproduced = {"mae_ev": {"value": 0.3 + 1e-7, "ci_low": 0.29}, "n_test": 10, "bins": [{"n": 4, "cov": 0.9}],
+                  "kind": "b", "extra": 1.0}
+    result = module.compare_scores(shipped, reproduced)
+    assert result["compared"] == 5 and result["largest_abs_difference"] == pytest.approx(0.01)
+    assert [d["key"] for d in result["differing"]] == ["extra", "kind", "mae_ev.ci_low"]
