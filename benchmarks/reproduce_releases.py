@@ -52,15 +52,16 @@ def numbers(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def compare_scores(shipped: dict[str, Any], reproduced: dict[str, Any]) -> dict[str, Any]:
-    """Numbers compared, the largest absolute difference, and each leaf that differs by more than
-    :data:`TOLERANCE` (or is missing from one side, or is not a number and differs)."""
+    """Numbers compared, the largest absolute difference of a non-integer figure, and each leaf that
+    differs by more than :data:`TOLERANCE` (or is missing from one side, or is not a number and differs)."""
     left, right = dict(numbers(shipped)), dict(numbers(reproduced))
     largest, compared, differing = 0.0, 0, []
     for key in sorted(set(left) | set(right)):
         a, b = left.get(key), right.get(key)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
             compared += 1
-            largest = max(largest, abs(a - b))
+            if isinstance(a, float) or isinstance(b, float):  # a figure; counts are compared, not measured
+                largest = max(largest, abs(a - b))
             if abs(a - b) > TOLERANCE:
                 differing.append({"key": key, "shipped": a, "reproduced": b})
         elif a != b:
@@ -95,19 +96,33 @@ def reproduce(folder: Path, scratch: Path, data: str | None) -> Path:
     return package
 
 
+#: the test figures quoted for a release that did not reproduce
+HEADLINE = ("mae_ev", "coverage_95", "spearman_calibrated_std_abs_error", "crps_ev", "small_gap_coverage_95")
+
+
 def row(shipped_model: Any, package: Path) -> dict[str, Any]:
     shipped = json.loads((shipped_model.folder / "release.json").read_text())
     reproduced = json.loads((package / "release.json").read_text())
     stages = [s for s in reproduced["stages"] if s["stage"] != "fit"]
     return {"alias": shipped_model.alias, "name": shipped_model.folder_name,
             "head_chosen": [shipped["noise_head"]["chosen"], reproduced["noise_head"]["chosen"]],
+            # the selection's inputs: the validation MAE noise off and of the mean of S draws, and each
+            # variant's validation NLL, shipped and reproduced
+            "val_mae_ev": [shipped["noise_head"].get("val_mae_ev"), reproduced["noise_head"].get("val_mae_ev")],
+            "headline": {key: [shipped["test"][key]["value"], reproduced["test"][key]["value"]] for key in HEADLINE
+                         if isinstance(shipped["test"].get(key), dict) and isinstance(reproduced["test"].get(key), dict)},
             "test": compare_scores(shipped["test"], reproduced["test"]),
             "noise_head_largest_abs_difference": head_difference(shipped_model.folder, package),
             # what the shipped record may predate: coverage on the validation split, which the calibrator never saw
             "validation_coverage_95": reproduced["calibration"].get("validation_coverage_95"),
             "test_small_gap": shipped["test"]["small_gap"],
             "stages_after_training_wall_s": sum(s["wall_s"] or 0 for s in stages),
-            "stages_git_commit": sorted({s["git_commit"] for s in stages})}
+            "stages_git_commit": sorted({s["git_commit"] for s in stages}),
+            "selection": [shipped["noise_head"]["selection"], reproduced["noise_head"]["selection"]]}
+
+
+def _pair(values: list[float | None], digits: int = 4) -> str:
+    return " / ".join("–" if v is None else f"{v:.{digits}f}" for v in values)
 
 
 def report(rows: list[dict[str, Any]]) -> str:
@@ -124,16 +139,31 @@ def report(rows: list[dict[str, Any]]) -> str:
         "",
         f"A test figure is listed when it moved by more than {TOLERANCE:g}.",
         "",
-        "| release | noise head chosen (shipped / reproduced) | test numbers compared | largest difference | "
-        "moved by more than the tolerance | noise-head weights: largest difference | stages after training (min) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| release | noise head chosen (shipped / reproduced) | test numbers compared | largest difference of a figure | "
+        "moved by more than the tolerance | noise-head weights: largest difference | validation MAE noise off, "
+        "shipped / reproduced (eV) | validation MAE of the mean of S draws, shipped / reproduced (eV) | "
+        "stages after training (min) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         test, head = r["test"], r["noise_head_largest_abs_difference"]
-        moved = ", ".join(f"`{d['key']}` {d['shipped']} → {d['reproduced']}" for d in test["differing"]) or "none"
+        maes = [[(m or {}).get(k) for m in r["val_mae_ev"]] for k in ("noise_off", next(
+            (k for k in (r["val_mae_ev"][0] or {}) if k.startswith("mean_of_S")), "mean_of_S"))]
         lines.append(f"| `{r['alias']}` | {' / '.join(r['head_chosen'])} | {test['compared']} | "
-                     f"{test['largest_abs_difference']:.1e} | {moved} | "
-                     f"{'–' if head is None else f'{head:.1e}'} | {r['stages_after_training_wall_s'] / 60:.1f} |")
+                     f"{test['largest_abs_difference']:.1e} | {len(test['differing']) or 'none'} | "
+                     f"{'–' if head is None else f'{head:.1e}'} | {_pair(maes[0])} | {_pair(maes[1])} | "
+                     f"{r['stages_after_training_wall_s'] / 60:.1f} |")
+    for r in rows:
+        if not r["test"]["differing"]:
+            continue
+        shipped_nll = {row["inputs"]: row["val_nll_total"] for row in r["selection"][0]}
+        reproduced_nll = {row["inputs"]: row["val_nll_total"] for row in r["selection"][1]}
+        lines += ["", f"**`{r['alias']}` does not reproduce.** {len(r['test']['differing'])} test figures moved by more "
+                  f"than {TOLERANCE:g} (all in docs/results/release_reproduction.json). The noise head's validation NLL "
+                  "per variant, shipped / reproduced: " + "; ".join(
+                      f"{name} {_pair([shipped_nll.get(name), reproduced_nll.get(name)], digits=4)}"
+                      for name in shipped_nll) + ". Headline test figures, shipped → reproduced: " + "; ".join(
+                      f"{key} {a:.3f} → {b:.3f}" for key, (a, b) in r["headline"].items()) + "."]
     lines += ["", "95% coverage of the reproduced calibration on the validation split, which the calibrator never sees "
               "(recorded by the calibration stage since 2026-12-01; nothing is chosen on it), beside the shipped test "
               "figures:", "",
