@@ -14,7 +14,10 @@ split's predictions, stds and residuals), one JSON line per row:
    predicted gap itself: a gradient-boosted classifier of "gap < 0.5 eV" on z(x), the composition
    and the predicted gap, trained on the training split, against the predicted gap alone (ROC AUC on
    validation, overall and among the structures above the first Mondrian bin, where the misses are);
-4. whether the mean's bias near such structures can be removed: the mean shifted by w × the mean
+4. whether a screen for conductors can still trust the probability when intervals miss: the
+   reliability of the calibrated P(gap ≤ 0.5 eV) on validation (expected against observed count,
+   and the bins of predicted P with at least 30 structures);
+5. whether the mean's bias near such structures can be removed: the mean shifted by w × the mean
    signed training residual of its k nearest training structures in z(x), in the fine-tuned
    model's own crystal features h(x) and among compositions, at the best (k, w) of a grid (so the
    row is, if anything, optimistic), against the validation MAE as it is.
@@ -46,7 +49,7 @@ from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.training.config import TrainConfig  # noqa: E402
 from mofbalora.training.fit import prepare_data  # noqa: E402
 from mofbalora.uncertainty.conformal import ConformalCalibrator  # noqa: E402
-from mofbalora.uncertainty.metrics import SMALL_GAP_EV  # noqa: E402
+from mofbalora.uncertainty.metrics import SMALL_GAP_EV, probability_reliability  # noqa: E402
 
 from noise_feature_check import element_fractions, head_inputs_and_means  # noqa: E402
 
@@ -124,6 +127,13 @@ def main() -> None:
                  "above_first_bin_n": int(above.sum()), "above_first_bin_small_gap_n": int(small_val[above].sum()),
                  "above_first_bin_classifier": float(roc_auc_score(small_val[above], p_small[above])),
                  "above_first_bin_predicted_gap_alone": float(roc_auc_score(small_val[above], -predictive.mean[above]))})
+    p_conductor = model.calibrator.window_probability(predictive.mean, predictive.std_total_raw, 0.0, SMALL_GAP_EV)
+    reliability = probability_reliability(p_conductor, val_gaps <= SMALL_GAP_EV)
+    populated = reliability[reliability["n"] >= 30]
+    rows.append({"row": f"reliability of the calibrated P(gap <= {SMALL_GAP_EV} eV) on validation",
+                 "expected_count": float(p_conductor.sum()), "observed_count": int((val_gaps <= SMALL_GAP_EV).sum()),
+                 "bins_n_at_least_30": populated.round(3).to_dict("records"),
+                 "largest_gap_in_those_bins": float((populated["observed_share"] - populated["mean_predicted"]).abs().max())})
     shifts = best_shift({"z": (z_train, z_val), "h": (h_train, h_val), "composition": fractions},
                         train_gaps - mean_train, mean_val, val_gaps)
     rows.append({"row": "mean shifted by the neighbours' signed training residuals (best of the grid)",
