@@ -385,6 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_package:
         seed_from_package(Path(args.from_package), run_dir, config, args.data, keep_calibration=args.keep_calibration)
     uncertainty = uncertainty_settings(run_dir, args.uncertainty_config)
+    if seeded_record(run_dir) is not None and not config.was_recorded_as(read_model_json(run_dir)["train_config"]):
+        raise SystemExit(f"{run_dir} was seeded from a package trained with another config than {config_path}")
     log = StageLog(run_dir)
     with log.stage("fit", already_done=(run_dir / "model.json").exists()):
         # a seeded folder is a finished fit whose training folder need not be on this machine

@@ -114,6 +114,10 @@ def test_the_shipped_model_card_command_seeds_a_rerun_without_any_training_folde
     assert identity["warm_start_model_json_sha256"] == record["warm_start"]["model_json_sha256"]
     assert pipeline.warm_start_record(run) == record["warm_start"]
     assert pipeline.training_record(run) == record["training"]
+    with pytest.raises(SystemExit, match="another config"):  # the seeded folder keeps its recipe
+        pipeline.main(["--from-package", str(package), "--run-dir", str(run), "--stop-after", "fit",
+                       "--config", str(pipeline.ROOT / "pipelines" / "configs" / "release_qmof_v1.yaml"),
+                       "--data", str(qmof_dataset.source)])
 
     kept = tmp_path / "rescore"
     pipeline.main(["--from-package", str(package), "--run-dir", str(kept), "--stop-after", "fit", "--keep-calibration",
