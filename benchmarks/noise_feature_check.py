@@ -47,7 +47,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -65,15 +64,13 @@ sys.path.insert(0, str(ROOT))
 from mofbalora.adapters.model import forward_in_mode  # noqa: E402
 from mofbalora.backbones.batching import Collate, GraphDataset  # noqa: E402
 from mofbalora.backbones.heads import NEIGHBOUR_EPSILON  # noqa: E402
-from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
 from mofbalora.data.splits import Split  # noqa: E402
 from mofbalora.data.structures import read_structure  # noqa: E402
 from mofbalora.featurise import get_featuriser  # noqa: E402
 from mofbalora.featurise.base import element_counts, sample_num_atoms  # noqa: E402
 from mofbalora.model_folder import load_train_embeddings, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
-from mofbalora.training.config import TrainConfig  # noqa: E402
-from mofbalora.training.fit import prepare_data  # noqa: E402
+from mofbalora.training.fit import prepare_folder_data  # noqa: E402
 from mofbalora.training.noise_head import gaussian_nll_std, load_uncertainty_config  # noqa: E402
 
 
@@ -218,11 +215,8 @@ def main() -> None:
             Split.load(folder / "split.json").part("val")):
         raise SystemExit(f"{args.compare}: trained on structures of {folder}'s validation split; compare on the same split")
     meta = read_model_json(folder)
-    config = TrainConfig.from_dict(meta["train_config"])
     noise_config = load_uncertainty_config(args.uncertainty_config)["noise_head"]
-    dataset = load_labelled_dataset(None, target=config.target)
-    with tempfile.TemporaryDirectory() as scratch:  # prepare_data writes the split it used there
-        prepared = prepare_data(config, dataset, Path(scratch), progress=False, split=Split.load(folder / "split.json"))
+    config, dataset, prepared = prepare_folder_data(folder)
     model = load_model(folder)
     (_, train_samples, train_gaps), (val_ids, val_samples, val_gaps) = prepared.parts["train"], prepared.parts["val"]
     h_train, mean_train = head_inputs_and_means(model, train_samples)

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mofbalora.backbones.heads import NEIGHBOUR_INPUTS  # noqa: E402
-from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
-from mofbalora.data.splits import Split  # noqa: E402
 from mofbalora.data_noise import _part_inputs  # noqa: E402
 from mofbalora.featurise.base import element_counts  # noqa: E402
 from mofbalora.model_folder import load_train_embeddings, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
-from mofbalora.training.config import TrainConfig  # noqa: E402
-from mofbalora.training.fit import prepare_data  # noqa: E402
+from mofbalora.training.fit import prepare_folder_data  # noqa: E402
 from mofbalora.training.noise_head import fit_noise_head, load_uncertainty_config  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
 
@@ -52,10 +48,7 @@ def main() -> None:
     logging.disable(logging.INFO)
     folder = Path(args.model)
     meta = read_model_json(folder)
-    config = TrainConfig.from_dict(meta["train_config"])
-    with tempfile.TemporaryDirectory() as scratch:  # prepare_data writes the split it used there
-        prepared = prepare_data(config, load_labelled_dataset(None, target=config.target), Path(scratch),
-                                progress=False, split=Split.load(folder / "split.json"))
+    _, _, prepared = prepare_folder_data(folder)
     noise_config = load_uncertainty_config(args.uncertainty_config)["noise_head"]
     model = load_model(folder)
     model.noise_head = None

@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
-from mofbalora.data.splits import Split  # noqa: E402
+from mofbalora.calibrate import validation_coverage  # noqa: E402
 from mofbalora.model_folder import load_train_embeddings, read_model_json  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
-from mofbalora.training.config import TrainConfig  # noqa: E402
-from mofbalora.training.fit import prepare_data  # noqa: E402
+from mofbalora.training.fit import prepare_folder_data  # noqa: E402
 from mofbalora.uncertainty.conformal import ConformalCalibrator  # noqa: E402
 from mofbalora.uncertainty.metrics import SMALL_GAP_EV, probability_reliability  # noqa: E402
 
@@ -58,11 +55,11 @@ WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 
 
 def coverage_row(label: str, calibrator: ConformalCalibrator, mean_ev, std_ev, gaps_ev) -> dict:
-    lower, upper = calibrator.interval(mean_ev, std_ev)
-    covered, small = (gaps_ev >= lower) & (gaps_ev <= upper), gaps_ev < SMALL_GAP_EV
-    return {"row": label, "n": int(len(gaps_ev)), "coverage_95": float(covered.mean()),
-            "small_gap_n": int(small.sum()), "small_gap_covered": int(covered[small].sum()),
-            "small_gap_coverage_95": float(covered[small].mean())}
+    """:func:`mofbalora.calibrate.validation_coverage` as one row, with the small gaps covered counted."""
+    coverage = validation_coverage(calibrator, mean_ev, std_ev, gaps_ev)
+    small = coverage["small_gap"]
+    return {"row": label, "n": coverage["n"], "coverage_95": coverage["all"], "small_gap_n": small["n"],
+            "small_gap_covered": round(small["coverage"] * small["n"]), "small_gap_coverage_95": small["coverage"]}
 
 
 def best_shift(spaces: dict, residual_train: np.ndarray, mean_val: np.ndarray, gaps_val: np.ndarray) -> dict:
@@ -87,10 +84,7 @@ def main() -> None:
     logging.disable(logging.INFO)
     folder = Path(args.model)
     meta = read_model_json(folder)
-    config = TrainConfig.from_dict(meta["train_config"])
-    with tempfile.TemporaryDirectory() as scratch:  # prepare_data writes the split it used there
-        prepared = prepare_data(config, load_labelled_dataset(args.data, target=config.target), Path(scratch),
-                                progress=False, split=Split.load(folder / "split.json"))
+    _, _, prepared = prepare_folder_data(folder, args.data)
     model = load_model(folder)
     (_, train_samples, train_gaps), (_, val_samples, val_gaps) = prepared.parts["train"], prepared.parts["val"]
     train_gaps, val_gaps = np.asarray(train_gaps, dtype=float), np.asarray(val_gaps, dtype=float)

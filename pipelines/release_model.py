@@ -385,12 +385,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_package:
         seed_from_package(Path(args.from_package), run_dir, config, args.data, keep_calibration=args.keep_calibration)
     uncertainty = uncertainty_settings(run_dir, args.uncertainty_config)
-    if seeded_record(run_dir) is not None and not config.was_recorded_as(read_model_json(run_dir)["train_config"]):
+    seeded = seeded_record(run_dir) is not None
+    if seeded and not config.was_recorded_as(read_model_json(run_dir)["train_config"]):
         raise SystemExit(f"{run_dir} was seeded from a package trained with another config than {config_path}")
     log = StageLog(run_dir)
     with log.stage("fit", already_done=(run_dir / "model.json").exists()):
         # a seeded folder is a finished fit whose training folder need not be on this machine
-        folder = run_dir if seeded_record(run_dir) is not None else fit(
+        folder = run_dir if seeded else fit(
             config, data=args.data, out_dir=run_dir, resume=(run_dir / IDENTITY_FILE).exists())
     if folder is None or args.stop_after == "fit":
         return

@@ -34,7 +34,7 @@ from mofbalora.featurise.base import sample_num_atoms
 from mofbalora.model_folder import (
     BASE_WEIGHTS_FILE, MODEL_FILE, NOISE_FILE, bare_member, build_member, full_fit_weights, member_seeds, package_versions,
     model_json_sha256, save_member, save_train_embeddings, warm_start_weights, weights_checksum,
-    apply_warm_start, write_model_json,
+    apply_warm_start, read_model_json, write_model_json,
 )
 from mofbalora.pretrained import resolve_model
 from mofbalora.training.config import TrainConfig
@@ -89,6 +89,22 @@ def prepare_data(config: TrainConfig, dataset: LabelledDataset, out_dir: Path, *
         skipped.append(result.skipped.assign(split=part))
     skipped_table = pd.concat(skipped, ignore_index=True)
     return PreparedData(split, parts, skipped_table, dataset.labels_sha256)
+
+
+def prepare_folder_data(folder: str | os.PathLike, data: str | os.PathLike | None = None, *,
+                        progress: bool = False) -> tuple[TrainConfig, LabelledDataset, PreparedData]:
+    """A fitted model folder's config, the labelled data and the folder's own split of it,
+    featurised (:func:`prepare_data`), without writing into the folder: a shipped package stays as it is."""
+    import tempfile
+
+    folder = Path(folder)
+    meta = read_model_json(folder)
+    config = TrainConfig.from_dict(meta["train_config"])
+    dataset = load_labelled_dataset(data, target=config.target)
+    with tempfile.TemporaryDirectory() as scratch:  # prepare_data writes the split it used there
+        prepared = prepare_data(config, dataset, Path(scratch), progress=progress,
+                                split=Split.load(folder / meta["split_file"]))
+    return config, dataset, prepared
 
 
 def _log_version(member_dir: Path) -> int:
