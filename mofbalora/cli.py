@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="PBE band-gap prediction for MOFs with calibrated LoRA/BaLoRA uncertainty (eV).")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download and inspect.")
 app.add_typer(data_app, name="data")
@@ -34,7 +34,7 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 def validate(
     paths: List[str] = typer.Argument(..., help="CIF files, folders or glob patterns."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as CSV here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table as CSV here."),
     max_atoms: int = typer.Option(1000, help="Reject cells with more atoms than this."),
 ) -> None:
     """Check structures; print `id, status, reason, n_atoms, formula` per input.
@@ -144,7 +144,7 @@ VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Lightning's messages
 def fit(
     config: Path = typer.Argument(..., help="YAML training config (pipelines/configs/fit_*.yaml)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder or archive (default: $MOFBALORA_DATA, data/qmof, ../shared/data/qmof)."),
-    out: Path = typer.Option(Path("runs/model"), "--out", help="Model folder to write."),
+    out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Model folder to write."),
     method: Optional[str] = typer.Option(None, help="Override the config: head, full, lora, balora, lora-ensemble, lora-mcdropout (needs adapter.dropout > 0)."),
     epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
     max_structures: Optional[int] = typer.Option(None, help="Override the config's data subset size."),
@@ -232,7 +232,7 @@ def predict(
     model: Optional[str] = MODEL,
     samples: Optional[int] = SAMPLES,
     seed: int = typer.Option(0, help="Sampling seed."),
-    out: Path = typer.Option(Path("predictions.csv"), "--out", help="CSV, or parquet by extension."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV, or parquet by extension."),
     chunk_size: int = CHUNK_SIZE,
     resume: bool = RESUME,
     accelerator: str = ACCELERATOR,
@@ -279,7 +279,7 @@ def screen(
     gap: str = typer.Option(..., "--gap", help="Band-gap window LOW:HIGH in eV, e.g. 1.5:3.0."),
     samples: Optional[int] = SAMPLES,
     seed: int = typer.Option(0, help="Sampling seed."),
-    out: Path = typer.Option(Path("screen.csv"), "--out", help="Ranked table (CSV or parquet)."),
+    out: Path = typer.Option(Path("screen.csv"), "--out", "-o", help="Ranked table (CSV or parquet)."),
     top: int = typer.Option(10, help="Rows shown in the summary."),
     in_distribution_first: bool = typer.Option(
         False, "--in-distribution-first",

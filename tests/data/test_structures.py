@@ -92,7 +92,7 @@ def test_validate_cli_folder_glob_and_csv(tmp_path, small_qmof):
     folder = copy_cifs(paths[:3], tmp_path / "in")
     (folder / "broken.cif").write_text("")
     out = tmp_path / "report.csv"
-    result = CliRunner().invoke(app, ["validate", str(folder), str(tmp_path / "in" / "*.cif"), "--out", str(out)])
+    result = CliRunner().invoke(app, ["validate", str(folder), str(tmp_path / "in" / "*.cif"), "-o", str(out)])
     assert result.exit_code == 0, result.output
     lines = [l for l in result.stdout.splitlines() if l]
     assert len(lines) == 8  # 4 files via the folder + 4 via the glob

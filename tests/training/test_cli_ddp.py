@@ -150,6 +150,12 @@ def test_every_command_has_help():
         assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_help_paragraphs_flow_with_the_terminal_width():
+    # docstring paragraphs are wrapped at 100 columns in the source; on a wide terminal they must not keep those breaks
+    output = CliRunner().invoke(app, ["predict", "--help"], terminal_width=200, env={"COLUMNS": "200"}).output
+    assert "bandgap_std_ev (total: epistemic + data noise, calibrated), bandgap_std_epistemic_ev" in output
+
+
 def _run(args, cwd):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
