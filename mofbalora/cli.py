@@ -33,7 +33,7 @@ def _setup_logging(verbose: bool) -> None:
 
 @app.command()
 def validate(
-    paths: List[str] = typer.Argument(..., help="CIF files, folders or glob patterns."),
+    paths: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table as CSV here."),
     max_atoms: int = typer.Option(1000, help="Reject cells with more atoms than this."),
 ) -> None:
@@ -92,7 +92,7 @@ def data_info(data: Optional[Path] = typer.Option(None, "--data", help="Dataset 
 
 @app.command()
 def featurise(
-    paths: List[str] = typer.Argument(..., help="CIF files, folders or glob patterns."),
+    paths: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
     backbone: str = typer.Option("cgcnn", help="cgcnn or chgnet."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache (default $MOFBALORA_CACHE or ~/.cache/mofbalora)."),
     workers: int = typer.Option(0, help="Processes; 0 = all cores."),
@@ -228,7 +228,7 @@ def _is_global_zero() -> bool:
 
 @app.command()
 def predict(
-    inputs: List[str] = typer.Argument(..., help="CIF files, folders or glob patterns."),
+    inputs: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
     model: Optional[str] = MODEL,
     samples: Optional[int] = SAMPLES,
     seed: int = typer.Option(0, help="Sampling seed."),
@@ -274,7 +274,7 @@ def _parse_window(gap: str) -> tuple[float, float]:
 
 @app.command()
 def screen(
-    inputs: List[str] = typer.Argument(..., help="CIF files, folders or glob patterns."),
+    inputs: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
     model: Optional[str] = MODEL,
     gap: str = typer.Option(..., "--gap", help="Band-gap window LOW:HIGH in eV, e.g. 1.5:3.0."),
     samples: Optional[int] = SAMPLES,

@@ -6,14 +6,17 @@ import enum
 import glob
 import hashlib
 import logging
+import lzma
 import os
 import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from monty.io import zopen
 from pymatgen.core import Element, Structure
 from pymatgen.io.cif import CifParser
 
@@ -21,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ATOMS = 1000
 MIN_INTERATOMIC_DISTANCE_ANGSTROM = 0.5
+#: structure files read: plain CIFs and CIFs compressed whole (monty's ``zopen`` reads all three)
+CIF_SUFFIXES = (".cif", ".cif.gz", ".cif.bz2", ".cif.xz")
 
 
 class InvalidReason(str, enum.Enum):
@@ -44,6 +49,11 @@ class InvalidStructureError(ValueError):
         self.detail = detail
         message = f"{self.path}: {reason.value}"
         super().__init__(f"{message} ({detail})" if detail else message)
+
+    @property
+    def reason_text(self) -> str:
+        """The reason and its detail without the path, as a table's ``reason`` column shows them."""
+        return self.reason.value + (f": {self.detail}" if self.detail else "")
 
 
 _CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c")
@@ -171,8 +181,27 @@ def check_structure(
     return structure
 
 
+def read_cif_bytes(path: str | os.PathLike) -> bytes:
+    """A structure file's content, decompressed if its name says so (:data:`CIF_SUFFIXES`).
+
+    The featuriser cache keys on these bytes, so a file is read the same way whether or not its
+    content was featurised before, and a CIF and its compressed copy share one entry.
+
+    Raises:
+        InvalidStructureError: unreadable (missing, or a corrupt or truncated compressed file).
+    """
+    try:
+        with zopen(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:  # a missing file, or a corrupt .gz / .bz2 (BadGzipFile and bz2's errors are OSErrors)
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, exc.strerror or str(exc)) from exc
+    except (EOFError, lzma.LZMAError) as exc:  # a truncated stream; a corrupt .xz
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, f"corrupt compressed file: {exc}") from exc
+
+
 def read_structure(path: str | os.PathLike, *, max_atoms: int = DEFAULT_MAX_ATOMS) -> Structure:
-    """Read a CIF file into a pymatgen ``Structure``.
+    """Read a CIF file (plain, or compressed whole as ``.cif.gz``, ``.cif.bz2``, ``.cif.xz``) into a
+    pymatgen ``Structure``.
 
     Args:
         path: CIF file.
@@ -182,10 +211,7 @@ def read_structure(path: str | os.PathLike, *, max_atoms: int = DEFAULT_MAX_ATOM
         InvalidStructureError: naming the file and one :class:`InvalidReason`.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InvalidStructureError(path, InvalidReason.UNREADABLE, exc.strerror or str(exc)) from exc
+    raw = read_cif_bytes(path)
     if not raw.strip():
         raise InvalidStructureError(path, InvalidReason.UNREADABLE, "empty file")
     try:
@@ -199,9 +225,10 @@ def read_structure(path: str | os.PathLike, *, max_atoms: int = DEFAULT_MAX_ATOM
 
 
 def structure_id(path: str | os.PathLike) -> str:
-    """The id of a structure file: its name without the .cif suffix."""
+    """The id of a structure file: its name without the .cif suffix (or .cif.gz, .cif.bz2, .cif.xz)."""
     name = Path(path).name
-    return name[:-4] if name.lower().endswith(".cif") else name
+    suffix = next((s for s in CIF_SUFFIXES if name.lower().endswith(s)), "")
+    return name[: len(name) - len(suffix)]
 
 
 #: the content key's grid (Å, fractional) and its offset, in steps: decimal values written with up to
@@ -233,35 +260,38 @@ def structure_content_key(structure: Structure) -> int:
 def unique_structure_ids(paths: Iterable[str | os.PathLike]) -> list[str]:
     """File-stem ids, made unique by the parent folders where two files share a stem.
 
-    ``a/x.cif`` and ``b/x.cif`` become ``a/x`` and ``b/x``; a path given twice raises, since
-    the same file would get two rows.
+    ``a/x.cif`` and ``b/x.cif`` become ``a/x`` and ``b/x``. Files in one folder whose names differ
+    only in the suffix (``x.cif``, ``x.CIF``, ``x.cif.gz``) keep their whole names as ids. A path
+    given twice raises, since the same file would get two rows.
 
     Raises:
         ValueError: when the same file is listed more than once.
     """
     paths = [Path(p) for p in paths]
-    resolved = [str(p.resolve()) for p in paths]
-    seen: dict[str, str] = {}
+    resolved = [Path(p.resolve()) for p in paths]
+    seen: dict[Path, str] = {}
     for path, real in zip(paths, resolved):
         if real in seen:
             raise ValueError(f"{path}: listed more than once (also as {seen[real]})")
         seen[real] = str(path)
-    ids = [structure_id(p) for p in paths]
+    in_folder = Counter((real.parent, structure_id(real)) for real in resolved)
+    names = [real.name if in_folder[real.parent, structure_id(real)] > 1 else structure_id(real) for real in resolved]
+    ids = list(names)
     depth = 1
-    while len(set(ids)) < len(ids):
-        counts: dict[str, int] = {}
-        for value in ids:
-            counts[value] = counts.get(value, 0) + 1
+    deepest = max((len(real.parts) for real in resolved), default=0)
+    while len(set(ids)) < len(ids) and depth < deepest:
+        counts = Counter(ids)
         depth += 1
         ids = [
-            "/".join([*Path(real).parts[-depth:-1], structure_id(real)]) if counts[value] > 1 else value
-            for value, real in zip(ids, resolved)
+            "/".join([*real.parts[-depth:-1], name]) if counts[value] > 1 else value
+            for value, real, name in zip(ids, resolved, names)
         ]
-    return ids
+    counts = Counter(ids)  # left equal only by contrived names (x.cif.cif beside x.cif and x.CIF): the full path
+    return [str(real) if counts[value] > 1 else value for value, real in zip(ids, resolved)]
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files, folders (their ``*.cif``, recursively) and glob patterns, in input order.
+    """Expand files, folders (their CIFs, :data:`CIF_SUFFIXES`, recursively) and glob patterns, in input order.
 
     A path that matches nothing is kept as-is, so the caller reports it instead of dropping it.
     """
@@ -269,7 +299,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         item = str(item)
         if os.path.isdir(item):
-            paths.extend(sorted(p for p in Path(item).rglob("*") if p.suffix.lower() == ".cif"))
+            paths.extend(sorted(p for p in Path(item).rglob("*") if p.name.lower().endswith(CIF_SUFFIXES) and p.is_file()))
         elif any(ch in item for ch in "*?[") and not os.path.exists(item):
             matches = sorted(glob.glob(item, recursive=True))
             paths.extend(Path(m) for m in matches) if matches else paths.append(Path(item))
@@ -295,8 +325,7 @@ def validate_one(path: Path, *, max_atoms: int = DEFAULT_MAX_ATOMS) -> Validatio
     try:
         structure = read_structure(path, max_atoms=max_atoms)
     except InvalidStructureError as err:
-        reason = err.reason.value + (f": {err.detail}" if err.detail else "")
-        return ValidationRow(structure_id(path), str(path), "invalid", reason, None, "")
+        return ValidationRow(structure_id(path), str(path), "invalid", err.reason_text, None, "")
     return ValidationRow(
         structure_id(path), str(path), "valid", "", len(structure), structure.composition.reduced_formula
     )

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mofbalora.data.io import write_table_atomic
 from mofbalora.data.structures import (
-    DEFAULT_MAX_ATOMS, InvalidReason, InvalidStructureError, read_structure, structure_id,
+    DEFAULT_MAX_ATOMS, InvalidReason, InvalidStructureError, read_cif_bytes, read_structure, structure_id,
 )
 from mofbalora.featurise.base import Featuriser, sample_num_atoms
 from mofbalora.featurise.cache import FeatureCache
@@ -40,11 +40,9 @@ class FeaturisedSet:
     n_built: int = 0
 
 
-def _content_hash(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
+def _content_hash(path: Path) -> str:
+    """The cache key: the SHA-256 of the content as :func:`read_cif_bytes` reads it (decompressed)."""
+    return hashlib.sha256(read_cif_bytes(path)).hexdigest()
 
 
 def _build_one(job: tuple[str, str, Featuriser, str | None, int]) -> tuple[str, Any, str]:
@@ -54,7 +52,7 @@ def _build_one(job: tuple[str, str, Featuriser, str | None, int]) -> tuple[str, 
         structure = read_structure(path, max_atoms=max_atoms)
         sample = featuriser.featurise(structure, structure_id(path))
     except InvalidStructureError as err:
-        return path, None, err.reason.value + (f": {err.detail}" if err.detail else "")
+        return path, None, err.reason_text
     except Exception as exc:  # a featuriser failure on one structure must not stop the batch
         return path, None, f"featurisation failed: {type(exc).__name__}: {exc}"[:300]
     if cache_root is not None:
@@ -102,9 +100,10 @@ def featurise_paths(
     out = FeaturisedSet()
     for raw in paths:
         path = str(raw)
-        sha = _content_hash(Path(path))
-        if sha is None:
-            results[path] = (None, "unreadable or not a CIF: cannot read file")
+        try:
+            sha = _content_hash(Path(path))
+        except InvalidStructureError as err:
+            results[path] = (None, err.reason_text)
             continue
         sample = cache.load(sha) if cache is not None else None
         if sample is not None and sample_num_atoms(sample) > max_atoms:

@@ -5,6 +5,7 @@ from typer.testing import CliRunner
 from mofbalora.cli import app
 from tests.conftest import copy_cifs
 from mofbalora.data import InvalidReason, InvalidStructureError, read_structure, validate_inputs
+from mofbalora.data.structures import expand_inputs, structure_id, unique_structure_ids
 
 CELL = """data_test
 _cell_length_a {a}
@@ -73,6 +74,37 @@ def test_missing_file_is_unreadable(tmp_path):
     with pytest.raises(InvalidStructureError) as info:
         read_structure(tmp_path / "nope.cif")
     assert info.value.reason is InvalidReason.UNREADABLE
+
+
+def test_compressed_cifs_read_like_plain_ones_and_a_corrupt_one_names_its_file(tmp_path):
+    import bz2
+    import gzip
+    import lzma
+
+    text = cif(GOOD_ROWS).encode()
+    (tmp_path / "plain.cif").write_bytes(text)
+    for suffix, compress in {".cif.gz": gzip.compress, ".cif.bz2": bz2.compress, ".cif.xz": lzma.compress}.items():
+        (tmp_path / f"packed{suffix}").write_bytes(compress(text))
+        (tmp_path / f"cut{suffix}").write_bytes(compress(text)[:20])
+    plain = read_structure(tmp_path / "plain.cif")
+    for suffix in (".cif.gz", ".cif.bz2", ".cif.xz"):
+        assert read_structure(tmp_path / f"packed{suffix}") == plain
+        with pytest.raises(InvalidStructureError) as info:
+            read_structure(tmp_path / f"cut{suffix}")
+        assert info.value.reason is InvalidReason.UNREADABLE and f"cut{suffix}" in str(info.value)
+    found = expand_inputs([tmp_path])
+    assert sorted(p.name for p in found) == sorted(p.name for p in tmp_path.iterdir())
+    assert [structure_id(p) for p in found if p.name.startswith("packed")] == ["packed"] * 3
+
+
+def test_ids_are_unique_for_suffix_twins_and_same_named_files_in_other_folders(tmp_path):
+    for relative in ("a/x.cif", "a/x.CIF", "a/x.cif.gz", "b/x.cif", "c/d/y.cif", "e/d/y.cif", "z.cif"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("")
+    paths = [tmp_path / r for r in ("a/x.cif", "a/x.CIF", "a/x.cif.gz", "b/x.cif", "c/d/y.cif", "e/d/y.cif", "z.cif")]
+    assert unique_structure_ids(paths) == ["x.cif", "x.CIF", "x.cif.gz", "x", "c/d/y", "e/d/y", "z"]
+    with pytest.raises(ValueError, match="listed more than once"):
+        unique_structure_ids([paths[0], tmp_path / "a" / ".." / "a" / "x.cif"])
 
 
 def test_qmof_cifs_with_extra_columns_parse(small_qmof):

@@ -118,3 +118,21 @@ def test_parallel_featurising_does_not_hold_a_file_per_tensor(tmp_path, small_qm
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "built" in run.stdout
+
+
+def test_a_compressed_copy_shares_the_cache_and_a_misnamed_file_is_skipped_whatever_is_cached(tmp_path, small_qmof):
+    """The cache keys on the content as the reader sees it, so a hit never accepts a file the reader rejects."""
+    import gzip
+
+    _, paths, _ = small_qmof
+    raw = paths[0].read_bytes()
+    (tmp_path / "packed.cif.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "not_packed.cif.gz").write_bytes(raw)  # plain CIF bytes under a .gz name
+    featuriser = get_featuriser("cgcnn")
+    first = featurise_paths([paths[0]], featuriser, cache_dir=tmp_path / "c", workers=1, progress=False)
+    second = featurise_paths([tmp_path / "packed.cif.gz", tmp_path / "not_packed.cif.gz"], featuriser,
+                             cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert (second.ids, second.n_cache_hits, second.n_built) == (["packed"], 1, 0)
+    torch.testing.assert_close(second.samples[0].nbr_dist, first.samples[0].nbr_dist)
+    assert list(second.skipped["id"]) == ["not_packed"]
+    assert second.skipped["reason"].iloc[0].startswith("unreadable or not a CIF: Not a gzipped file")
