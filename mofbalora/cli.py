@@ -31,10 +31,22 @@ def _setup_logging(verbose: bool) -> None:
         warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
 
 
+def _table_out(value: Optional[Path]) -> Optional[Path]:
+    """--out of a table: refused before any work when its name is not .csv, .csv.gz or .parquet."""
+    from mofbalora.data.io import table_format
+
+    if value is not None:
+        try:
+            table_format(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
 @app.command()
 def validate(
     paths: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table as CSV here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=_table_out, help="Also write the table here (.csv, .csv.gz or .parquet)."),
     max_atoms: int = typer.Option(1000, help="Reject cells with more atoms than this."),
 ) -> None:
     """Check structures; print `id, status, reason, n_atoms, formula` per input.
@@ -232,7 +244,7 @@ def predict(
     model: Optional[str] = MODEL,
     samples: Optional[int] = SAMPLES,
     seed: int = typer.Option(0, help="Sampling seed."),
-    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV, or parquet by extension."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", callback=_table_out, help=".csv, .csv.gz or .parquet."),
     chunk_size: int = CHUNK_SIZE,
     resume: bool = RESUME,
     accelerator: str = ACCELERATOR,
@@ -279,7 +291,7 @@ def screen(
     gap: str = typer.Option(..., "--gap", help="Band-gap window LOW:HIGH in eV, e.g. 1.5:3.0."),
     samples: Optional[int] = SAMPLES,
     seed: int = typer.Option(0, help="Sampling seed."),
-    out: Path = typer.Option(Path("screen.csv"), "--out", "-o", help="Ranked table (CSV or parquet)."),
+    out: Path = typer.Option(Path("screen.csv"), "--out", "-o", callback=_table_out, help="Ranked table (.csv, .csv.gz or .parquet)."),
     top: int = typer.Option(10, help="Rows shown in the summary."),
     in_distribution_first: bool = typer.Option(
         False, "--in-distribution-first",

@@ -160,7 +160,7 @@ class BandgapModel:
         """
         if not samples:
             return np.zeros((1, 0))
-        n_samples = n_samples or self.default_samples
+        n_samples = self.default_samples if n_samples is None else n_samples
         # About this many structure-samples per pass keeps tensors cache-friendly on CPU: for qmof-pbe
         # at S = 8 on 2 cores, 16 (2 structures a pass) took 48 ms per MOF against 88 ms at 64
         # (benchmarks/results.json, "screening"); the draws do not depend on it (keyed noise).

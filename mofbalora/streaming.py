@@ -21,7 +21,7 @@ import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from mofbalora.data.io import write_table_atomic, write_text_atomic
+from mofbalora.data.io import table_format, write_table_atomic, write_text_atomic
 from mofbalora.model_folder import model_json_sha256
 from mofbalora.predict import BandgapModel, resolve_inputs
 
@@ -80,11 +80,16 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
 
     Raises:
         ValueError: when ``<out>.parts/`` holds an unfinished run with other inputs, model or
-            settings (resuming it would mix two runs), or ``chunk_size`` < 1.
+            settings (resuming it would mix two runs), ``chunk_size`` or ``samples`` < 1, or ``out``
+            is not a .csv, .csv.gz or .parquet file.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    samples = samples or model.default_samples  # the S the calibrator saw
+    if samples is not None and samples < 1:  # checked here too, so a long run fails before its first chunk
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if write:
+        table_format(out)
+    samples = model.default_samples if samples is None else samples  # the S the calibrator saw
     slots, ids = resolve_inputs(inputs)
     folder = parts_folder(out)
     settings = _settings(model, ids, samples=samples, seed=seed, window_ev=list(window_ev) if window_ev else None)

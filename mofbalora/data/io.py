@@ -12,13 +12,26 @@ from typing import Iterator
 import pandas as pd
 
 
+def _default_file_mode() -> int:
+    """The mode ``open`` gives a new file: 0o666 less the process umask (read without changing it for long)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename."""
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename.
+
+    The file gets the mode a plain ``open`` would give it: ``mkstemp`` creates it private (0o600),
+    and every writer reopens it in place, so without this a model folder or a prediction table would
+    be unreadable to anyone else on a shared machine.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _default_file_mode())
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -32,13 +45,31 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+#: table files written, by how the name ends
+TABLE_FORMATS = {".csv": "csv", ".csv.gz": "csv.gz", ".parquet": "parquet"}
+
+
+def table_format(path: str | os.PathLike) -> str:
+    """``csv``, ``csv.gz`` or ``parquet``, from the file name.
+
+    Raises:
+        ValueError: naming the file, for any other name (a CSV written as ``.xlsx`` would not open).
+    """
+    name = Path(path).name.lower()
+    for suffix, kind in TABLE_FORMATS.items():
+        if name.endswith(suffix):
+            return kind
+    raise ValueError(f"{path}: cannot write a table of this kind; name it .csv, .csv.gz or .parquet")
+
+
 def write_table_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write CSV, or parquet when the name ends in .parquet, atomically."""
+    """Write a table atomically: CSV, gzip-compressed CSV or parquet, by the name (:func:`table_format`)."""
+    kind = table_format(path)
     with atomic_path(path) as tmp:
-        if str(path).endswith(".parquet"):
+        if kind == "parquet":
             frame.to_parquet(tmp, index=False)
         else:
-            frame.to_csv(tmp, index=False)
+            frame.to_csv(tmp, index=False, compression="gzip" if kind == "csv.gz" else None)
 
 
 def read_versioned_json(path: str | os.PathLike, *, expected_version: int, missing: str) -> dict:

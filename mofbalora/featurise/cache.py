@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mofbalora.data.io import atomic_path
 from mofbalora.featurise.base import Featuriser
 
 logger = logging.getLogger(__name__)
@@ -47,13 +47,5 @@ class FeatureCache:
             return None
 
     def store(self, content_sha256: str, sample: Any) -> None:
-        path = self.entry_path(content_sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save({"tag": self.tag, "content_sha256": content_sha256, "sample": sample}, handle)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(self.entry_path(content_sha256)) as tmp:
+            torch.save({"tag": self.tag, "content_sha256": content_sha256, "sample": sample}, tmp)

@@ -81,6 +81,21 @@ def test_predict_exit_code_when_nothing_predictable(tmp_path, cli_model):
     assert result.exit_code == 1 and len(pd.read_csv(tmp_path / "p.csv")) == 1
 
 
+def test_bad_output_names_and_sample_counts_are_refused_before_any_work(tmp_path, cli_model, tiny_dataset):
+    cif = str(next(tiny_dataset.rglob("*.cif")))
+    for command in (["predict"], ["screen", "--gap", "1:2"], ["validate"]):
+        model = [] if command == ["validate"] else ["--model", str(cli_model)]
+        result = CliRunner().invoke(app, [*command, *model, "--out", str(tmp_path / "t.xlsx"), cif])
+        assert result.exit_code == 2 and ".csv, .csv.gz or .parquet" in result.output, command
+    for samples in ("0", "-1"):
+        result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", samples,
+                                          "--out", str(tmp_path / "p.csv"), cif])
+        assert result.exit_code == 2 and f"samples must be >= 1, got {samples}" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing started, nothing to resume
+    result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--out", str(tmp_path / "p.csv.gz"), cif])
+    assert result.exit_code == 0 and list(pd.read_csv(tmp_path / "p.csv.gz")["status"]) == ["ok"]
+
+
 def test_screen_ranks_by_window_probability(tmp_path, cli_model, mixed_inputs):
     folder, test_ids = mixed_inputs
     out = tmp_path / "screen.csv"

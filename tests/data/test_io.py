@@ -1,0 +1,46 @@
+import os
+import stat
+
+import pandas as pd
+import pytest
+
+from mofbalora.data.io import atomic_path, write_table_atomic, write_text_atomic
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        (tmp_path / "plain.txt").write_text("x")
+        write_text_atomic(tmp_path / "atomic.txt", "x")
+        write_table_atomic(pd.DataFrame({"a": [1]}), tmp_path / "table.csv")
+        write_table_atomic(pd.DataFrame({"a": [1]}), tmp_path / "table.parquet")
+    finally:
+        os.umask(previous)
+    expected = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    for name in ("atomic.txt", "table.csv", "table.parquet"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "result.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["result.txt"]
+
+
+def test_table_format_follows_the_name_and_refuses_others(tmp_path):
+    from mofbalora.data.io import table_format
+
+    assert [table_format(n) for n in ("a.csv", "a.CSV", "a.csv.gz", "run.v2.parquet")] == ["csv", "csv", "csv.gz", "parquet"]
+    for name in ("a.xlsx", "a.gz", "a.csv.bz2", "a"):
+        with pytest.raises(ValueError, match=f"{name}: cannot write a table"):
+            table_format(name)
+    frame = pd.DataFrame({"id": ["x", "y"], "bandgap_mean_ev": [1.0, 2.5]})
+    write_table_atomic(frame, tmp_path / "t.csv.gz")
+    assert (tmp_path / "t.csv.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip magic
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv.gz"), frame)
