@@ -15,6 +15,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: download and inspec
 app.add_typer(data_app, name="data")
 
 
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Lightning's messages and library warnings.")
+
 #: loggers whose start-up banners (accelerators found, tips) a user of predict/screen does not need
 QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
@@ -24,6 +26,7 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:
         import warnings
 
+        import crepes  # noqa: F401  its import puts "always show UserWarning" first in the filters; ours go before it
         import lightning.pytorch  # noqa: F401  its import sets its loggers' levels; ours must come after
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -109,7 +112,7 @@ def featurise(
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache (default $MOFBALORA_CACHE or ~/.cache/mofbalora)."),
     workers: int = typer.Option(0, help="Processes; 0 = all cores."),
     skipped: Optional[Path] = typer.Option(None, help="Write skipped inputs with reasons here."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Featurise structures into the cache (later runs load from it)."""
     _setup_logging(verbose)
@@ -149,7 +152,6 @@ RESUME = typer.Option(True, "--resume/--no-resume",
 MODEL = typer.Option(None, "--model", help="A shipped model (`mofbalora models`; default qmof-pbe) or a model "
                                            "folder from `mofbalora fit`.")
 SAMPLES = typer.Option(None, help="Weight samples S (BaLoRA); default: the S the model was calibrated with.")
-VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Lightning's messages and library warnings.")
 
 
 @app.command()
@@ -162,14 +164,14 @@ def fit(
     max_structures: Optional[int] = typer.Option(None, help="Override the config's data subset size."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Put the adapters on the weights of this finished full fine-tune (a `--method full` folder with the same split) instead of the pretrained backbone."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (rerun to resume)."),
-    target: Optional[str] = typer.Option(None, "--target", help="Label column of the dataset CSV (default: its only non-id column)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Label column of the dataset CSV (default: its second column; the first holds the ids)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fit in --out (same config, data and split)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what --out holds and fit from scratch."),
     accelerator: str = ACCELERATOR,
     devices: str = DEVICES,
     num_nodes: int = NUM_NODES,
     strategy: str = STRATEGY,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Fine-tune a backbone on PBE band gaps, calibrate it on a held-out split, write a model folder.
 

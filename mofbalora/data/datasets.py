@@ -13,9 +13,12 @@ import pandas as pd
 from filelock import FileLock
 
 from mofbalora.data.io import sha256_file
-from mofbalora.data.structures import structure_id
+from mofbalora.data.structures import CIF_SUFFIXES, structure_id
 
 logger = logging.getLogger(__name__)
+
+#: (source, labels checksum, target) of the joins already reported at WARNING in this process
+_REPORTED_JOINS: set[tuple[str, str, str]] = set()
 
 DATA_ENV_VAR = "MOFBALORA_DATA"
 CACHE_ENV_VAR = "MOFBALORA_CACHE"
@@ -112,13 +115,20 @@ class JoinReport:
     labels_without_cif: list[str] = field(default_factory=list)
     cifs_without_label: list[str] = field(default_factory=list)
     nan_labels: list[str] = field(default_factory=list)
+    negative_labels: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every label joined a CIF and every CIF a label."""
+        return self.n_joined == self.n_labels == self.n_cifs
 
     def summary(self) -> str:
         return (
             f"{self.n_joined} joined from {self.n_cifs} CIFs and {self.n_labels} labels; "
             f"{len(self.labels_without_cif)} labels without CIF, {len(self.cifs_without_label)} CIFs "
-            f"without label, {len(self.nan_labels)} NaN labels, {len(self.duplicate_ids)} duplicate ids"
+            f"without label, {len(self.nan_labels)} NaN labels, {len(self.negative_labels)} negative labels, "
+            f"{len(self.duplicate_ids)} duplicate ids"
         )
 
 
@@ -154,7 +164,7 @@ class LabelledDataset:
 def _cif_index(folder: Path) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() == ".cif":
+        if path.name.lower().endswith(CIF_SUFFIXES) and path.is_file():
             index.setdefault(structure_id(path), path)
     return index
 
@@ -207,16 +217,28 @@ def load_labelled_dataset(
     nan_mask = frame[target].isna()
     report.nan_labels = frame.loc[nan_mask, "id"].tolist()
     frame = frame[~nan_mask]
+    # A band gap is >= 0 eV, and every later stage (the censored intervals, p_metallic) assumes it.
+    negative = frame[target] < 0
+    report.negative_labels = frame.loc[negative, "id"].tolist()
+    if negative.sum() * 2 > len(frame):
+        raise ValueError(f"{labels_path}: {int(negative.sum())} of {len(frame)} values of {target!r} are negative; "
+                         f"mofbalora fits band gaps (>= 0 eV), so this column looks like another quantity")
+    frame = frame[~negative]
 
     cifs = _cif_index(cif_root)
     report.n_cifs = len(cifs)
     report.labels_without_cif = sorted(set(frame["id"]) - set(cifs))
-    labelled = set(frame["id"]) | set(report.nan_labels) | set(report.duplicate_ids)
+    labelled = set(frame["id"]) | set(report.nan_labels) | set(report.negative_labels) | set(report.duplicate_ids)
     report.cifs_without_label = sorted(set(cifs) - labelled)
     frame = frame[frame["id"].isin(cifs)].copy()
     frame["path"] = frame["id"].map(lambda i: str(cifs[i]))
     frame = frame.sort_values("id").reset_index(drop=True)[["id", "path", target]]
     report.n_joined = len(frame)
-    logger.info("%s: %s", source, report.summary())
+    labels_sha256 = sha256_file(labels_path)
+    # shown by default when anything was left out, once per process (a fit reloads the labels per stage)
+    first_time = (str(source), labels_sha256, target) not in _REPORTED_JOINS
+    _REPORTED_JOINS.add((str(source), labels_sha256, target))
+    level = logging.WARNING if first_time and not report.complete else logging.INFO
+    logger.log(level, "%s: %s", source, report.summary())
 
-    return LabelledDataset(frame, target, report, sha256_file(labels_path), source)
+    return LabelledDataset(frame, target, report, labels_sha256, source)

@@ -30,6 +30,20 @@ def test_join_reports_every_mismatch(messy_folder):
     assert dataset.target == "bandgap_ev" and len(dataset.labels_sha256) == 64
 
 
+def test_negative_gaps_are_reported_and_dropped_and_a_mostly_negative_column_is_refused(tmp_path, small_qmof):
+    ids, paths, gaps = small_qmof
+    folder = copy_cifs(paths[:4], tmp_path / "set")
+    rows = [f"{ids[0]},-0.2", f"{ids[1]},{gaps[1]}", f"{ids[2]},{gaps[2]}", f"{ids[3]},0.0"]
+    (folder / "labels.csv").write_text("id,bandgap_ev\n" + "\n".join(rows) + "\n")
+    dataset = load_labelled_dataset(folder)
+    assert dataset.report.negative_labels == [ids[0]] and dataset.report.cifs_without_label == []
+    assert sorted(dataset.table["id"]) == sorted(ids[1:4])  # 0 eV is a gap (a metal), not an error
+    rows = [f"{ids[i]},{-1.0 - i}" for i in range(3)] + [f"{ids[3]},{gaps[3]}"]  # e.g. formation energies
+    (folder / "labels.csv").write_text("id,energy_ev\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match="3 of 4 values of 'energy_ev' are negative"):
+        load_labelled_dataset(folder)
+
+
 def test_archive_is_unpacked_once(tmp_path, messy_folder):
     folder, _ = messy_folder
     archive_dir = tmp_path / "arch"

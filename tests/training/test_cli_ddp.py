@@ -208,6 +208,27 @@ def test_a_too_small_calibration_split_is_reported_not_hidden(tmp_path, tiny_dat
     assert predicted.exit_code == 0 and "not calibrated" in predicted.output
 
 
+def test_fit_shows_what_the_join_left_out_once_and_no_library_warnings(tmp_path, tiny_dataset):
+    """A user's own labels: the join report is shown without --verbose when something was left out
+    (here a NaN and a negative band gap), once although every stage reloads the labels; crepes'
+    import-time 'always show UserWarning' filter does not let Lightning's warnings through."""
+    data = tmp_path / "mine"
+    shutil.copytree(tiny_dataset, data)
+    labels = pd.read_csv(data / "bandgaps.csv")
+    labels.iloc[0, 1], labels.iloc[1, 1] = -0.3, np.nan
+    labels.to_csv(data / "bandgaps.csv", index=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config("lora", epochs=1).to_dict()))
+    fitted = _run(["fit", str(config), "--data", str(data), "--out", str(tmp_path / "model")], tmp_path)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    report = [line for line in fitted.stderr.splitlines() if "joined from" in line]
+    assert len(report) == 1 and "98 joined from 100 CIFs" in report[0] and "1 NaN labels, 1 negative labels" in report[0]
+    for noise in ("eval mode", "UserWarning", "warn(", "Tip:", "GPU available"):
+        assert noise not in fitted.stdout + fitted.stderr, (noise, fitted.stderr[-2000:])
+    split = Split.load(tmp_path / "model" / "split.json")
+    assert labels.iloc[0, 0] not in {*split.train, *split.val, *split.calibration, *split.test}
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_killed_screen_resumes_to_the_same_table(tmp_path, cli_model, tiny_dataset, processes):
     """A screen killed midway (SIGKILL to every process, after some chunks were saved) and rerun gives
