@@ -21,6 +21,21 @@ VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Lightning's messages
 QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from mofbalora import __version__
+        from mofbalora.pretrained import DEFAULT_MODEL
+
+        typer.echo(f"mofbalora {__version__} (default model: {DEFAULT_MODEL})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and the default model, then exit.")) -> None:
+    """PBE band-gap prediction for MOFs with calibrated LoRA/BaLoRA uncertainty (eV)."""
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:

@@ -165,6 +165,13 @@ def test_every_command_has_help():
         assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_version_names_the_package_and_the_default_model():
+    from mofbalora import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mofbalora {__version__} (default model: qmof-pbe)"
+
+
 def test_help_paragraphs_flow_with_the_terminal_width():
     # docstring paragraphs are wrapped at 100 columns in the source; on a wide terminal they must not keep those breaks
     output = CliRunner().invoke(app, ["predict", "--help"], terminal_width=200, env={"COLUMNS": "200"}).output
