@@ -116,7 +116,13 @@ def data_info(data: Optional[Path] = typer.Option(None, "--data", help="Dataset 
     """Join CIFs and labels and print the join report."""
     from mofbalora.data.datasets import load_labelled_dataset
 
-    dataset = load_labelled_dataset(data)
+    _setup_logging(False)
+    logging.getLogger("mofbalora.data.datasets").setLevel(logging.ERROR)  # its one line is this command's output
+    try:
+        dataset = load_labelled_dataset(data)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"cannot read the dataset: {exc}", err=True)
+        raise typer.Exit(2)
     typer.echo(f"{dataset.source}: {dataset.report.summary()}")
 
 
@@ -194,9 +200,9 @@ def fit(
     (naming the difference) unless --overwrite.
     """
     _setup_logging(verbose)
-    from mofbalora.calibrate import fit_calibrated
+    from mofbalora.calibrate import complete_uncertainty_stages
     from mofbalora.training.config import load_train_config
-    from mofbalora.training.fit import FolderMismatchError
+    from mofbalora.training.fit import FolderMismatchError, fit as fit_model
 
     if resume and overwrite:
         raise typer.BadParameter("--resume and --overwrite exclude each other")
@@ -211,15 +217,22 @@ def fit(
     if max_steps is not None:
         overrides["max_steps"] = max_steps
     try:
-        result = fit_calibrated(train_config, data=data, out_dir=out, trainer_overrides=overrides, resume=resume,
-                                overwrite=overwrite)
+        result = fit_model(train_config, data=data, out_dir=out, trainer_overrides=overrides, resume=resume,
+                           overwrite=overwrite)
     except FolderMismatchError as exc:
         typer.echo(f"refusing to fit: {exc}", err=True)
         raise typer.Exit(2)
-    except ValueError as exc:  # trained, but the calibration split cannot calibrate it (e.g. too small)
-        typer.echo(f"model in {out} is trained but NOT calibrated: {exc}", err=True)
-        raise typer.Exit(1)
+    except (OSError, ValueError) as exc:  # no dataset, unusable labels, a split too small to train on
+        if verbose:
+            raise
+        typer.echo(f"cannot fit: {exc}", err=True)
+        raise typer.Exit(2)
     if result is not None:
+        try:
+            result = complete_uncertainty_stages(result, data=data)
+        except ValueError as exc:  # trained, but the calibration split cannot calibrate it (e.g. too small)
+            typer.echo(f"model in {out} is trained but NOT calibrated: {exc}", err=True)
+            raise typer.Exit(1)
         typer.echo(f"model written to {result}")
     elif max_steps is not None:
         typer.echo(f"stopped after {max_steps} steps; rerun without --max-steps to resume", err=True)

@@ -165,6 +165,15 @@ def test_every_command_has_help():
         assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_fit_and_data_info_name_a_missing_dataset_without_a_traceback(tmp_path, config_file):
+    missing = str(tmp_path / "nowhere")
+    fitted = CliRunner().invoke(app, ["fit", str(config_file), "--data", missing, "--out", str(tmp_path / "m")])
+    assert fitted.exit_code == 2 and "cannot fit: no dataset found" in fitted.output and "Traceback" not in fitted.output
+    assert "NOT calibrated" not in fitted.output
+    info = CliRunner().invoke(app, ["data", "info", "--data", missing])
+    assert info.exit_code == 2 and "cannot read the dataset: no dataset found" in info.output
+
+
 def test_version_names_the_package_and_the_default_model():
     from mofbalora import __version__
 
