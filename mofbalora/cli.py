@@ -132,7 +132,8 @@ def featurise(
     backbone: str = typer.Option("cgcnn", help="cgcnn or chgnet."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache (default $MOFBALORA_CACHE or ~/.cache/mofbalora)."),
     workers: int = typer.Option(0, help="Processes; 0 = all cores."),
-    skipped: Optional[Path] = typer.Option(None, help="Write skipped inputs with reasons here."),
+    skipped: Optional[Path] = typer.Option(None, callback=_table_out,
+                                           help="Write skipped inputs with reasons here (.csv, .csv.gz or .parquet)."),
     verbose: bool = VERBOSE,
 ) -> None:
     """Featurise structures into the cache (later runs load from it)."""
@@ -141,8 +142,12 @@ def featurise(
     from mofbalora.data.structures import expand_inputs
     from mofbalora.featurise import featurise_paths, get_featuriser
 
+    try:
+        featuriser = get_featuriser(backbone)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--backbone") from exc
     result = featurise_paths(
-        expand_inputs(paths), get_featuriser(backbone), cache_dir=cache_dir or default_cache_dir(),
+        expand_inputs(paths), featuriser, cache_dir=cache_dir or default_cache_dir(),
         workers=workers, skipped_csv=skipped,
     )
     typer.echo(f"{len(result.samples)} featurised ({result.n_cache_hits} from cache, {result.n_built} built), "

@@ -91,6 +91,10 @@ def test_bad_output_names_and_sample_counts_are_refused_before_any_work(tmp_path
         result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", samples,
                                           "--out", str(tmp_path / "p.csv"), cif])
         assert result.exit_code == 2 and f"samples must be >= 1, got {samples}" in result.output
+    result = CliRunner().invoke(app, ["featurise", "--skipped", str(tmp_path / "s.xlsx"), cif])
+    assert result.exit_code == 2 and ".csv, .csv.gz or .parquet" in result.output
+    result = CliRunner().invoke(app, ["featurise", "--backbone", "alignn", cif])
+    assert result.exit_code == 2 and "unknown featuriser 'alignn'" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing started, nothing to resume
     result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--out", str(tmp_path / "p.csv.gz"), cif])
     assert result.exit_code == 0 and list(pd.read_csv(tmp_path / "p.csv.gz")["status"]) == ["ok"]
