@@ -190,6 +190,8 @@ def read_cif_bytes(path: str | os.PathLike) -> bytes:
     Raises:
         InvalidStructureError: unreadable (missing, or a corrupt or truncated compressed file).
     """
+    if os.path.isdir(path):
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, f"a folder with no CIF files ({', '.join(CIF_SUFFIXES)})")
     try:
         with zopen(path, "rb") as handle:
             return handle.read()
@@ -293,13 +295,15 @@ def unique_structure_ids(paths: Iterable[str | os.PathLike]) -> list[str]:
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files, folders (their CIFs, :data:`CIF_SUFFIXES`, recursively) and glob patterns, in input order.
 
-    A path that matches nothing is kept as-is, so the caller reports it instead of dropping it.
+    A path or pattern that matches nothing, and a folder without CIFs, is kept as-is, so the caller
+    reports it instead of dropping it.
     """
     paths: list[Path] = []
     for item in inputs:
         item = str(item)
         if os.path.isdir(item):
-            paths.extend(sorted(p for p in Path(item).rglob("*") if p.name.lower().endswith(CIF_SUFFIXES) and p.is_file()))
+            found = sorted(p for p in Path(item).rglob("*") if p.name.lower().endswith(CIF_SUFFIXES) and p.is_file())
+            paths.extend(found) if found else paths.append(Path(item))  # reported as a folder without CIFs
         elif any(ch in item for ch in "*?[") and not os.path.exists(item):
             matches = sorted(glob.glob(item, recursive=True))
             paths.extend(Path(m) for m in matches) if matches else paths.append(Path(item))

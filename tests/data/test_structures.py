@@ -94,6 +94,11 @@ def test_compressed_cifs_read_like_plain_ones_and_a_corrupt_one_names_its_file(t
         assert info.value.reason is InvalidReason.UNREADABLE and f"cut{suffix}" in str(info.value)
     found = expand_inputs([tmp_path])
     assert sorted(p.name for p in found) == sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / "nothing_here").mkdir()
+    (tmp_path / "nothing_here" / "POSCAR").write_text("not a CIF")
+    assert expand_inputs([tmp_path / "nothing_here"]) == [tmp_path / "nothing_here"]  # kept, to be reported
+    with pytest.raises(InvalidStructureError, match="nothing_here: unreadable or not a CIF.*a folder with no CIF files"):
+        read_structure(tmp_path / "nothing_here")
     assert [structure_id(p) for p in found if p.name.startswith("packed")] == ["packed"] * 3
 
 
