@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, save_adapters
@@ -35,7 +35,7 @@ from mofbalora.adapters.config import ADAPTER_KIND, ADAPTER_METHODS
 from mofbalora.adapters.model import ADAPTER_WEIGHTS_FILE, trainable_state_dict
 from mofbalora.backbones import get_backbone
 from mofbalora.backbones.heads import NEIGHBOUR_INPUTS, DataNoiseHead, apply_head
-from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
+from mofbalora.data.io import atomic_path, load_tensors, read_versioned_json, write_text_atomic
 
 MODEL_FILE = "model.json"
 FORMAT_VERSION = 1
@@ -93,7 +93,7 @@ def full_fit_weights(folder: str | os.PathLike, *, backbone: str, head: str,
                          f"method {meta['method']!r}, backbone {config['backbone']!r}, head {config.get('head')!r}")
     if meta["normaliser"] != normaliser:
         raise ValueError(f"{folder}: trained with normaliser {meta['normaliser']}, this training split's is {normaliser}")
-    return load_file(str(folder / meta["members"][0] / "weights.safetensors"))
+    return load_tensors(folder / meta["members"][0] / "weights.safetensors")
 
 
 NOISE_FILE = "noise.json"  # a member's learned data-noise std (eV)
@@ -123,7 +123,7 @@ def warm_start_weights(folder: str | os.PathLike, *, config: dict[str, Any],
     for relative in meta["members"]:
         member = folder / relative
         noise = json.loads((member / NOISE_FILE).read_text()).get("noise_std_ev") if (member / NOISE_FILE).exists() else None
-        out.append((load_file(str(member / "adapter" / ADAPTER_WEIGHTS_FILE)), noise))
+        out.append((load_tensors(member / "adapter" / ADAPTER_WEIGHTS_FILE), noise))
     return out
 
 
@@ -178,7 +178,7 @@ def load_member(folder: Path, *, backbone: str, method: str, seed: int, head: st
         return load_adapters(bare_member(backbone=backbone, head=head, seed=seed, base_weights=base_weights),
                              folder / "adapter")
     model = build_member(backbone=backbone, method=method, adapter={}, seed=seed, head=head)
-    tensors = load_file(str(folder / "weights.safetensors"))
+    tensors = load_tensors(folder / "weights.safetensors")
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != expected:
         raise ValueError(f"{folder}: saved tensors do not match the {method} model's trainable parameters")
@@ -196,7 +196,7 @@ def save_train_embeddings(folder: Path, embeddings: Any) -> None:
 
 
 def load_train_embeddings(folder: str | os.PathLike) -> Any:
-    return load_file(str(Path(folder) / TRAIN_EMBEDDINGS_FILE))["embeddings"]
+    return load_tensors(Path(folder) / TRAIN_EMBEDDINGS_FILE)["embeddings"]
 
 
 NOISE_HEAD_FILE = "noise_head.safetensors"
@@ -224,7 +224,7 @@ def load_noise_head(folder: str | os.PathLike, record: dict[str, Any]) -> DataNo
                          n_reference=record.get("n_reference", 0),
                          composition_neighbours=record.get("composition_neighbours", 100),
                          n_composition_entries=record.get("n_composition_entries", 0))
-    head.load_state_dict(load_file(str(Path(folder) / record["file"])), strict=True)
+    head.load_state_dict(load_tensors(Path(folder) / record["file"]), strict=True)
     if head.inputs in NEIGHBOUR_INPUTS:
         head.set_neighbours(load_train_embeddings(folder).float())
     return head.eval()
@@ -260,7 +260,7 @@ def load_members(folder: str | os.PathLike) -> tuple[dict[str, Any], list[nn.Mod
     folder = Path(folder)
     meta = read_model_json(folder)
     config = meta["train_config"]
-    base_weights = load_file(str(folder / meta["base_weights"])) if meta.get("base_weights") else None
+    base_weights = load_tensors(folder / meta["base_weights"]) if meta.get("base_weights") else None
     members = []
     for relative, seed in zip(meta["members"], meta["member_seeds"]):
         model = load_member(folder / relative, backbone=config["backbone"], method=meta["method"], seed=seed,

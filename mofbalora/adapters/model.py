@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mofbalora.adapters.config import AdapterConfig
 from mofbalora.adapters.layers import AlphaNet, BaLoRALinear, DropoutLoRALinear, LoRALinear
 from mofbalora.adapters.noise import NoiseContext
-from mofbalora.data.io import atomic_path, read_versioned_json, write_text_atomic
+from mofbalora.data.io import atomic_path, load_tensors, read_versioned_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"{path}: adapted modules differ from the model's ({len(meta['target_names'])} saved)")
     if backbone_identity(model)["weights_sha256"] != saved["weights_sha256"]:
         raise ValueError(f"{path}: the backbone's frozen weights differ from those the adapters were trained on")
-    tensors = load_file(str(Path(path) / ADAPTER_WEIGHTS_FILE))
+    tensors = load_tensors(Path(path) / ADAPTER_WEIGHTS_FILE)
     expected = trainable_state_dict(model)
     missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or unexpected:

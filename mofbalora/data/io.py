@@ -79,10 +79,29 @@ def read_versioned_json(path: str | os.PathLike, *, expected_version: int, missi
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: {missing}")
-    values = json.loads(path.read_text())
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not valid JSON ({exc}); the file is damaged") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(values).__name__}")
     if values.get("format_version") != expected_version:
         raise ValueError(f"{path}: format version {values.get('format_version')}, expected {expected_version}")
     return values
+
+
+def load_tensors(path: str | os.PathLike) -> dict:
+    """The tensors of a safetensors file (on CPU), with an error naming the file when it is missing
+    or damaged (a truncated copy raises safetensors' own error, which names neither)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path}: missing; the model folder is incomplete") from exc
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: damaged weights ({exc}); copy or refit the model folder again") from exc
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:

@@ -178,6 +178,27 @@ def test_fit_and_data_info_name_a_missing_dataset_without_a_traceback(tmp_path, 
     assert info.exit_code == 2 and "cannot read the dataset: no dataset found" in info.output
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "missing noise head", "broken model.json"])
+def test_a_damaged_model_folder_is_named_file_by_file(tmp_path, cli_model, tiny_dataset, damage):
+    folder = tmp_path / "copy"
+    shutil.copytree(cli_model, folder)
+    if damage == "truncated weights":
+        target = folder / "members" / "0" / "adapter" / "adapter_model.safetensors"
+        target.write_bytes(target.read_bytes()[:1000])
+        expected = f"{target}: damaged weights"
+    elif damage == "missing noise head":
+        target = folder / "noise_head.safetensors"
+        target.unlink()
+        expected = f"{target}: missing"
+    else:
+        target = folder / "model.json"
+        target.write_text("{")
+        expected = f"{target}: not valid JSON"
+    cif = str(next(tiny_dataset.rglob("*.cif")))
+    result = CliRunner().invoke(app, ["predict", "--model", str(folder), "--out", str(tmp_path / "p.csv"), cif])
+    assert result.exit_code == 2 and f"cannot load model: {expected}" in result.output, result.output[-500:]
+
+
 def test_version_names_the_package_and_the_default_model():
     from mofbalora import __version__
 
