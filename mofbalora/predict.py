@@ -417,16 +417,25 @@ def resolve_inputs(inputs: Sequence[Any] | str | os.PathLike | Structure
                    ) -> tuple[list[Path | Structure], list[str]]:
     """Expand files, folders and globs in input order and give every input its id: the file stem
     (made unique by parent folders), or ``structure_<position>`` for a pymatgen Structure or ASE
-    ``Atoms`` (converted to a Structure). The id only names the row: a prediction depends on the
-    structure's content, the model and the seed, not on its position."""
+    ``Atoms`` (converted to a Structure; ``_in_memory`` is appended where a file has that stem).
+    The id only names the row: a prediction depends on the structure's content, the model and the
+    seed, not on its position."""
     if isinstance(inputs, (str, os.PathLike)) or _as_structure(inputs) is not None:
         inputs = [inputs]
     slots: list[Path | Structure] = []
     for item in inputs:
         structure = _as_structure(item)
         slots.extend([structure] if structure is not None else expand_inputs([item]))
-    path_ids = iter(unique_structure_ids([slot for slot in slots if not isinstance(slot, Structure)]))
-    ids = [f"structure_{number}" if isinstance(slot, Structure) else next(path_ids) for number, slot in enumerate(slots)]
+    path_ids = unique_structure_ids([slot for slot in slots if not isinstance(slot, Structure)])
+    taken, remaining, ids = set(path_ids), iter(path_ids), []
+    for number, slot in enumerate(slots):
+        if isinstance(slot, Structure):
+            name = f"structure_{number}"
+            while name in taken:  # a file named structure_0.cif beside an in-memory structure at position 0
+                name += "_in_memory"
+            ids.append(name)
+        else:
+            ids.append(next(remaining))
     return slots, ids
 
 

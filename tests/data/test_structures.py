@@ -204,3 +204,14 @@ def test_cifs_with_symmetry_operations_take_pymatgens_path(tmp_path, small_qmof)
         read_structure(path)
     assert refused.value.path == str(path)
     assert "atoms closer than" in str(refused.value) or "not a CIF" in str(refused.value)
+
+
+def test_an_in_memory_structure_never_shares_an_id_with_a_file(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    from mofbalora.predict import resolve_inputs
+
+    (tmp_path / "structure_0.cif").write_text(cif(GOOD_ROWS))
+    structure = Structure(Lattice.cubic(10.0), ["Zn", "O"], [[0, 0, 0], [0.2, 0, 0]])
+    _, ids = resolve_inputs([structure, tmp_path / "structure_0.cif", structure])
+    assert ids == ["structure_0_in_memory", "structure_0", "structure_2"]
