@@ -10,7 +10,8 @@ def rank_by_window(predictions: pd.DataFrame, low_ev: float, high_ev: float, *,
                    in_distribution_first: bool = False) -> pd.DataFrame:
     """Sort a prediction table with ``p_in_window`` by probability, skipped rows last; add ``rank``.
 
-    Ties are broken by the distance of the mean from the window centre. With
+    Ties are broken by the distance of the mean from the window centre, then by id, so the ranking
+    does not depend on the order of the inputs (duplicate structures tie exactly). With
     ``in_distribution_first``, every structure flagged ``out_of_distribution`` ranks after every
     unflagged one (each group by probability): the calibration says little about flagged ones.
     """
@@ -23,8 +24,8 @@ def rank_by_window(predictions: pd.DataFrame, low_ev: float, high_ev: float, *,
     centre_distance = (table["bandgap_mean_ev"] - (low_ev + high_ev) / 2).abs()
     flagged = table["out_of_distribution"].fillna(True).astype(bool) if in_distribution_first else False
     table = table.assign(_missing=~ok, _flagged=flagged, _centre=centre_distance)
-    table = table.sort_values(["_missing", "_flagged", "p_in_window", "_centre"], ascending=[True, True, False, True],
-                              kind="stable")
+    table = table.sort_values(["_missing", "_flagged", "p_in_window", "_centre", "id"],
+                              ascending=[True, True, False, True, True], kind="stable")
     table = table.drop(columns=["_missing", "_flagged", "_centre"]).reset_index(drop=True)
     table.insert(0, "rank", np.where(table["status"] == "ok", np.arange(1, len(table) + 1), 0))
     return table

@@ -72,6 +72,11 @@ def test_window_probability_and_ranking():
     ranked = rank_by_window(flagged, 1.5, 3.0, in_distribution_first=True)
     assert list(ranked["id"]) == ["a", "c", "d", "b", "e"] and list(ranked["rank"]) == [1, 2, 3, 4, 0]
     assert list(rank_by_window(flagged, 1.5, 3.0)["id"]) == ["d", "a", "b", "c", "e"]  # off by default
+    # exact ties (the same structure twice, two skipped inputs) rank by id, whatever the input order
+    twins = pd.concat([table, table.assign(id=["a2", "b2", "c2", "d2", "e2"])], ignore_index=True)
+    expected = ["d", "d2", "a", "a2", "b", "b2", "c", "c2", "e", "e2"]
+    for order in (twins, twins.iloc[::-1]):
+        assert list(rank_by_window(order, 1.5, 3.0)["id"]) == expected
     with pytest.raises(ValueError, match="out_of_distribution"):
         rank_by_window(table, 1.5, 3.0, in_distribution_first=True)
 
