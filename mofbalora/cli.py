@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -169,7 +170,14 @@ def _prediction_trainer_kwargs(accelerator: str, devices: str, num_nodes: int, s
 
 
 ACCELERATOR = typer.Option("cpu", help="Lightning accelerator: cpu, gpu, auto.")
-DEVICES = typer.Option("1", help="Devices per node (a number or 'auto').")
+def _devices(value: str) -> str:
+    """--devices as Lightning takes it: a count, 'auto', -1 (all) or device ids '0,1'."""
+    if not re.fullmatch(r"auto|-1|\d+|\d+(,\d+)+,?", value.strip()):
+        raise typer.BadParameter(f"{value!r}: give a number of devices, 'auto', -1 (all) or device ids such as 0,1")
+    return value.strip()
+
+
+DEVICES = typer.Option("1", callback=_devices, help="Devices per node (a number, 'auto', -1 or ids such as 0,1).")
 NUM_NODES = typer.Option(1, help="Nodes (multi-node DDP; see docs/scaling.md).")
 STRATEGY = typer.Option("auto", help="Lightning strategy, e.g. ddp.")
 CHUNK_SIZE = typer.Option(256, "--chunk-size", help="Inputs per saved chunk (in OUT.parts/ until all are done).")
@@ -205,6 +213,8 @@ def fit(
     (naming the difference) unless --overwrite.
     """
     _setup_logging(verbose)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from mofbalora.calibrate import complete_uncertainty_stages
     from mofbalora.training.config import load_train_config
     from mofbalora.training.fit import FolderMismatchError, fit as fit_model
@@ -227,7 +237,7 @@ def fit(
     except FolderMismatchError as exc:
         typer.echo(f"refusing to fit: {exc}", err=True)
         raise typer.Exit(2)
-    except (OSError, ValueError) as exc:  # no dataset, unusable labels, a split too small to train on
+    except (OSError, ValueError, MisconfigurationException, ImportError) as exc:  # no dataset, bad labels, no such accelerator
         if verbose:
             raise
         typer.echo(f"cannot fit: {exc}", err=True)
@@ -246,6 +256,8 @@ def fit(
 def _predict_table(model_name: Optional[str], inputs: List[str], samples: Optional[int], seed: int,
                    trainer_kwargs: dict | None, out: Path, chunk_size: int, resume: bool,
                    window_ev: tuple[float, float] | None = None):
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from mofbalora.predict import load_model
     from mofbalora.pretrained import resolve_model
     from mofbalora.streaming import stream_predictions
@@ -263,6 +275,9 @@ def _predict_table(model_name: Optional[str], inputs: List[str], samples: Option
                                    trainer_kwargs=trainer_kwargs)
     except ValueError as exc:
         typer.echo(f"cannot predict: {exc}", err=True)
+        raise typer.Exit(2)
+    except (MisconfigurationException, ImportError) as exc:  # --accelerator gpu where there is none; tpu without torch_xla
+        typer.echo(f"cannot predict with --accelerator {(trainer_kwargs or {}).get('accelerator', 'cpu')}: {exc}", err=True)
         raise typer.Exit(2)
     return model, table
 

@@ -199,6 +199,19 @@ def test_a_damaged_model_folder_is_named_file_by_file(tmp_path, cli_model, tiny_
     assert result.exit_code == 2 and f"cannot load model: {expected}" in result.output, result.output[-500:]
 
 
+@pytest.mark.skipif(sys.platform == "darwin", reason="Apple's MPS accelerator exists there")
+def test_an_accelerator_or_device_count_the_machine_lacks_is_one_line(tmp_path, cli_model, tiny_dataset):
+    cif = str(next(tiny_dataset.rglob("*.cif")))
+    for extra, expected in ((["--accelerator", "mps"], "cannot predict with --accelerator mps"),
+                            (["--accelerator", "tpu"], "cannot predict with --accelerator tpu"),
+                            (["--devices", "two"], "'two': give a number of devices")):
+        result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--out", str(tmp_path / "p.csv"),
+                                          "--no-resume", *extra, cif])
+        assert result.exit_code == 2 and expected in result.output, result.output[-800:]
+    fitted = CliRunner().invoke(app, ["fit", str(tmp_path / "none.yaml"), "--devices", "0,x"])
+    assert fitted.exit_code == 2 and "give a number of devices" in fitted.output
+
+
 def test_version_names_the_package_and_the_default_model():
     from mofbalora import __version__
 
