@@ -41,8 +41,9 @@ notebooks: $(STAMP)
 docs: $(STAMP)
 	$(PY) -c "from mofbalora.cli import render_cli_reference; open('docs/cli.md', 'w').write(render_cli_reference())"
 
+# Feature caches and unpacked archives (README: $MOFBALORA_CACHE, default ~/.cache/mofbalora); rebuilt on demand.
 clean-cache:
-	rm -rf .cache
+	rm -rf "$${MOFBALORA_CACHE:-$$HOME/.cache/mofbalora}"
 
 balora-ablation: $(STAMP)
 	$(PY) pipelines/balora_ablation.py --profile $(PROFILE) $(ABLATION_ARGS)
