@@ -41,9 +41,10 @@ notebooks: $(STAMP)
 docs: $(STAMP)
 	$(PY) -c "from mofbalora.cli import render_cli_reference; open('docs/cli.md', 'w').write(render_cli_reference())"
 
-# Feature caches and unpacked archives (README: $MOFBALORA_CACHE, default ~/.cache/mofbalora); rebuilt on demand.
+# Feature caches and unpacked archives, rebuilt on demand: the tests' (.cache, tests/conftest.py) and the
+# one mofbalora uses ($MOFBALORA_CACHE, default ~/.cache/mofbalora; README).
 clean-cache:
-	rm -rf "$${MOFBALORA_CACHE:-$$HOME/.cache/mofbalora}"
+	rm -rf .cache "$${MOFBALORA_CACHE:-$$HOME/.cache/mofbalora}"
 
 balora-ablation: $(STAMP)
 	$(PY) pipelines/balora_ablation.py --profile $(PROFILE) $(ABLATION_ARGS)
