@@ -197,7 +197,7 @@ def fit(
     epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
     max_structures: Optional[int] = typer.Option(None, help="Override the config's data subset size."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Put the adapters on the weights of this finished full fine-tune (a `--method full` folder with the same split) instead of the pretrained backbone."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (rerun to resume)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop at the end of the epoch that reaches this many optimiser steps (rerun to resume)."),
     target: Optional[str] = typer.Option(None, "--target", help="Label column of the dataset CSV (default: its second column; the first holds the ids)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fit in --out (same config, data and split)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what --out holds and fit from scratch."),
@@ -250,7 +250,8 @@ def fit(
             raise typer.Exit(1)
         typer.echo(f"model written to {result}")
     elif max_steps is not None:
-        typer.echo(f"stopped after {max_steps} steps; rerun without --max-steps to resume", err=True)
+        typer.echo(f"stopped at the end of the epoch that reached {max_steps} steps; rerun without --max-steps to resume",
+                   err=True)
 
 
 def _predict_table(model_name: Optional[str], inputs: List[str], samples: Optional[int], seed: int,

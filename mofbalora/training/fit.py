@@ -181,6 +181,10 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
     trainer, checkpoint, early_stop, timer = _trainer(config, member_dir, progress=progress,
                                                       overrides=trainer_overrides)
     steps_per_epoch = int(np.ceil(len(train_samples) / trainer.world_size / config.batch_size))
+    if trainer.max_steps > 0:  # a max_steps stop lands on an epoch end, from which a rerun resumes exactly
+        # (stopped inside an epoch, it had no validation metric for early stopping, which raised, and
+        # Lightning would count the partial epoch as done on resume)
+        trainer.fit_loop.epoch_loop.max_steps = int(np.ceil(trainer.max_steps / steps_per_epoch)) * steps_per_epoch
     module = BandgapRegressor(model, config=config, normaliser=normaliser, n_train=len(train_samples),
                               steps_per_epoch=steps_per_epoch)
     if warm_start is not None and warm_start[1] is not None and config.likelihood == "gaussian":

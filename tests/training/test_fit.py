@@ -224,6 +224,19 @@ def test_resume_after_interruption_is_reproducible(tmp_path, tiny_dataset):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
+def test_a_max_steps_stop_inside_an_epoch_runs_to_its_end_and_resumes(tmp_path, tiny_dataset):
+    """--max-steps smaller than an epoch: training runs to the epoch's end (stopped inside it, early
+    stopping had no validation metric and raised), and the rerun trains every epoch."""
+    config = tiny_config("lora", epochs=2)
+    assert fit(config, data=tiny_dataset, out_dir=tmp_path / "m", progress=False,
+               trainer_overrides={"max_steps": 2}) is None
+    first = epoch_history(tmp_path / "m" / "members" / "0").dropna(subset=["val_mae_ev"])
+    assert list(first["epoch"]) == [0]
+    assert fit(config, data=tiny_dataset, out_dir=tmp_path / "m", progress=False) == tmp_path / "m"
+    history = epoch_history(tmp_path / "m" / "members" / "0").dropna(subset=["val_mae_ev"])
+    assert list(history["epoch"]) == [0, 1] and list(history["session"]) == [0, 1]
+
+
 def test_one_structure_one_answer(fitted, tiny_dataset):
     """BaLoRA's numbers for a CIF depend on the structure, model and seed only: not on its position,
     its neighbours in the list, the batch size, or whether it came as a path or a Structure."""
