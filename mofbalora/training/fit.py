@@ -280,6 +280,14 @@ def check_model_folder(out_dir: Path, identity: dict[str, Any], *, resume: bool)
                                   + ". Use another --out, or --overwrite to start again.")
 
 
+def _check_trainable(train_ids, val_ids, what: str) -> None:
+    """Training needs two training structures (the target normaliser's std) and one validation
+    structure (early stopping watches its MAE); a clear error instead of Lightning's."""
+    if len(train_ids) < 2 or len(val_ids) < 1:
+        raise ValueError(f"the split has {len(train_ids)} training and {len(val_ids)} validation structures {what}; "
+                         f"training needs at least 2 and 1: use more structures or larger split fractions")
+
+
 def resolve_split(config: TrainConfig, dataset: LabelledDataset, out_dir: Path, split: Split | None) -> Split:
     """The given split, else the one saved in ``out_dir``, else a new one from the config."""
     if split is not None:
@@ -309,6 +317,7 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     if overwrite:
         clear_folder(out_dir)
     split = resolve_split(config, dataset, out_dir, split)
+    _check_trainable(split.part("train"), split.part("val"), "assigned")
     identity = fit_identity(config, dataset, split)
     check_model_folder(out_dir, identity, resume=resume)
     if (out_dir / MODEL_FILE).exists():
@@ -319,6 +328,7 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     write_text_atomic(out_dir / "train_config.json", json.dumps(config.to_dict(), indent=1))
     prepared = prepare_data(config, dataset, out_dir, progress=progress, split=split)
     write_table_atomic(prepared.skipped, out_dir / "skipped.csv")
+    _check_trainable(prepared.parts["train"][0], prepared.parts["val"][0], "usable (skipped.csv lists the rest)")
     normaliser = TargetNormaliser.fit(prepared.parts["train"][2])
     base_weights = None if config.init_from is None else full_fit_weights(
         config.init_from, backbone=config.backbone, head=config.head,

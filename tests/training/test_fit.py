@@ -237,6 +237,14 @@ def test_a_max_steps_stop_inside_an_epoch_runs_to_its_end_and_resumes(tmp_path, 
     assert list(history["epoch"]) == [0, 1] and list(history["session"]) == [0, 1]
 
 
+def test_a_split_too_small_to_train_is_refused_before_anything_is_written(tmp_path, tiny_dataset):
+    config = tiny_config("lora", epochs=1, max_structures=5,
+                         split={"fractions": [0.8, 0.0, 0.1, 0.1], "method": "random", "seed": 0})
+    with pytest.raises(ValueError, match="4 training and 0 validation structures assigned"):
+        fit(config, data=tiny_dataset, out_dir=tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+
+
 def test_one_structure_one_answer(fitted, tiny_dataset):
     """BaLoRA's numbers for a CIF depend on the structure, model and seed only: not on its position,
     its neighbours in the list, the batch size, or whether it came as a path or a Structure."""
