@@ -66,7 +66,7 @@ def _table_out(value: Optional[Path]) -> Optional[Path]:
 def validate(
     paths: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", callback=_table_out, help="Also write the table here (.csv, .csv.gz or .parquet)."),
-    max_atoms: int = typer.Option(1000, help="Reject cells with more atoms than this."),
+    max_atoms: int = typer.Option(1000, min=1, help="Reject cells with more atoms than this."),
 ) -> None:
     """Check structures; print `id, status, reason, n_atoms, formula` per input.
 
@@ -132,7 +132,7 @@ def featurise(
     paths: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
     backbone: str = typer.Option("cgcnn", help="cgcnn or chgnet."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache (default $MOFBALORA_CACHE or ~/.cache/mofbalora)."),
-    workers: int = typer.Option(0, help="Processes; 0 = all cores."),
+    workers: int = typer.Option(0, min=0, help="Processes; 0 = all cores."),
     skipped: Optional[Path] = typer.Option(None, callback=_table_out,
                                            help="Write skipped inputs with reasons here (.csv, .csv.gz or .parquet)."),
     verbose: bool = VERBOSE,
@@ -178,7 +178,7 @@ def _devices(value: str) -> str:
 
 
 DEVICES = typer.Option("1", callback=_devices, help="Devices per node (a number, 'auto', -1 or ids such as 0,1).")
-NUM_NODES = typer.Option(1, help="Nodes (multi-node DDP; see docs/scaling.md).")
+NUM_NODES = typer.Option(1, min=1, help="Nodes (multi-node DDP; see docs/scaling.md).")
 STRATEGY = typer.Option("auto", help="Lightning strategy, e.g. ddp.")
 CHUNK_SIZE = typer.Option(256, "--chunk-size", help="Inputs per saved chunk (in OUT.parts/ until all are done).")
 RESUME = typer.Option(True, "--resume/--no-resume",
@@ -197,7 +197,7 @@ def fit(
     epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
     max_structures: Optional[int] = typer.Option(None, help="Override the config's data subset size."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Put the adapters on the weights of this finished full fine-tune (a `--method full` folder with the same split) instead of the pretrained backbone."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop at the end of the epoch that reaches this many optimiser steps (rerun to resume)."),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop at the end of the epoch that reaches this many optimiser steps (rerun to resume)."),
     target: Optional[str] = typer.Option(None, "--target", help="Label column of the dataset CSV (default: its second column; the first holds the ids)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fit in --out (same config, data and split)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete what --out holds and fit from scratch."),
@@ -343,7 +343,7 @@ def screen(
     samples: Optional[int] = SAMPLES,
     seed: int = typer.Option(0, help="Sampling seed."),
     out: Path = typer.Option(Path("screen.csv"), "--out", "-o", callback=_table_out, help="Ranked table (.csv, .csv.gz or .parquet)."),
-    top: int = typer.Option(10, help="Rows shown in the summary."),
+    top: int = typer.Option(10, min=0, help="Rows shown in the summary."),
     in_distribution_first: bool = typer.Option(
         False, "--in-distribution-first",
         help="Rank structures flagged out of distribution after all others (each group by probability)."),

@@ -95,6 +95,10 @@ def test_bad_output_names_and_sample_counts_are_refused_before_any_work(tmp_path
     assert result.exit_code == 2 and ".csv, .csv.gz or .parquet" in result.output
     result = CliRunner().invoke(app, ["featurise", "--backbone", "alignn", cif])
     assert result.exit_code == 2 and "unknown featuriser 'alignn'" in result.output
+    for command in (["featurise", "--workers", "-1"], ["validate", "--max-atoms", "0"],
+                    ["screen", "--gap", "1:2", "--top", "-1"]):
+        result = CliRunner().invoke(app, [*command, cif])
+        assert result.exit_code == 2 and "greater than or equal to" in result.output, command
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing started, nothing to resume
     result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--out", str(tmp_path / "p.csv.gz"), cif])
     assert result.exit_code == 0 and list(pd.read_csv(tmp_path / "p.csv.gz")["status"]) == ["ok"]
