@@ -30,7 +30,9 @@ from mofbalora.adapters import forward_in_mode, set_adapter_mode
 from mofbalora.adapters.folding import fold_batchnorm
 from mofbalora.backbones.batching import Collate, GraphDataset, compute_frozen_embeddings
 from mofbalora.data.datasets import default_cache_dir
-from mofbalora.data.structures import expand_inputs, unique_structure_ids
+from mofbalora.data.structures import (
+    InvalidReason, InvalidStructureError, check_structure, expand_inputs, unique_structure_ids,
+)
 from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths
 from mofbalora.featurise.base import element_counts, sample_num_atoms
@@ -330,7 +332,7 @@ class BandgapModel:
         table = self.predict(inputs, samples=samples, seed=seed, window_ev=(low, high), **kwargs)
         return rank_by_window(table, low, high, in_distribution_first=in_distribution_first)
 
-    def predict_resolved(self, slots: Sequence[Path | Structure], ids: Sequence[str], *, samples: int | None = None,
+    def predict_resolved(self, slots: Sequence[Path | Structure | InvalidStructureError], ids: Sequence[str], *, samples: int | None = None,
                          seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,
                          trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
                          window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
@@ -375,22 +377,29 @@ class BandgapModel:
             table["p_in_window"] = self.window_probability(predictive, *window_ev)
         return table
 
-    def _featurise_inputs(self, slots: Sequence[Path | Structure], ids: Sequence[str], *,
+    def _featurise_inputs(self, slots: Sequence[Path | Structure | InvalidStructureError], ids: Sequence[str], *,
                           cache_dir: str | os.PathLike | None, workers: int,
                           progress: bool) -> tuple[list[Any], list[str]]:
         """(sample or None, skip reason) per input, in input order; paths and Structures may mix."""
         featuriser = self.backbone.make_featuriser()
-        paths = [slot for slot in slots if not isinstance(slot, Structure)]
+        paths = [slot for slot in slots if isinstance(slot, Path)]
         result = featurise_paths(paths, featuriser, cache_dir=cache_dir or default_cache_dir(), workers=workers,
                                  progress=progress) if paths else None
         by_path = dict(zip(result.paths, result.samples)) if result else {}
         skipped = dict(zip(result.skipped["path"], result.skipped["reason"])) if result else {}
         feats, reasons = [], []
         for slot, structure_id in zip(slots, ids):
+            if isinstance(slot, InvalidStructureError):  # an in-memory input that could not be converted
+                feats.append(None)
+                reasons.append(slot.reason_text)
+                continue
             if isinstance(slot, Structure):
                 try:
-                    feats.append(featuriser.featurise(slot, structure_id))
+                    feats.append(featuriser.featurise(check_structure(slot, structure_id), structure_id))
                     reasons.append("")
+                except InvalidStructureError as err:  # the checks a CIF gets: disorder, atoms too close, size
+                    feats.append(None)
+                    reasons.append(err.reason_text)
                 except Exception as exc:  # one bad structure never loses the others
                     feats.append(None)
                     reasons.append(f"featurisation failed: {type(exc).__name__}: {exc}"[:300])
@@ -400,36 +409,51 @@ class BandgapModel:
         return feats, reasons
 
 
-def _as_structure(item: Any) -> Structure | None:
-    """A pymatgen Structure for a Structure or an ASE ``Atoms`` (periodic), else None (a path)."""
-    if isinstance(item, Structure):
-        return item
+def _in_memory(item: Any) -> bool:
+    """A pymatgen Structure or an ASE ``Atoms`` (not a path)."""
     from ase import Atoms
 
-    if isinstance(item, Atoms):
-        from pymatgen.io.ase import AseAtomsAdaptor
+    return isinstance(item, (Structure, Atoms))
 
-        return AseAtomsAdaptor.get_structure(item)
-    return None
+
+def _as_structure(item: Any) -> Structure:
+    """A pymatgen Structure for a Structure or an ASE ``Atoms``.
+
+    Raises:
+        InvalidStructureError: an ``Atoms`` without a 3-D cell (a molecule), which no crystal graph takes.
+    """
+    if isinstance(item, Structure):
+        return item
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if item.cell.rank < 3:
+        raise InvalidStructureError("ASE Atoms", InvalidReason.NO_3D_LATTICE, f"cell of rank {item.cell.rank}")
+    return AseAtomsAdaptor.get_structure(item)
 
 
 def resolve_inputs(inputs: Sequence[Any] | str | os.PathLike | Structure
-                   ) -> tuple[list[Path | Structure], list[str]]:
+                   ) -> tuple[list[Path | Structure | InvalidStructureError], list[str]]:
     """Expand files, folders and globs in input order and give every input its id: the file stem
     (made unique by parent folders), or ``structure_<position>`` for a pymatgen Structure or ASE
-    ``Atoms`` (converted to a Structure; ``_in_memory`` is appended where a file has that stem).
+    ``Atoms`` (converted to a Structure; ``_in_memory`` is appended where a file has that stem). An
+    ``Atoms`` that cannot be converted (no 3-D cell) keeps its place as the error, reported as skipped.
     The id only names the row: a prediction depends on the structure's content, the model and the
     seed, not on its position."""
-    if isinstance(inputs, (str, os.PathLike)) or _as_structure(inputs) is not None:
+    if isinstance(inputs, (str, os.PathLike)) or _in_memory(inputs):
         inputs = [inputs]
-    slots: list[Path | Structure] = []
+    slots: list[Path | Structure | InvalidStructureError] = []
     for item in inputs:
-        structure = _as_structure(item)
-        slots.extend([structure] if structure is not None else expand_inputs([item]))
-    path_ids = unique_structure_ids([slot for slot in slots if not isinstance(slot, Structure)])
+        if not _in_memory(item):
+            slots.extend(expand_inputs([item]))
+            continue
+        try:
+            slots.append(_as_structure(item))
+        except InvalidStructureError as err:  # kept in its place, to be reported as skipped
+            slots.append(err)
+    path_ids = unique_structure_ids([slot for slot in slots if isinstance(slot, Path)])
     taken, remaining, ids = set(path_ids), iter(path_ids), []
     for number, slot in enumerate(slots):
-        if isinstance(slot, Structure):
+        if not isinstance(slot, Path):
             name = f"structure_{number}"
             while name in taken:  # a file named structure_0.cif beside an in-memory structure at position 0
                 name += "_in_memory"

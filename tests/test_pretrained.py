@@ -198,6 +198,26 @@ def test_top_level_load_model_predicts_paths_structures_and_atoms_in_one_list(co
         mofbalora.load_model("no-such-model")
 
 
+def test_in_memory_inputs_get_the_checks_a_cif_gets_and_a_bad_one_loses_nothing(coremof_cifs, fresh_cache):
+    """A molecule (ASE Atoms without a cell), a disordered Structure and one with atoms 0.01 Å apart
+    are skipped with the reasons a CIF would get, beside a MOF that is still predicted; the molecule
+    used to raise numpy's LinAlgError for the whole call, the close atoms were predicted."""
+    from ase.build import molecule
+    from pymatgen.core import Lattice, Structure
+
+    import mofbalora
+
+    _, cifs = coremof_cifs
+    path = next(p for p in cifs if _pinned_ok(p))
+    disordered = Structure(Lattice.cubic(10.0), [{"Zn": 0.5, "Cu": 0.5}, "O"], [[0, 0, 0], [0.2, 0, 0]])
+    too_close = Structure(Lattice.cubic(10.0), ["Zn", "O"], [[0, 0, 0], [0.001, 0, 0]])
+    table = mofbalora.load_model("qmof-pbe").predict([molecule("H2O"), disordered, too_close, path])
+    assert list(table["status"]) == ["skipped"] * 3 + ["ok"]
+    reasons = list(table["reason"])
+    assert reasons[0].startswith("no 3-D lattice") and reasons[1] == "partial occupancy or disorder"
+    assert reasons[2].startswith("atoms closer than 0.5 Å")
+
+
 def _pinned_ok(path: Path) -> bool:
     return json.loads(PINNED.read_text()).get(path.stem, {}).get("status") == "ok"
 
