@@ -24,16 +24,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename.
 
     The file gets the mode a plain ``open`` would give it: ``mkstemp`` creates it private (0o600),
-    and every writer reopens it in place, so without this a model folder or a prediction table would
-    be unreadable to anyone else on a shared machine.
+    writers reopen it in place or (safetensors) replace it with their own private file, so without
+    this a model folder or a prediction table would be unreadable to anyone else on a shared machine.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, _default_file_mode())
     try:
         yield Path(tmp)
+        os.chmod(tmp, _default_file_mode())  # after the writer: some (safetensors) replace the file with their own
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -3,6 +3,8 @@ import stat
 
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from mofbalora.data.io import atomic_path, write_table_atomic, write_text_atomic
 
@@ -15,11 +17,13 @@ def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path, umask):
         write_text_atomic(tmp_path / "atomic.txt", "x")
         write_table_atomic(pd.DataFrame({"a": [1]}), tmp_path / "table.csv")
         write_table_atomic(pd.DataFrame({"a": [1]}), tmp_path / "table.parquet")
+        with atomic_path(tmp_path / "weights.safetensors") as tmp:  # safetensors writes a file of its own
+            save_file({"w": torch.zeros(2)}, str(tmp))
     finally:
         os.umask(previous)
     expected = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
     assert expected == 0o666 & ~umask
-    for name in ("atomic.txt", "table.csv", "table.parquet"):
+    for name in ("atomic.txt", "table.csv", "table.parquet", "weights.safetensors"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
 
 
