@@ -164,7 +164,7 @@ class LabelledDataset:
 def _cif_index(folder: Path) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
-        if path.name.lower().endswith(CIF_SUFFIXES) and path.is_file():
+        if path.name.lower().endswith(CIF_SUFFIXES) and not path.is_dir():
             index.setdefault(structure_id(path), path)
     return index
 

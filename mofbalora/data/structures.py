@@ -302,7 +302,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         item = str(item)
         if os.path.isdir(item):
-            found = sorted(p for p in Path(item).rglob("*") if p.name.lower().endswith(CIF_SUFFIXES) and p.is_file())
+            found = sorted(p for p in Path(item).rglob("*") if p.name.lower().endswith(CIF_SUFFIXES) and not p.is_dir())
             paths.extend(found) if found else paths.append(Path(item))  # reported as a folder without CIFs
         elif any(ch in item for ch in "*?[") and not os.path.exists(item):
             matches = sorted(glob.glob(item, recursive=True))

@@ -92,8 +92,11 @@ def test_compressed_cifs_read_like_plain_ones_and_a_corrupt_one_names_its_file(t
         with pytest.raises(InvalidStructureError) as info:
             read_structure(tmp_path / f"cut{suffix}")
         assert info.value.reason is InvalidReason.UNREADABLE and f"cut{suffix}" in str(info.value)
+    (tmp_path / "gone.cif").symlink_to(tmp_path / "moved_away.cif")  # listed, so that it is reported
     found = expand_inputs([tmp_path])
     assert sorted(p.name for p in found) == sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(InvalidStructureError, match="gone.cif: unreadable or not a CIF"):
+        read_structure(tmp_path / "gone.cif")
     (tmp_path / "nothing_here").mkdir()
     (tmp_path / "nothing_here" / "POSCAR").write_text("not a CIF")
     assert expand_inputs([tmp_path / "nothing_here"]) == [tmp_path / "nothing_here"]  # kept, to be reported
