@@ -17,6 +17,8 @@ app.add_typer(data_app, name="data")
 
 
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Lightning's messages and library warnings.")
+#: what every command that reads structures takes (data.structures.CIF_SUFFIXES, not imported: the CLI loads lazily)
+INPUTS_HELP = "CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."
 
 #: loggers whose start-up banners (accelerators found, tips) a user of predict/screen does not need
 QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
@@ -34,7 +36,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                           help="Print the version and the default model, then exit.")) -> None:
-    """PBE band-gap prediction for MOFs with calibrated LoRA/BaLoRA uncertainty (eV)."""
+    """Options before any command (the app's help text is the Typer's)."""
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -64,7 +66,7 @@ def _table_out(value: Optional[Path]) -> Optional[Path]:
 
 @app.command()
 def validate(
-    paths: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
+    paths: List[str] = typer.Argument(..., help=INPUTS_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", callback=_table_out, help="Also write the table here (.csv, .csv.gz or .parquet)."),
     max_atoms: int = typer.Option(1000, min=1, help="Reject cells with more atoms than this."),
 ) -> None:
@@ -117,8 +119,6 @@ def data_info(data: Optional[Path] = typer.Option(None, "--data", help="Dataset 
     """Join CIFs and labels and print the join report."""
     from mofbalora.data.datasets import load_labelled_dataset
 
-    _setup_logging(False)
-    logging.getLogger("mofbalora.data.datasets").setLevel(logging.ERROR)  # its one line is this command's output
     try:
         dataset = load_labelled_dataset(data)
     except (OSError, ValueError) as exc:
@@ -129,7 +129,7 @@ def data_info(data: Optional[Path] = typer.Option(None, "--data", help="Dataset 
 
 @app.command()
 def featurise(
-    paths: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
+    paths: List[str] = typer.Argument(..., help=INPUTS_HELP),
     backbone: str = typer.Option("cgcnn", help="cgcnn or chgnet."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache (default $MOFBALORA_CACHE or ~/.cache/mofbalora)."),
     workers: int = typer.Option(0, min=0, help="Processes; 0 = all cores."),
@@ -291,7 +291,7 @@ def _is_global_zero() -> bool:
 
 @app.command()
 def predict(
-    inputs: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
+    inputs: List[str] = typer.Argument(..., help=INPUTS_HELP),
     model: Optional[str] = MODEL,
     samples: Optional[int] = SAMPLES,
     seed: int = typer.Option(0, help="Sampling seed."),
@@ -337,7 +337,7 @@ def _parse_window(gap: str) -> tuple[float, float]:
 
 @app.command()
 def screen(
-    inputs: List[str] = typer.Argument(..., help="CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."),
+    inputs: List[str] = typer.Argument(..., help=INPUTS_HELP),
     model: Optional[str] = MODEL,
     gap: str = typer.Option(..., "--gap", help="Band-gap window LOW:HIGH in eV, e.g. 1.5:3.0."),
     samples: Optional[int] = SAMPLES,

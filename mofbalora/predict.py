@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import lightning as L
 import numpy as np
@@ -43,6 +43,9 @@ from mofbalora.training.config import SAMPLING_METHODS
 from mofbalora.uncertainty.conformal import ConformalCalibrator
 from mofbalora.uncertainty.intervals import gaussian_interval, window_probability
 from mofbalora.uncertainty.ood import EmbeddingDistance, ood_reasons
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 logger = logging.getLogger(__name__)
 
@@ -332,9 +335,9 @@ class BandgapModel:
         table = self.predict(inputs, samples=samples, seed=seed, window_ev=(low, high), **kwargs)
         return rank_by_window(table, low, high, in_distribution_first=in_distribution_first)
 
-    def predict_resolved(self, slots: Sequence[Path | Structure | InvalidStructureError], ids: Sequence[str], *, samples: int | None = None,
-                         seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,
-                         trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
+    def predict_resolved(self, slots: Sequence[Path | Structure | Atoms], ids: Sequence[str], *,
+                         samples: int | None = None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                         progress: bool = False, trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
                          window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
         """:meth:`predict` for inputs already expanded by :func:`resolve_inputs` (``ids`` given)."""
         feats, reasons = self._featurise_inputs(slots, ids, cache_dir=cache_dir, workers=workers, progress=progress)
@@ -377,10 +380,10 @@ class BandgapModel:
             table["p_in_window"] = self.window_probability(predictive, *window_ev)
         return table
 
-    def _featurise_inputs(self, slots: Sequence[Path | Structure | InvalidStructureError], ids: Sequence[str], *,
+    def _featurise_inputs(self, slots: Sequence[Path | Structure | Atoms], ids: Sequence[str], *,
                           cache_dir: str | os.PathLike | None, workers: int,
                           progress: bool) -> tuple[list[Any], list[str]]:
-        """(sample or None, skip reason) per input, in input order; paths and Structures may mix."""
+        """(sample or None, skip reason) per input, in input order; paths, Structures and Atoms may mix."""
         featuriser = self.backbone.make_featuriser()
         paths = [slot for slot in slots if isinstance(slot, Path)]
         result = featurise_paths(paths, featuriser, cache_dir=cache_dir or default_cache_dir(), workers=workers,
@@ -389,15 +392,12 @@ class BandgapModel:
         skipped = dict(zip(result.skipped["path"], result.skipped["reason"])) if result else {}
         feats, reasons = [], []
         for slot, structure_id in zip(slots, ids):
-            if isinstance(slot, InvalidStructureError):  # an in-memory input that could not be converted
-                feats.append(None)
-                reasons.append(slot.reason_text)
-                continue
-            if isinstance(slot, Structure):
+            if not isinstance(slot, Path):  # a Structure or an ASE Atoms
                 try:
-                    feats.append(featuriser.featurise(check_structure(slot, structure_id), structure_id))
+                    structure = check_structure(_as_structure(slot, structure_id), structure_id)
+                    feats.append(featuriser.featurise(structure, structure_id))
                     reasons.append("")
-                except InvalidStructureError as err:  # the checks a CIF gets: disorder, atoms too close, size
+                except InvalidStructureError as err:  # the checks a CIF gets: no 3-D cell, disorder, atoms too close
                     feats.append(None)
                     reasons.append(err.reason_text)
                 except Exception as exc:  # one bad structure never loses the others
@@ -416,7 +416,7 @@ def _in_memory(item: Any) -> bool:
     return isinstance(item, (Structure, Atoms))
 
 
-def _as_structure(item: Any) -> Structure:
+def _as_structure(item: Structure | Atoms, structure_id: str) -> Structure:
     """A pymatgen Structure for a Structure or an ASE ``Atoms``.
 
     Raises:
@@ -427,29 +427,22 @@ def _as_structure(item: Any) -> Structure:
     from pymatgen.io.ase import AseAtomsAdaptor
 
     if item.cell.rank < 3:
-        raise InvalidStructureError("ASE Atoms", InvalidReason.NO_3D_LATTICE, f"cell of rank {item.cell.rank}")
+        raise InvalidStructureError(structure_id, InvalidReason.NO_3D_LATTICE, f"cell of rank {item.cell.rank}")
     return AseAtomsAdaptor.get_structure(item)
 
 
 def resolve_inputs(inputs: Sequence[Any] | str | os.PathLike | Structure
-                   ) -> tuple[list[Path | Structure | InvalidStructureError], list[str]]:
+                   ) -> tuple[list[Path | Structure | Atoms], list[str]]:
     """Expand files, folders and globs in input order and give every input its id: the file stem
     (made unique by parent folders), or ``structure_<position>`` for a pymatgen Structure or ASE
-    ``Atoms`` (converted to a Structure; ``_in_memory`` is appended where a file has that stem). An
-    ``Atoms`` that cannot be converted (no 3-D cell) keeps its place as the error, reported as skipped.
+    ``Atoms`` (converted when featurised; ``_in_memory`` is appended where a file has that stem).
     The id only names the row: a prediction depends on the structure's content, the model and the
     seed, not on its position."""
     if isinstance(inputs, (str, os.PathLike)) or _in_memory(inputs):
         inputs = [inputs]
-    slots: list[Path | Structure | InvalidStructureError] = []
+    slots: list[Path | Structure | Atoms] = []
     for item in inputs:
-        if not _in_memory(item):
-            slots.extend(expand_inputs([item]))
-            continue
-        try:
-            slots.append(_as_structure(item))
-        except InvalidStructureError as err:  # kept in its place, to be reported as skipped
-            slots.append(err)
+        slots.extend([item] if _in_memory(item) else expand_inputs([item]))
     path_ids = unique_structure_ids([slot for slot in slots if isinstance(slot, Path)])
     taken, remaining, ids = set(path_ids), iter(path_ids), []
     for number, slot in enumerate(slots):

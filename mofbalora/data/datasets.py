@@ -17,9 +17,6 @@ from mofbalora.data.structures import CIF_SUFFIXES, structure_id
 
 logger = logging.getLogger(__name__)
 
-#: (source, labels checksum, target) of the joins already reported at WARNING in this process
-_REPORTED_JOINS: set[tuple[str, str, str]] = set()
-
 DATA_ENV_VAR = "MOFBALORA_DATA"
 CACHE_ENV_VAR = "MOFBALORA_CACHE"
 QMOF_TARGET = "bandgap_pbe_ev"
@@ -234,11 +231,6 @@ def load_labelled_dataset(
     frame["path"] = frame["id"].map(lambda i: str(cifs[i]))
     frame = frame.sort_values("id").reset_index(drop=True)[["id", "path", target]]
     report.n_joined = len(frame)
-    labels_sha256 = sha256_file(labels_path)
-    # shown by default when anything was left out, once per process (a fit reloads the labels per stage)
-    first_time = (str(source), labels_sha256, target) not in _REPORTED_JOINS
-    _REPORTED_JOINS.add((str(source), labels_sha256, target))
-    level = logging.WARNING if first_time and not report.complete else logging.INFO
-    logger.log(level, "%s: %s", source, report.summary())
+    logger.info("%s: %s", source, report.summary())
 
-    return LabelledDataset(frame, target, report, labels_sha256, source)
+    return LabelledDataset(frame, target, report, sha256_file(labels_path), source)

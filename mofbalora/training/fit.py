@@ -314,6 +314,8 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     out_dir = Path(out_dir)
     overrides = dict(trainer_overrides or {})
     dataset = load_labelled_dataset(data, target=config.target)
+    if not dataset.report.complete:  # shown without --verbose: a user's own table rarely joins completely by design
+        logger.warning("%s: %s", dataset.source, dataset.report.summary())
     if overwrite:
         clear_folder(out_dir)
     split = resolve_split(config, dataset, out_dir, split)
