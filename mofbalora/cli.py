@@ -79,7 +79,10 @@ def validate(
     from mofbalora.data.io import write_table_atomic
     from mofbalora.data.structures import validate_inputs
 
-    rows = validate_inputs(paths, max_atoms=max_atoms)
+    try:
+        rows = validate_inputs(paths, max_atoms=max_atoms)
+    except ValueError as exc:  # an empty path
+        raise typer.BadParameter(str(exc), param_hint="INPUTS") from exc
     table = pd.DataFrame([r.__dict__ for r in rows], columns=["id", "path", "status", "reason", "n_atoms", "formula"])
     for row in rows:
         n_atoms = "" if row.n_atoms is None else row.n_atoms
@@ -147,8 +150,12 @@ def featurise(
         featuriser = get_featuriser(backbone)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backbone") from exc
+    try:
+        expanded = expand_inputs(paths)
+    except ValueError as exc:  # an empty path
+        raise typer.BadParameter(str(exc), param_hint="INPUTS") from exc
     result = featurise_paths(
-        expand_inputs(paths), featuriser, cache_dir=cache_dir or default_cache_dir(),
+        expanded, featuriser, cache_dir=cache_dir or default_cache_dir(),
         workers=workers, skipped_csv=skipped,
     )
     typer.echo(f"{len(result.samples)} featurised ({result.n_cache_hits} from cache, {result.n_built} built), "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -437,12 +438,26 @@ def resolve_inputs(inputs: Sequence[Any] | str | os.PathLike | Structure
     (made unique by parent folders), or ``structure_<position>`` for a pymatgen Structure or ASE
     ``Atoms`` (converted when featurised; ``_in_memory`` is appended where a file has that stem).
     The id only names the row: a prediction depends on the structure's content, the model and the
-    seed, not on its position."""
-    if isinstance(inputs, (str, os.PathLike)) or _in_memory(inputs):
+    seed, not on its position.
+
+    Raises:
+        TypeError: an input that is neither a path (str, bytes, ``os.PathLike``) nor a Structure or Atoms.
+        ValueError: an empty path, or a file listed more than once.
+    """
+    if isinstance(inputs, (str, bytes, os.PathLike)) or _in_memory(inputs):
         inputs = [inputs]
+    elif not isinstance(inputs, Iterable):
+        raise TypeError(f"inputs: expected a path, folder, glob pattern, Structure or Atoms, or a list of them; "
+                        f"got {type(inputs).__name__}")
     slots: list[Path | Structure | Atoms] = []
-    for item in inputs:
-        slots.extend([item] if _in_memory(item) else expand_inputs([item]))
+    for number, item in enumerate(inputs):
+        if _in_memory(item):
+            slots.append(item)
+        elif isinstance(item, (str, bytes, os.PathLike)):
+            slots.extend(expand_inputs([item]))
+        else:  # caught before any work, with its position, rather than read as a file named "None"
+            raise TypeError(f"input {number}: expected a path, folder, glob pattern, Structure or Atoms; "
+                            f"got {type(item).__name__}")
     path_ids = unique_structure_ids([slot for slot in slots if isinstance(slot, Path)])
     taken, remaining, ids = set(path_ids), iter(path_ids), []
     for number, slot in enumerate(slots):

@@ -296,11 +296,17 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files, folders (their CIFs, :data:`CIF_SUFFIXES`, recursively) and glob patterns, in input order.
 
     A path or pattern that matches nothing, and a folder without CIFs, is kept as-is, so the caller
-    reports it instead of dropping it.
+    reports it instead of dropping it. ``bytes`` paths are decoded as ``os.fsdecode`` does.
+
+    Raises:
+        ValueError: for an empty path, which would otherwise mean the working folder (an unset
+            shell variable in ``"$DIR"`` gives one).
     """
     paths: list[Path] = []
     for item in inputs:
-        item = str(item)
+        item = os.fsdecode(item)
+        if not item.strip():
+            raise ValueError(f"an empty path ({item!r}) among the inputs; an unset shell variable gives one")
         if os.path.isdir(item):
             found = sorted(p for p in Path(item).rglob("*") if p.name.lower().endswith(CIF_SUFFIXES) and not p.is_dir())
             paths.extend(found) if found else paths.append(Path(item))  # reported as a folder without CIFs

@@ -218,3 +218,27 @@ def test_an_in_memory_structure_never_shares_an_id_with_a_file(tmp_path):
     structure = Structure(Lattice.cubic(10.0), ["Zn", "O"], [[0, 0, 0], [0.2, 0, 0]])
     _, ids = resolve_inputs([structure, tmp_path / "structure_0.cif", structure])
     assert ids == ["structure_0_in_memory", "structure_0", "structure_2"]
+
+
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(tmp_path, monkeypatch):
+    """``"$DIR"`` with DIR unset gives "", which Path() reads as "." and would predict whatever
+    CIFs the working folder holds; a bytes path is a path; anything else is named by position."""
+    from pymatgen.core import Lattice, Structure
+
+    from mofbalora.predict import resolve_inputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here.cif").write_text(cif(GOOD_ROWS))
+    with pytest.raises(ValueError, match="empty path"):
+        expand_inputs([""])
+    for command in (["validate"], ["featurise"], ["predict", "-o", str(tmp_path / "p.csv")]):
+        result = CliRunner().invoke(app, [*command, str(tmp_path / "here.cif"), ""])
+        assert result.exit_code == 2 and "empty path" in result.output, (command, result.output)
+    assert not (tmp_path / "p.csv").exists()
+    slots, ids = resolve_inputs([str(tmp_path / "here.cif").encode()])
+    assert slots == [tmp_path / "here.cif"] and ids == ["here"]
+    structure = Structure(Lattice.cubic(10.0), ["Zn", "O"], [[0, 0, 0], [0.2, 0, 0]])
+    with pytest.raises(TypeError, match="input 1: .* got NoneType"):
+        resolve_inputs([structure, None])
+    with pytest.raises(TypeError, match="got int"):
+        resolve_inputs(5)
