@@ -333,13 +333,16 @@ def predict(
 
 
 def _parse_window(gap: str) -> tuple[float, float]:
+    from mofbalora.uncertainty.intervals import check_window
+
     try:
-        low, high = (float(x) for x in gap.split(":"))
+        values = [float(x) for x in gap.split(":")]
     except ValueError:
         raise typer.BadParameter(f"expected LOW:HIGH in eV, got {gap!r}")
-    if not low < high:
-        raise typer.BadParameter(f"expected LOW < HIGH, got {gap!r}")
-    return low, high
+    try:
+        return check_window(values)
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected LOW:HIGH in eV, got {gap!r}: {exc}") from exc
 
 
 @app.command()

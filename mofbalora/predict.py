@@ -42,7 +42,7 @@ from mofbalora.model_folder import (
 )
 from mofbalora.training.config import SAMPLING_METHODS
 from mofbalora.uncertainty.conformal import ConformalCalibrator
-from mofbalora.uncertainty.intervals import gaussian_interval, window_probability
+from mofbalora.uncertainty.intervals import check_window, gaussian_interval, window_probability
 from mofbalora.uncertainty.ood import EmbeddingDistance, ood_reasons
 
 if TYPE_CHECKING:
@@ -164,9 +164,10 @@ class BandgapModel:
         ``progress_label`` before S and the sampling seed (default: the method).
         ``frozen_embeddings`` [n, dim] (:meth:`frozen_embeddings`) spare BaLoRA the bare pass for z(x).
         """
+        n_samples = self.default_samples if n_samples is None else n_samples
+        check_samples(n_samples)  # before the batch size divides by it
         if not samples:
             return np.zeros((1, 0))
-        n_samples = self.default_samples if n_samples is None else n_samples
         # About this many structure-samples per pass keeps tensors cache-friendly on CPU: for qmof-pbe
         # at S = 8 on 2 cores, 16 (2 structures a pass) took 48 ms per MOF against 88 ms at 64
         # (benchmarks/results.json, "screening"); the draws do not depend on it (keyed noise).
@@ -332,7 +333,7 @@ class BandgapModel:
         ``in_distribution_first`` ranks structures flagged out of distribution after the rest."""
         from mofbalora.uncertainty.screening import rank_by_window
 
-        low, high = gap_ev
+        low, high = check_window(gap_ev)
         table = self.predict(inputs, samples=samples, seed=seed, window_ev=(low, high), **kwargs)
         return rank_by_window(table, low, high, in_distribution_first=in_distribution_first)
 
@@ -341,6 +342,9 @@ class BandgapModel:
                          progress: bool = False, trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
                          window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
         """:meth:`predict` for inputs already expanded by :func:`resolve_inputs` (``ids`` given)."""
+        if window_ev is not None:  # before the work, which a bad window would otherwise lose at the end
+            window_ev = check_window(window_ev)
+        check_samples(samples)
         feats, reasons = self._featurise_inputs(slots, ids, cache_dir=cache_dir, workers=workers, progress=progress)
         ids = list(ids)
         valid = [i for i, f in enumerate(feats) if f is not None]
@@ -408,6 +412,16 @@ class BandgapModel:
             feats.append(by_path.get(str(slot)))
             reasons.append(skipped.get(str(slot), ""))
         return feats, reasons
+
+
+def check_samples(samples: int | None) -> None:
+    """Refuse a number of weight samples S below 1 (None means the model's calibrated S).
+
+    Raises:
+        ValueError: S < 1.
+    """
+    if samples is not None and samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
 
 
 def _in_memory(item: Any) -> bool:

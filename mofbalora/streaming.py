@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from mofbalora.data.io import table_format, write_table_atomic, write_text_atomic
 from mofbalora.model_folder import model_json_sha256
-from mofbalora.predict import BandgapModel, resolve_inputs
+from mofbalora.predict import BandgapModel, check_samples, resolve_inputs
+from mofbalora.uncertainty.intervals import check_window
 
 #: inputs per chunk by default: a few minutes of work on 2 cores at S = 32
 DEFAULT_CHUNK_SIZE = 256
@@ -85,8 +86,9 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if samples is not None and samples < 1:  # checked here too, so a long run fails before its first chunk
-        raise ValueError(f"samples must be >= 1, got {samples}")
+    check_samples(samples)  # here too, so that a long run fails before it writes anything
+    if window_ev is not None:
+        window_ev = check_window(window_ev)
     if write:
         table_format(out)
     samples = model.default_samples if samples is None else samples  # the S the calibrator saw

@@ -218,6 +218,30 @@ def test_in_memory_inputs_get_the_checks_a_cif_gets_and_a_bad_one_loses_nothing(
     assert reasons[2].startswith("atoms closer than 0.5 Å")
 
 
+def test_a_bad_window_or_sample_count_is_refused_before_any_work(coremof_cifs, tmp_path):
+    """A reversed, empty, NaN or three-number window and S = 0 are refused before featurising (the
+    feature cache stays empty): the window used to fail only after every structure was predicted,
+    and S = 0 was a ZeroDivisionError."""
+    import mofbalora
+
+    _, cifs = coremof_cifs
+    model = mofbalora.load_model("qmof-pbe")
+    cache = tmp_path / "cache"
+    for window in [(3.0, 1.5), (2.0, 2.0), (float("nan"), 2.0), (1.0, 2.0, 3.0)]:
+        with pytest.raises(ValueError, match="window"):
+            model.predict(cifs[:2], window_ev=window, cache_dir=cache)
+        with pytest.raises(ValueError, match="window"):
+            model.screen(cifs[:2], gap_ev=window[:2] if len(window) == 2 else window, cache_dir=cache)
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        model.predict(cifs[:2], samples=0, cache_dir=cache)
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        model.predict_draws([], n_samples=0)
+    assert not cache.exists()
+    for gap in ["3:1.5", "1:2:3", "a:b"]:
+        result = CliRunner().invoke(app, ["screen", str(cifs[0]), "--gap", gap, "-o", str(tmp_path / "s.csv")])
+        assert result.exit_code == 2 and "expected LOW:HIGH" in result.output, (gap, result.output)
+
+
 def _pinned_ok(path: Path) -> bool:
     return json.loads(PINNED.read_text()).get(path.stem, {}).get("status") == "ok"
 

@@ -19,6 +19,8 @@ import numpy as np
 from crepes import ConformalPredictiveSystem
 from crepes.extras import MondrianCategorizer
 
+from mofbalora.uncertainty.intervals import check_window
+
 #: the smallest calibration set whose 95% interval is finite: ceil((n + 1) · 0.975) <= n
 MIN_CALIBRATION = 39
 
@@ -146,8 +148,7 @@ class ConformalCalibrator:
     def window_probability(self, y_pred: np.ndarray, y_std: np.ndarray | None, low_ev: float,
                            high_ev: float) -> np.ndarray:
         """Calibrated P(low ≤ gap ≤ high); a window starting at or below 0 eV holds the point mass at 0."""
-        if not low_ev < high_ev:
-            raise ValueError(f"window must have low < high, got {low_ev}:{high_ev}")
+        low_ev, high_ev = check_window((low_ev, high_ev))
         below = np.zeros(len(np.atleast_1d(y_pred))) if low_ev <= 0 else self.cdf(y_pred, y_std, low_ev)
         return np.clip(self.cdf(y_pred, y_std, high_ev) - below, 0.0, 1.0)
 

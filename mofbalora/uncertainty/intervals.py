@@ -6,6 +6,8 @@ probability is 1 inside the window and 0 outside.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.stats import norm
 
@@ -21,11 +23,24 @@ def gaussian_interval(mean_ev: np.ndarray, std_ev: np.ndarray, *, coverage: floa
     return np.maximum(mean_ev - z * std_ev, 0.0), np.maximum(mean_ev + z * std_ev, 0.0)
 
 
+def check_window(window_ev: Sequence[float]) -> tuple[float, float]:
+    """(low, high) in eV of a band-gap window, checked: two numbers with low < high (high may be inf).
+
+    Raises:
+        ValueError: not two numbers, or low ≥ high (or NaN).
+    """
+    if len(window_ev) != 2:
+        raise ValueError(f"a window is (low, high) in eV, got {tuple(window_ev)!r}")
+    low_ev, high_ev = (float(v) for v in window_ev)
+    if not low_ev < high_ev:
+        raise ValueError(f"window must have low < high, got {low_ev}:{high_ev}")
+    return low_ev, high_ev
+
+
 def window_probability(mean_ev: np.ndarray, std_ev: np.ndarray, low_ev: float, high_ev: float) -> np.ndarray:
     """P(low <= gap <= high) under N(mean, std^2) censored at 0 eV (a window from 0 or below holds
     the mass below 0); an indicator of the non-negative mean where std is NaN or 0."""
-    if not low_ev < high_ev:
-        raise ValueError(f"window must have low < high, got {low_ev}:{high_ev}")
+    low_ev, high_ev = check_window((low_ev, high_ev))
     mean_ev, std_ev = np.asarray(mean_ev, float), np.asarray(std_ev, float)
     clipped = np.maximum(mean_ev, 0.0)
     inside = ((clipped >= low_ev) & (clipped <= high_ev)).astype(float)
