@@ -121,16 +121,25 @@ class ConformalCalibrator:
         return self.sigmas_ is not None
 
     def interval(self, y_pred: np.ndarray, y_std: np.ndarray | None, *, confidence: float = 0.95,
-                 lower_bound_ev: float | None = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """Central calibrated interval (eV); the lower end is clipped at ``lower_bound_ev`` (gaps ≥ 0)."""
+                 lower_bound_ev: float | None = 0.0, lower_tail: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated interval (eV) holding ``confidence`` of the predictive distribution, with
+        ``lower_tail`` of it below (default: half the rest, the central interval every prediction
+        reports; other splits are for diagnostics, benchmarks/small_gap_check.py). The lower end is
+        clipped at ``lower_bound_ev`` (gaps ≥ 0)."""
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+        if lower_tail is None:
+            low_percentile = 100 * (1 - confidence) / 2
+            high_percentile = 100 - low_percentile
+        elif 0 <= lower_tail <= 1 - confidence:
+            low_percentile, high_percentile = 100 * lower_tail, 100 * (lower_tail + confidence)
+        else:
+            raise ValueError(f"lower_tail must lie in [0, 1 - confidence], got {lower_tail}")
         y_pred, sigmas = self._inputs(y_pred, y_std)
         if len(y_pred) == 0:
             return np.zeros(0), np.zeros(0)
-        tail = 100 * (1 - confidence) / 2
-        bounds = self._cps.predict(y_pred, sigmas=sigmas, bins=self.gap_bins(y_pred), lower_percentiles=[tail],
-                                   higher_percentiles=[100 - tail],
+        bounds = self._cps.predict(y_pred, sigmas=sigmas, bins=self.gap_bins(y_pred), lower_percentiles=[low_percentile],
+                                   higher_percentiles=[high_percentile],
                                    y_min=-np.inf if lower_bound_ev is None else lower_bound_ev)
         bounds = np.asarray(bounds, dtype=float).reshape(len(y_pred), 2)
         return bounds[:, 0], bounds[:, 1]

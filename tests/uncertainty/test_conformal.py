@@ -31,6 +31,23 @@ def test_normalised_intervals_cover_whatever_the_std_scale(heteroscedastic, scal
     assert calibrator.calibrated_std(pred[:3], sigma[:3] * scale) == pytest.approx(sigma[:3], rel=0.1)
 
 
+def test_an_interval_with_another_tail_split_misses_as_often_below_and_above_as_asked(heteroscedastic):
+    """``lower_tail`` (benchmarks/small_gap_check.py row 6): 95% coverage whatever the split, with
+    ``lower_tail`` of the misses below; the default is the central interval."""
+    pred, sigma, truth = heteroscedastic
+    calibrator = ConformalCalibrator().fit(pred[:2000], sigma[:2000], truth[:2000])
+    test_pred, test_sigma, test_truth = pred[2000:], sigma[2000:], truth[2000:]
+    central = calibrator.interval(test_pred, test_sigma, lower_bound_ev=None)
+    assert np.allclose(central, calibrator.interval(test_pred, test_sigma, lower_bound_ev=None, lower_tail=0.025))
+    for lower_tail in (0.0, 0.01, 0.04):
+        lower, upper = calibrator.interval(test_pred, test_sigma, lower_bound_ev=None, lower_tail=lower_tail)
+        assert np.mean(test_truth < lower) == pytest.approx(lower_tail, abs=0.006)
+        assert np.mean(test_truth > upper) == pytest.approx(0.05 - lower_tail, abs=0.01)
+    for bad in (-0.01, 0.06):
+        with pytest.raises(ValueError, match="lower_tail"):
+            calibrator.interval(test_pred, test_sigma, lower_tail=bad)
+
+
 def test_constant_width_for_deterministic_models(heteroscedastic):
     pred, _, truth = heteroscedastic
     calibrator = ConformalCalibrator().fit(pred[:2000], np.full(2000, np.nan), truth[:2000])
