@@ -114,6 +114,8 @@ class JoinReport:
     nan_labels: list[str] = field(default_factory=list)
     negative_labels: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
+    #: ids that name more than one CIF (``a/x.cif``, ``b/x.cif``): left out, since the label's structure is unknown
+    ambiguous_cif_ids: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -121,11 +123,17 @@ class JoinReport:
         return self.n_joined == self.n_labels == self.n_cifs
 
     def summary(self) -> str:
+        """Counts of each outcome, with up to three ids of each one that left something out."""
+        def part(ids: list[str], what: str) -> str:
+            examples = f" (e.g. {', '.join(ids[:3])})" if ids else ""
+            return f"{len(ids)} {what}{examples}"
+
         return (
             f"{self.n_joined} joined from {self.n_cifs} CIFs and {self.n_labels} labels; "
-            f"{len(self.labels_without_cif)} labels without CIF, {len(self.cifs_without_label)} CIFs "
-            f"without label, {len(self.nan_labels)} NaN labels, {len(self.negative_labels)} negative labels, "
-            f"{len(self.duplicate_ids)} duplicate ids"
+            + ", ".join([part(self.labels_without_cif, "labels without CIF"),
+                         part(self.cifs_without_label, "CIFs without label"), part(self.nan_labels, "NaN labels"),
+                         part(self.negative_labels, "negative labels"), part(self.duplicate_ids, "duplicate ids"),
+                         part(self.ambiguous_cif_ids, "ids naming several CIFs")])
         )
 
 
@@ -158,12 +166,26 @@ class LabelledDataset:
         return LabelledDataset(table, self.target, self.report, self.labels_sha256, self.source)
 
 
-def _cif_index(folder: Path) -> dict[str, Path]:
-    index: dict[str, Path] = {}
+def _cif_index(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """The CIFs under ``folder`` by id (file name without its suffix), and the ids that name more
+    than one file (``a/x.cif`` and ``b/x.cif``), which are left out of the index."""
+    found: dict[str, list[Path]] = {}
     for path in sorted(folder.rglob("*")):
         if path.name.lower().endswith(CIF_SUFFIXES) and not path.is_dir():
-            index.setdefault(structure_id(path), path)
-    return index
+            found.setdefault(structure_id(path), []).append(path)
+    index = {key: paths[0] for key, paths in found.items() if len(paths) == 1}
+    return index, sorted(key for key, paths in found.items() if len(paths) > 1)
+
+
+def _label_id(raw: str, cif_ids: set[str]) -> str:
+    """A label's id as the CIF index spells it: surrounding spaces dropped, and a file name
+    (``x.cif``, ``x.cif.gz``) read as its stem when that stem names a CIF."""
+    value = raw.strip()
+    if value not in cif_ids:
+        for suffix in CIF_SUFFIXES:
+            if value.lower().endswith(suffix) and value[: -len(suffix)] in cif_ids:
+                return value[: -len(suffix)]
+    return value
 
 
 def load_labelled_dataset(
@@ -203,10 +225,12 @@ def load_labelled_dataset(
     if target not in frame.columns:
         raise ValueError(f"{labels_path}: no column {target!r} (have {list(frame.columns)})")
     frame = frame[[id_column, target]].rename(columns={id_column: "id"})
-    frame["id"] = frame["id"].astype(str)
+    cifs, ambiguous = _cif_index(cif_root)
+    cif_ids = set(cifs) | set(ambiguous)
+    frame["id"] = [_label_id(value, cif_ids) for value in frame["id"].astype(str)]
     frame[target] = pd.to_numeric(frame[target], errors="coerce")
 
-    report = JoinReport(n_labels=len(frame))
+    report = JoinReport(n_labels=len(frame), ambiguous_cif_ids=ambiguous)
     duplicated = frame["id"].duplicated(keep=False)
     report.duplicate_ids = sorted(frame.loc[duplicated, "id"].unique().tolist())
     # A duplicated id is ambiguous: drop every copy rather than guess which label is right.
@@ -222,9 +246,8 @@ def load_labelled_dataset(
                          f"mofbalora fits band gaps (>= 0 eV), so this column looks like another quantity")
     frame = frame[~negative]
 
-    cifs = _cif_index(cif_root)
-    report.n_cifs = len(cifs)
-    report.labels_without_cif = sorted(set(frame["id"]) - set(cifs))
+    report.n_cifs = len(cifs) + len(ambiguous)
+    report.labels_without_cif = sorted(set(frame["id"]) - cif_ids)
     labelled = set(frame["id"]) | set(report.nan_labels) | set(report.negative_labels) | set(report.duplicate_ids)
     report.cifs_without_label = sorted(set(cifs) - labelled)
     frame = frame[frame["id"].isin(cifs)].copy()

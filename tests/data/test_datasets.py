@@ -30,6 +30,24 @@ def test_join_reports_every_mismatch(messy_folder):
     assert dataset.target == "bandgap_ev" and len(dataset.labels_sha256) == 64
 
 
+def test_ids_written_as_file_names_join_and_a_stem_naming_two_cifs_is_left_out(tmp_path, small_qmof):
+    """A label table of file names (``x.cif``, with stray spaces) joins its CIFs instead of 0 of them;
+    two CIFs sharing a stem in different folders are ambiguous (which one is labelled?): both are
+    left out and named, where the first in path order used to be trained on silently."""
+    ids, paths, gaps = small_qmof
+    folder = copy_cifs(paths[:4], tmp_path / "set")
+    copy_cifs(paths[3:4], folder / "again")
+    rows = [f" {ids[0]}.cif ,{gaps[0]}", f"{ids[1]}.CIF,{gaps[1]}", f"{ids[2]},{gaps[2]}", f"{ids[3]},{gaps[3]}",
+            "elsewhere.cif,1.0"]
+    (folder / "labels.csv").write_text("file,bandgap_ev\n" + "\n".join(rows) + "\n")
+    dataset = load_labelled_dataset(folder)
+    report = dataset.report
+    assert sorted(dataset.table["id"]) == sorted(ids[:3])
+    assert report.ambiguous_cif_ids == [ids[3]] and report.labels_without_cif == ["elsewhere.cif"]
+    assert f"1 ids naming several CIFs (e.g. {ids[3]})" in report.summary()
+    assert "1 labels without CIF (e.g. elsewhere.cif)" in report.summary()
+
+
 def test_negative_gaps_are_reported_and_dropped_and_a_mostly_negative_column_is_refused(tmp_path, small_qmof):
     ids, paths, gaps = small_qmof
     folder = copy_cifs(paths[:4], tmp_path / "set")

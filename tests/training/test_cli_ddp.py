@@ -280,7 +280,8 @@ def test_fit_shows_what_the_join_left_out_once_and_no_library_warnings(tmp_path,
     fitted = _run(["fit", str(config), "--data", str(data), "--out", str(tmp_path / "model")], tmp_path)
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     report = [line for line in fitted.stderr.splitlines() if "joined from" in line]
-    assert len(report) == 1 and "98 joined from 100 CIFs" in report[0] and "1 NaN labels, 1 negative labels" in report[0]
+    assert len(report) == 1 and "98 joined from 100 CIFs" in report[0]
+    assert f"1 NaN labels (e.g. {labels.iloc[1, 0]}), 1 negative labels (e.g. {labels.iloc[0, 0]})" in report[0]
     for noise in ("eval mode", "UserWarning", "warn(", "Tip:", "GPU available"):
         assert noise not in fitted.stdout + fitted.stderr, (noise, fitted.stderr[-2000:])
     split = Split.load(tmp_path / "model" / "split.json")
