@@ -26,6 +26,10 @@ DEFAULT_MAX_ATOMS = 1000
 MIN_INTERATOMIC_DISTANCE_ANGSTROM = 0.5
 #: structure files read: plain CIFs and CIFs compressed whole (monty's ``zopen`` reads all three)
 CIF_SUFFIXES = (".cif", ".cif.gz", ".cif.bz2", ".cif.xz")
+#: bumped when :func:`read_structure` accepts or rejects files differently; part of the feature
+#: cache's key, so whether a file is predicted never depends on what the cache holds (2: a file
+#: with several structures is refused, where its first one was read)
+READER_RULES = 2
 
 
 class InvalidReason(str, enum.Enum):
@@ -118,6 +122,17 @@ def _p1_structure(parser: CifParser) -> Structure | None:
     return Structure(lattice, symbols, coords).get_sorted_structure()
 
 
+def _check_one_structure(path: Path, parser: CifParser) -> None:
+    """Refuse a file with atoms in more than one data block (an export of several structures):
+    pymatgen would read them all and one row could only show the first."""
+    blocks = [name for name, block in parser._cif.data.items()
+              if any(tag in block.data for tag in ("_atom_site_fract_x", "_atom_site_cartn_x"))]
+    if len(blocks) > 1:
+        shown = ", ".join(f"data_{name}" for name in blocks[:3]) + (", …" if len(blocks) > 3 else "")
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE,
+                                    f"{len(blocks)} structures in one file ({shown}); give one structure per file")
+
+
 def _parse_cif(path: Path, text: str) -> Structure:
     lowered = text.lower()
     if "data_" not in lowered:
@@ -132,6 +147,7 @@ def _parse_cif(path: Path, text: str) -> Structure:
         warnings.simplefilter("ignore")
         try:
             parser = CifParser.from_str(text, occupancy_tolerance=1.0)
+            _check_one_structure(path, parser)
             p1 = _p1_structure(parser)
             structures = [p1] if p1 is not None else parser.parse_structures(primitive=False, on_error="raise")
         except InvalidStructureError:

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 from pymatgen.core import Structure
 
+from mofbalora.data.structures import READER_RULES
 
 #: bumped when samples gain or change fields, so older cache entries are rebuilt (2: content_key;
 #: 3: the content key on a shifted grid, robust to float noise)
@@ -36,7 +37,7 @@ class Featuriser(ABC):
         """Featuriser config plus package versions, as a stable string."""
         versions = {pkg: version(pkg) for pkg in ("mofbalora", *self.upstream_packages)}
         return json.dumps({"name": self.name, "config": self.config(), "versions": versions,
-                           "sample_format": SAMPLE_FORMAT}, sort_keys=True)
+                           "sample_format": SAMPLE_FORMAT, "reader_rules": READER_RULES}, sort_keys=True)
 
 
 def sample_num_atoms(sample: Any) -> int:

@@ -242,3 +242,15 @@ def test_an_empty_path_is_refused_not_read_as_the_working_folder(tmp_path, monke
         resolve_inputs([structure, None])
     with pytest.raises(TypeError, match="got int"):
         resolve_inputs(5)
+
+
+def test_a_file_with_several_structures_is_refused_naming_its_blocks(tmp_path, small_qmof):
+    """An export of several structures in one CIF used to be read as its first structure only."""
+    _, paths, _ = small_qmof
+    both = tmp_path / "both.cif"
+    both.write_text(paths[0].read_text() + "\n" + paths[1].read_text())
+    with pytest.raises(InvalidStructureError, match="2 structures in one file") as refused:
+        read_structure(both)
+    assert refused.value.path == str(both) and "give one structure per file" in str(refused.value)
+    rows = validate_inputs([both, paths[0]])
+    assert [r.status for r in rows] == ["invalid", "valid"]

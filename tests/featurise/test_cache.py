@@ -136,3 +136,13 @@ def test_a_compressed_copy_shares_the_cache_and_a_misnamed_file_is_skipped_whate
     torch.testing.assert_close(second.samples[0].nbr_dist, first.samples[0].nbr_dist)
     assert list(second.skipped["id"]) == ["not_packed"]
     assert second.skipped["reason"].iloc[0].startswith("unreadable or not a CIF: Not a gzipped file")
+
+
+def test_the_cache_key_carries_the_reader_rules(tmp_path, monkeypatch):
+    """An entry cached under other reader rules (a file the reader then accepted) is not served."""
+    import mofbalora.featurise.base as base
+
+    now = FeatureCache(tmp_path, get_featuriser("cgcnn"))
+    monkeypatch.setattr(base, "READER_RULES", base.READER_RULES - 1)
+    before = FeatureCache(tmp_path, get_featuriser("cgcnn"))
+    assert before.directory != now.directory
