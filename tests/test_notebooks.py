@@ -26,7 +26,15 @@ def test_notebook_runs(name, tmp_path, qmof_dataset):
     assert not errors
 
 
-def test_committed_notebooks_have_no_outputs():
+def test_committed_notebooks_have_no_outputs_and_are_valid_with_cell_ids():
+    """No outputs; and valid nbformat 4.5, every cell with an id (nbformat warns of a missing id,
+    which "will become a hard error in future nbformat versions")."""
+    import warnings
+
     for path in (ROOT / "notebooks").glob("*.ipynb"):
-        notebook = nbformat.read(path, as_version=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            notebook = nbformat.read(path, as_version=4)
+            nbformat.validate(notebook)
         assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), path
+        assert all(c.get("id") for c in notebook.cells), path
