@@ -53,12 +53,13 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _table_out(value: Optional[Path]) -> Optional[Path]:
-    """--out of a table: refused before any work when its name is not .csv, .csv.gz or .parquet."""
-    from mofbalora.data.io import table_format
+    """--out of a table: refused before any work when its name is not .csv, .csv.gz or .parquet, or
+    it cannot be written (a folder, or under a file)."""
+    from mofbalora.data.io import check_table_path
 
     if value is not None:
         try:
-            table_format(value)
+            check_table_path(value)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
     return value

@@ -21,7 +21,7 @@ import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from mofbalora.data.io import table_format, write_table_atomic, write_text_atomic
+from mofbalora.data.io import check_table_path, write_table_atomic, write_text_atomic
 from mofbalora.model_folder import model_json_sha256
 from mofbalora.predict import BandgapModel, check_samples, resolve_inputs
 from mofbalora.uncertainty.intervals import check_window
@@ -82,7 +82,7 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
     Raises:
         ValueError: when ``<out>.parts/`` holds an unfinished run with other inputs, model or
             settings (resuming it would mix two runs), ``chunk_size`` or ``samples`` < 1, or ``out``
-            is not a .csv, .csv.gz or .parquet file.
+            is not a .csv, .csv.gz or .parquet file or cannot be one (a folder, a path under a file).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -90,7 +90,7 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
     if window_ev is not None:
         window_ev = check_window(window_ev)
     if write:
-        table_format(out)
+        check_table_path(out)
     samples = model.default_samples if samples is None else samples  # the S the calibrator saw
     slots, ids = resolve_inputs(inputs)
     folder = parts_folder(out)

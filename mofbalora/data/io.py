@@ -62,6 +62,23 @@ def table_format(path: str | os.PathLike) -> str:
     raise ValueError(f"{path}: cannot write a table of this kind; name it .csv, .csv.gz or .parquet")
 
 
+def check_table_path(path: str | os.PathLike) -> str:
+    """:func:`table_format` of a table about to be written, checked before the work that fills it:
+    the path is not a folder, and its nearest existing parent is one.
+
+    Raises:
+        ValueError: naming the file and what is wrong with it.
+    """
+    kind = table_format(path)
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give the table a file name")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{path}: {parent} is a file, not a folder")
+    return kind
+
+
 def write_table_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a table atomically: CSV, gzip-compressed CSV or parquet, by the name (:func:`table_format`)."""
     kind = table_format(path)

@@ -48,3 +48,22 @@ def test_table_format_follows_the_name_and_refuses_others(tmp_path):
     write_table_atomic(frame, tmp_path / "t.csv.gz")
     assert (tmp_path / "t.csv.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip magic
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv.gz"), frame)
+
+
+def test_a_table_path_that_cannot_be_written_is_refused_before_the_work(tmp_path):
+    """A folder named x.csv, or a path under a file, used to fail with a traceback after every
+    structure was predicted; both are refused up front (the CLI's --out, streaming)."""
+    from typer.testing import CliRunner
+
+    from mofbalora.cli import app
+    from mofbalora.data.io import check_table_path
+
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "plain").write_text("")
+    assert check_table_path(tmp_path / "new" / "deeper" / "t.parquet") == "parquet"
+    with pytest.raises(ValueError, match="is a folder"):
+        check_table_path(tmp_path / "folder.csv")
+    with pytest.raises(ValueError, match="plain is a file, not a folder"):
+        check_table_path(tmp_path / "plain" / "t.csv")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "none.cif"), "-o", str(tmp_path / "folder.csv")])
+    assert result.exit_code == 2 and "is a folder" in result.output
