@@ -77,6 +77,21 @@ def test_unknown_model_name_is_a_clear_error(tmp_path):
     assert result.exit_code == 2 and "not a shipped model (qmof-pbe, qmof-pbe-v2.2, qmof-pbe-v2.1, qmof-pbe-v2, qmof-pbe-v1.1, qmof-pbe-v1)" in result.output
 
 
+def test_a_model_folder_under_home_is_found_from_python(tmp_path, monkeypatch):
+    """``load_model("~/runs/x")``, ``predict("~/mofs")``, ``--data ~/data`` from a config: no shell
+    expands the ~ in Python."""
+    from mofbalora.data.datasets import resolve_data_dir
+    from mofbalora.data.structures import expand_inputs
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "mofs").mkdir()
+    (tmp_path / "mofs" / "a.cif").write_text("")
+    assert resolve_model("~/runs/x") == tmp_path / "runs" / "x"
+    assert expand_inputs(["~/mofs", "~/mofs/*.cif"]) == [tmp_path / "mofs" / "a.cif"] * 2
+    assert resolve_data_dir("~/mofs") == tmp_path / "mofs"
+
+
 def test_screen_uses_the_shipped_model_by_default(coremof_cifs, fresh_cache, tmp_path):
     folder, _ = coremof_cifs
     out = tmp_path / "screen.csv"

@@ -43,9 +43,9 @@ def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
     """
     candidates: list[Path] = []
     if data is not None:
-        candidates.append(Path(data))
+        candidates.append(Path(data).expanduser())  # "~/data" from Python or a config, where no shell expands it
     elif os.environ.get(DATA_ENV_VAR):
-        candidates.append(Path(os.environ[DATA_ENV_VAR]))
+        candidates.append(Path(os.environ[DATA_ENV_VAR]).expanduser())
     else:
         root = project_root()
         candidates += [root / "data" / "qmof", root.parent / "shared" / "data" / "qmof"]

@@ -312,7 +312,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files, folders (their CIFs, :data:`CIF_SUFFIXES`, recursively) and glob patterns, in input order.
 
     A path or pattern that matches nothing, and a folder without CIFs, is kept as-is, so the caller
-    reports it instead of dropping it. ``bytes`` paths are decoded as ``os.fsdecode`` does.
+    reports it instead of dropping it. ``bytes`` paths are decoded as ``os.fsdecode`` does, and a
+    leading ``~`` is the home folder.
 
     Raises:
         ValueError: for an empty path, which would otherwise mean the working folder (an unset
@@ -320,7 +321,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """
     paths: list[Path] = []
     for item in inputs:
-        item = os.fsdecode(item)
+        item = os.path.expanduser(os.fsdecode(item))  # "~/mofs" from Python, where no shell expands it
         if not item.strip():
             raise ValueError(f"an empty path ({item!r}) among the inputs; an unset shell variable gives one")
         if os.path.isdir(item):

@@ -67,7 +67,7 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
                 raise FileNotFoundError(f"the shipped model {shipped.alias!r} is missing from this install "
                                         f"({shipped.folder}); reinstall mofbalora or pass --model <folder>")
             return shipped.folder
-    path = Path(name)
+    path = Path(name).expanduser()  # "~/runs/x" from Python, where no shell expands it
     if path.exists():
         return path
     names = ", ".join(m.alias for m in SHIPPED)
