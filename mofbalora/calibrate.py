@@ -22,12 +22,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mofbalora.config_schema import strict_from_dict
 from mofbalora.data.datasets import load_labelled_dataset
 from mofbalora.data_noise import fit_data_noise
 from mofbalora.data.splits import Split
 from mofbalora.model_folder import read_model_json, write_model_json
 from mofbalora.predict import BandgapModel, load_model
-from mofbalora.training.config import TrainConfig, strict_from_dict
+from mofbalora.training.config import TrainConfig
 from mofbalora.training.fit import PreparedData, fit, prepare_data
 from mofbalora.training.noise_head import NoiseHeadConfig
 from mofbalora.uncertainty.conformal import MEAN_RULES, ConformalCalibrator

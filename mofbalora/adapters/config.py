@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
+from mofbalora.config_schema import strict_from_dict
+
 AdapterKind = Literal["lora", "balora", "mcdropout"]
 NoiseOn = Literal["A", "AB"]
 AlphaGranularity = Literal["layer", "rank"]
@@ -128,8 +130,4 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "AdapterConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown AdapterConfig fields {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**values)
+        return strict_from_dict(cls, values, "adapter")

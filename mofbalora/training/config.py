@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
-import yaml
-
-from mofbalora.adapters.config import ADAPTER_KIND, ADAPTER_METHODS  # noqa: F401  (part of this module's API)
+from mofbalora.adapters.config import ADAPTER_KIND, ADAPTER_METHODS, AdapterConfig
 from mofbalora.backbones.heads import HeadKind
+from mofbalora.config_schema import read_yaml_mapping, strict_from_dict
 
 Method = Literal["head", "full", "lora", "balora", "lora-ensemble", "lora-mcdropout"]
 Likelihood = Literal["mse", "gaussian"]
@@ -18,15 +16,6 @@ NoiseStdFit = Literal["joint", "mean_mode"]
 Schedule = Literal["warmup_cosine", "onecycle"]
 #: methods whose predictive draws are S stochastic forward passes of one model (docs/method.md §7, §11)
 SAMPLING_METHODS = ("balora", "lora-mcdropout")
-
-
-def strict_from_dict(cls: type, values: dict[str, Any], what: str) -> Any:
-    """``cls(**values)`` for a config dataclass; an unknown key is an error naming the valid ones."""
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown {what} keys {sorted(unknown)}; valid: {sorted(known)}")
-    return cls(**values)
 
 
 @dataclass
@@ -107,7 +96,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.split, dict):
-            self.split = SplitConfig(**{**self.split, "fractions": tuple(self.split.get("fractions", SplitConfig.fractions))})
+            try:
+                split = strict_from_dict(SplitConfig, self.split, "split")
+            except ValueError as exc:
+                raise ValueError(f"split: {exc}") from exc
+            self.split = replace(split, fractions=tuple(split.fractions))
+        if not isinstance(self.split, SplitConfig):
+            raise ValueError(f"split must be a mapping of settings, got {self.split!r}")
         if self.head not in get_args(HeadKind):
             raise ValueError(f"head must be one of {get_args(HeadKind)}, got {self.head!r}")
         if self.method not in get_args(Method):
@@ -129,6 +124,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.ood_quantile < 1:
             raise ValueError(f"ood_quantile must lie in (0, 1), got {self.ood_quantile}")
+        if self.method in ADAPTER_METHODS:  # checked here, before any work, as the fit will build it
+            try:
+                checked = AdapterConfig.from_dict({**self.adapter, "kind": ADAPTER_KIND[self.method]})
+            except ValueError as exc:
+                raise ValueError(f"adapter: {exc}") from exc
+            self.adapter = {key: getattr(checked, key) for key in self.adapter}  # numbers written as text read
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -153,9 +154,7 @@ class TrainConfig:
 
 def load_train_config(path: str | os.PathLike) -> TrainConfig:
     """Read a YAML training config."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of training settings")
+    values = read_yaml_mapping(path, "a mapping of training settings")
     try:
         return TrainConfig.from_dict(values)
     except (TypeError, ValueError) as exc:

@@ -14,17 +14,15 @@ import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, get_args
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from mofbalora.backbones.heads import NEIGHBOUR_INPUTS, DataNoiseHead, NoiseInputs
-from mofbalora.training.config import strict_from_dict
+from mofbalora.config_schema import read_yaml_mapping, strict_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +83,8 @@ class NoiseHeadConfig:
 def load_uncertainty_config(path: str | os.PathLike) -> dict[str, Any]:
     """The YAML of the uncertainty stages: ``noise_head`` (a :class:`NoiseHeadConfig`) and the
     ``calibration`` mapping (Mondrian bins, the mean rule; ``calibrate.CalibrationSettings``)."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(values, dict) or set(values) - {"noise_head", "calibration"}:
+    values = read_yaml_mapping(path, "the sections noise_head and calibration")
+    if set(values) - {"noise_head", "calibration"}:
         raise ValueError(f"{path}: expected the sections noise_head and calibration")
     try:
         noise = NoiseHeadConfig.from_dict(values.get("noise_head") or {})
