@@ -228,7 +228,12 @@ def load_labelled_dataset(
     cifs, ambiguous = _cif_index(cif_root)
     cif_ids = set(cifs) | set(ambiguous)
     frame["id"] = [_label_id(value, cif_ids) for value in frame["id"].astype(str)]
-    frame[target] = pd.to_numeric(frame[target], errors="coerce")
+    numbers = pd.to_numeric(frame[target], errors="coerce")
+    text = frame[target][numbers.isna() & frame[target].notna()].astype(str)
+    if len(text) * 2 > frame[target].notna().sum():  # a unit in every cell ("1.2 eV"), or another column
+        raise ValueError(f"{labels_path}: {len(text)} of {len(frame)} values of {target!r} are not numbers "
+                         f"(e.g. {', '.join(repr(v) for v in text.head(3))}); give band gaps in eV as plain numbers")
+    frame[target] = numbers  # a few unreadable values are reported with the NaN labels
 
     report = JoinReport(n_labels=len(frame), ambiguous_cif_ids=ambiguous)
     duplicated = frame["id"].duplicated(keep=False)

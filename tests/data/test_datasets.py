@@ -48,6 +48,21 @@ def test_ids_written_as_file_names_join_and_a_stem_naming_two_cifs_is_left_out(t
     assert "1 labels without CIF (e.g. elsewhere.cif)" in report.summary()
 
 
+def test_a_column_of_text_is_refused_and_a_few_unreadable_values_are_reported(tmp_path, small_qmof):
+    """Gaps written with their unit ("1.2 eV") used to become NaN, one by one, and the fit then
+    failed on an empty split without saying why."""
+    ids, paths, gaps = small_qmof
+    folder = copy_cifs(paths[:4], tmp_path / "set")
+    rows = [f"{i},{g:.2f} eV" for i, g in zip(ids[:4], gaps[:4])]
+    (folder / "labels.csv").write_text("id,gap\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"4 of 4 values of 'gap' are not numbers \(e.g. '.* eV'"):
+        load_labelled_dataset(folder)
+    rows = [f"{ids[0]},about 2"] + [f"{i},{g}" for i, g in zip(ids[1:4], gaps[1:4])]
+    (folder / "labels.csv").write_text("id,gap\n" + "\n".join(rows) + "\n")
+    dataset = load_labelled_dataset(folder)
+    assert dataset.report.nan_labels == [ids[0]] and sorted(dataset.table["id"]) == sorted(ids[1:4])
+
+
 def test_negative_gaps_are_reported_and_dropped_and_a_mostly_negative_column_is_refused(tmp_path, small_qmof):
     ids, paths, gaps = small_qmof
     folder = copy_cifs(paths[:4], tmp_path / "set")
