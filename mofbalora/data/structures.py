@@ -126,7 +126,7 @@ def _check_one_structure(path: Path, parser: CifParser) -> None:
     """Refuse a file with atoms in more than one data block (an export of several structures):
     pymatgen would read them all and one row could only show the first."""
     blocks = [name for name, block in parser._cif.data.items()
-              if any(tag in block.data for tag in ("_atom_site_fract_x", "_atom_site_cartn_x"))]
+              if any(tag.lower() in ("_atom_site_fract_x", "_atom_site_cartn_x") for tag in block.data)]
     if len(blocks) > 1:
         shown = ", ".join(f"data_{name}" for name in blocks[:3]) + (", …" if len(blocks) > 3 else "")
         raise InvalidStructureError(path, InvalidReason.UNREADABLE,

@@ -254,3 +254,7 @@ def test_a_file_with_several_structures_is_refused_naming_its_blocks(tmp_path, s
     assert refused.value.path == str(both) and "give one structure per file" in str(refused.value)
     rows = validate_inputs([both, paths[0]])
     assert [r.status for r in rows] == ["invalid", "valid"]
+    shouting = tmp_path / "shouting.cif"  # CIF tags are case-insensitive, and pymatgen keeps their case
+    shouting.write_text(both.read_text().replace("_atom_site_fract_x", "_Atom_Site_Fract_X"))
+    with pytest.raises(InvalidStructureError, match="2 structures in one file"):
+        read_structure(shouting)
