@@ -324,15 +324,24 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         item = os.path.expanduser(os.fsdecode(item))  # "~/mofs" from Python, where no shell expands it
         if not item.strip():
             raise ValueError(f"an empty path ({item!r}) among the inputs; an unset shell variable gives one")
-        if os.path.isdir(item):
-            found = sorted(p for p in Path(item).rglob("*") if p.name.lower().endswith(CIF_SUFFIXES) and not p.is_dir())
-            paths.extend(found) if found else paths.append(Path(item))  # reported as a folder without CIFs
-        elif any(ch in item for ch in "*?[") and not os.path.exists(item):
+        if any(ch in item for ch in "*?[") and not os.path.exists(item):
+            # each match as if named on its own (a folder searched, as the shell's expansion would
+            # give it), a file reached twice within one pattern (mofs/** matches it and its folder) once
             matches = sorted(glob.glob(item, recursive=True))
-            paths.extend(Path(m) for m in matches) if matches else paths.append(Path(item))
+            found = [path for match in matches for path in _file_or_folder(match)]
+            paths.extend(dict.fromkeys(found)) if found else paths.append(Path(item))
         else:
-            paths.append(Path(item))
+            paths.extend(_file_or_folder(item))
     return paths
+
+
+def _file_or_folder(item: str) -> list[Path]:
+    """A folder's CIFs (recursively), or the folder itself when it has none (reported, not dropped);
+    any other path as it is."""
+    if not os.path.isdir(item):
+        return [Path(item)]
+    found = sorted(p for p in Path(item).rglob("*") if p.name.lower().endswith(CIF_SUFFIXES) and not p.is_dir())
+    return found or [Path(item)]
 
 
 @dataclass(frozen=True)

@@ -258,3 +258,18 @@ def test_a_file_with_several_structures_is_refused_naming_its_blocks(tmp_path, s
     shouting.write_text(both.read_text().replace("_atom_site_fract_x", "_Atom_Site_Fract_X"))
     with pytest.raises(InvalidStructureError, match="2 structures in one file"):
         read_structure(shouting)
+
+
+def test_a_pattern_matching_a_folder_searches_it_as_the_shell_expansion_would(tmp_path):
+    """``'mofs/*'`` matching a sub-folder used to report the sub-folder as "a folder with no CIF
+    files" although it held CIFs; ``'mofs/**'`` reaches a file through its folder and by itself,
+    and lists it once."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.cif").write_text(cif(GOOD_ROWS))
+    (tmp_path / "sub" / "b.cif").write_text(cif(GOOD_ROWS))
+    (tmp_path / "empty").mkdir()
+    star = expand_inputs([str(tmp_path / "*")])
+    assert star == [tmp_path / "a.cif", tmp_path / "empty", tmp_path / "sub" / "b.cif"]
+    assert sorted(expand_inputs([str(tmp_path / "**")])) == [tmp_path / "a.cif", tmp_path / "empty",
+                                                          tmp_path / "sub" / "b.cif"]
+    assert [r.status for r in validate_inputs([str(tmp_path / "*")])] == ["valid", "invalid", "valid"]
