@@ -78,11 +78,9 @@ def tail_rows(splits: dict[str, tuple]) -> list[dict]:
     choices: dict[str, dict] = {}
     for name, (calibrator, mean_ev, std_ev, gaps_ev) in splits.items():
         bounds = {tail: calibrator.interval(mean_ev, std_ev, lower_tail=tail) for tail in LOWER_TAILS}
-        widths = np.stack([upper - lower for lower, upper in bounds.values()])
-        shortest = np.argmin(widths, axis=0)
-        pick = np.arange(len(mean_ev))
-        bounds["shortest"] = (np.stack([b[0] for b in bounds.values()])[shortest, pick],
-                              np.stack([b[1] for b in bounds.values()])[shortest, pick])
+        lowers, uppers = (np.stack(ends) for ends in zip(*bounds.values()))  # [tails, structures] each
+        shortest, pick = np.argmin(uppers - lowers, axis=0), np.arange(len(mean_ev))
+        bounds["shortest"] = (lowers[shortest, pick], uppers[shortest, pick])
         for tail, (lower, upper) in bounds.items():
             choices.setdefault(str(tail), {})[name] = (gaps_ev, lower, upper, calibrator.bin_index(mean_ev))
     for tail, per_split in choices.items():

@@ -337,12 +337,8 @@ def _parse_window(gap: str) -> tuple[float, float]:
     from mofbalora.uncertainty.intervals import check_window
 
     try:
-        values = [float(x) for x in gap.split(":")]
-    except ValueError:
-        raise typer.BadParameter(f"expected LOW:HIGH in eV, got {gap!r}")
-    try:
-        return check_window(values)
-    except ValueError as exc:
+        return check_window([float(x) for x in gap.split(":")])
+    except ValueError as exc:  # not numbers, not two of them, or LOW >= HIGH
         raise typer.BadParameter(f"expected LOW:HIGH in eV, got {gap!r}: {exc}") from exc
 
 
