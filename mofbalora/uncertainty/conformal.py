@@ -24,8 +24,8 @@ from mofbalora.uncertainty.intervals import check_window
 #: the smallest calibration set whose 95% interval is finite: ceil((n + 1) · 0.975) <= n
 MIN_CALIBRATION = 39
 
-#: the CPDs are smoothed with this fixed seed, so a prediction never depends on a global RNG
-SMOOTHING_SEED = 0
+#: structures per block when a CDF compares each one's predictive distribution with a value
+CDF_BLOCK_ROWS = 4096
 
 #: how the reported mean is made non-negative (docs/method.md §9): ``clip`` max(ŷ, 0), or
 #: ``censored`` the mean of the calibrated predictive distribution censored at 0 eV
@@ -146,20 +146,43 @@ class ConformalCalibrator:
 
     def cdf(self, y_pred: np.ndarray, y_std: np.ndarray | None, value_ev: float | np.ndarray) -> np.ndarray:
         """Calibrated P(gap ≤ value) per structure, from the conformal predictive distribution
-        censored at 0 eV: 0 below 0 eV, and the mass below 0 sits at 0 eV."""
+        censored at 0 eV: 0 below 0 eV, and the mass below 0 sits at 0 eV.
+
+        The value is crepes' smoothed p-value (#{below} + γ·(#{equal} + 1)) / (n + 1) at γ = ½, its
+        mean over γ (docs/method.md §9). crepes draws γ per row of a call, so its value for a
+        structure would depend on the structure's place in the list."""
         y_pred, sigmas = self._inputs(y_pred, y_std)
-        if len(y_pred) == 0:
-            return np.zeros(0)
         values = np.broadcast_to(np.asarray(value_ev, dtype=float), y_pred.shape)
-        p = self._cps.predict(y_pred, sigmas=sigmas, bins=self.gap_bins(y_pred), y=values, seed=SMOOTHING_SEED)
-        return np.where(values < 0, 0.0, np.asarray(p, dtype=float).reshape(len(y_pred)))
+        ranks, pool_sizes = self._mid_ranks(y_pred, sigmas, values)
+        return np.where(values < 0, 0.0, ranks / (pool_sizes + 1))
 
     def window_probability(self, y_pred: np.ndarray, y_std: np.ndarray | None, low_ev: float,
                            high_ev: float) -> np.ndarray:
-        """Calibrated P(low ≤ gap ≤ high); a window starting at or below 0 eV holds the point mass at 0."""
+        """Calibrated P(low ≤ gap ≤ high) = CDF(high) − CDF(low); a window starting at or below 0 eV
+        holds the point mass at 0. The two ranks are subtracted before dividing, so equal counts
+        give equal probabilities to the last bit (a screen's ties stay ties)."""
         low_ev, high_ev = check_window((low_ev, high_ev))
-        below = np.zeros(len(np.atleast_1d(y_pred))) if low_ev <= 0 else self.cdf(y_pred, y_std, low_ev)
-        return np.clip(self.cdf(y_pred, y_std, high_ev) - below, 0.0, 1.0)
+        y_pred, sigmas = self._inputs(y_pred, y_std)
+        if high_ev < 0:
+            return np.zeros(len(y_pred))
+        high_ranks, pool_sizes = self._mid_ranks(y_pred, sigmas, np.full(len(y_pred), high_ev))
+        low_ranks = 0.0 if low_ev <= 0 else self._mid_ranks(y_pred, sigmas, np.full(len(y_pred), low_ev))[0]
+        return np.clip((high_ranks - low_ranks) / (pool_sizes + 1), 0.0, 1.0)
+
+    def _mid_ranks(self, y_pred: np.ndarray, sigmas: np.ndarray | None,
+                   values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per structure, #{CPD values < v} + ½(#{CPD values = v} + 1) and the size n of its bin's
+        pool; its CPD values are ŷ + σ·r_i/σ_i over the bin's calibration residuals, as in crepes."""
+        ranks, pool_sizes = np.zeros(len(y_pred)), np.zeros(len(y_pred))
+        for rows, scale, pool in self._bin_pools(y_pred, sigmas):
+            indices = np.flatnonzero(rows)
+            for start in range(0, len(indices), CDF_BLOCK_ROWS):  # bounded memory for long lists
+                block = indices[start:start + CDF_BLOCK_ROWS]
+                cpd = y_pred[block, None] + scale[start:start + CDF_BLOCK_ROWS, None] * pool[None, :]
+                value = values[block, None]
+                ranks[block] = (cpd < value).sum(1) + 0.5 * ((cpd == value).sum(1) + 1)
+            pool_sizes[rows] = len(pool)
+        return ranks, pool_sizes
 
     def point_prediction(self, y_pred: np.ndarray, y_std: np.ndarray | None) -> np.ndarray:
         """The reported mean (eV, ≥ 0) by :attr:`mean_rule`: ``clip`` max(ŷ, 0), or ``censored``
@@ -208,7 +231,7 @@ class ConformalCalibrator:
     def sample(self, y_pred: np.ndarray, y_std: np.ndarray | None, draws: int, *, seed: int = 0) -> np.ndarray:
         """Band gaps (eV) drawn from each structure's calibrated predictive distribution censored at
         0 eV, [draws, n]: max(ŷ + σ·r_i/σ_i, 0) with i drawn uniformly from ŷ's bin's calibration
-        residuals (crepes' smoothing aside, the distribution its CDF and intervals come from)."""
+        residuals (the distribution its CDF and intervals come from)."""
         y_pred, sigmas = self._inputs(y_pred, y_std)
         rng, out = np.random.default_rng(seed), np.empty((draws, len(y_pred)))
         for rows, scale, pool in self._bin_pools(y_pred, sigmas):

@@ -251,13 +251,15 @@ def test_one_structure_one_answer(fitted, tiny_dataset):
     model = load_model(fitted["balora"])
     paths = [tiny_dataset / f"{i}.cif" for i in Split.load(fitted["balora"] / "split.json").test[:6]]
     target = paths[2]
-    columns = ["bandgap_mean_ev", "bandgap_std_epistemic_ev", "bandgap_std_ev", "lower_95_ev", "upper_95_ev"]
+    columns = ["bandgap_mean_ev", "bandgap_std_epistemic_ev", "bandgap_std_ev", "lower_95_ev", "upper_95_ev",
+               "p_metallic", "p_in_window"]
     row = lambda table, key: table.set_index("id").loc[key, columns].to_numpy(dtype=float)  # noqa: E731
-    alone = row(model.predict([target], samples=8), target.stem)
-    np.testing.assert_array_equal(row(model.predict(paths, samples=8), target.stem), alone)
-    np.testing.assert_array_equal(row(model.predict(paths[::-1], samples=8), target.stem), alone)
-    np.testing.assert_array_equal(row(model.predict([read_structure(target)], samples=8), "structure_0"), alone)
-    mixed = model.predict([paths[0], read_structure(target), paths[1]], samples=8)  # paths and Structures together
+    window = {"samples": 8, "window_ev": (0.5, 2.0)}
+    alone = row(model.predict([target], **window), target.stem)
+    np.testing.assert_array_equal(row(model.predict(paths, **window), target.stem), alone)
+    np.testing.assert_array_equal(row(model.predict(paths[::-1], **window), target.stem), alone)
+    np.testing.assert_array_equal(row(model.predict([read_structure(target)], **window), "structure_0"), alone)
+    mixed = model.predict([paths[0], read_structure(target), paths[1]], **window)  # paths and Structures together
     assert list(mixed["id"]) == [paths[0].stem, "structure_1", paths[1].stem] and (mixed["status"] == "ok").all()
     np.testing.assert_array_equal(row(mixed, "structure_1"), alone)
     samples = [model.backbone.make_featuriser().featurise(read_structure(p), p.stem) for p in paths]

@@ -68,6 +68,30 @@ def test_window_probability_is_calibrated_and_never_certain(heteroscedastic):
         assert inside[chosen].mean() == pytest.approx(p[chosen].mean(), abs=0.05)
 
 
+@pytest.mark.parametrize("min_per_bin", [None, 400])
+def test_the_cdf_is_crepes_mean_p_value_and_does_not_depend_on_the_row_order(heteroscedastic, min_per_bin):
+    """crepes' smoothed p-value draws γ per row of a call: p_metallic moved by up to 1/(n + 1) when a
+    structure moved in the list. The CDF is its mean over γ (½), the same for a row alone or in a list."""
+    pred, sigma, truth = heteroscedastic
+    calibrator = ConformalCalibrator(mondrian_min_per_bin=min_per_bin).fit(pred[:2000], sigma[:2000], truth[:2000])
+    test_pred, test_sigma = pred[2000:2300], sigma[2000:2300]
+    for value in (0.1, 2.0):
+        p = calibrator.cdf(test_pred, test_sigma, value)
+        crepes_upper = calibrator._cps.predict(test_pred, sigmas=test_sigma, bins=calibrator.gap_bins(test_pred),
+                                               y=value, smoothing=False)  # (#{<= v} + 1) / (n + 1)
+        pool_sizes = np.bincount(calibrator.bin_index(pred[:2000]))[calibrator.bin_index(test_pred)]
+        np.testing.assert_allclose(p, crepes_upper - 0.5 / (pool_sizes + 1), atol=1e-12)  # no ties here
+        order = np.random.default_rng(1).permutation(len(test_pred))
+        np.testing.assert_array_equal(calibrator.cdf(test_pred[order], test_sigma[order], value), p[order])
+        alone = [calibrator.cdf(test_pred[i:i + 1], test_sigma[i:i + 1], value)[0] for i in range(5)]
+        np.testing.assert_array_equal(alone, p[:5])
+    window = calibrator.window_probability(test_pred, test_sigma, 1.5, 3.0)
+    np.testing.assert_array_equal(calibrator.window_probability(test_pred[::-1], test_sigma[::-1], 1.5, 3.0),
+                                  window[::-1])
+    np.testing.assert_allclose(window, calibrator.cdf(test_pred, test_sigma, 3.0) - calibrator.cdf(test_pred, test_sigma, 1.5),
+                               atol=1e-12)
+
+
 def test_round_trip_and_errors(heteroscedastic):
     pred, sigma, truth = heteroscedastic
     calibrator = ConformalCalibrator().fit(pred[:500], sigma[:500], truth[:500])
