@@ -24,6 +24,8 @@ class Featuriser(ABC):
     name: str
     #: distributions whose version changes the features
     upstream_packages: tuple[str, ...] = ()
+    #: bumped when this featuriser's output changes under the same config; part of the cache key
+    rules: int = 1
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -37,7 +39,8 @@ class Featuriser(ABC):
         """Featuriser config plus package versions, as a stable string."""
         versions = {pkg: version(pkg) for pkg in ("mofbalora", *self.upstream_packages)}
         return json.dumps({"name": self.name, "config": self.config(), "versions": versions,
-                           "sample_format": SAMPLE_FORMAT, "reader_rules": READER_RULES}, sort_keys=True)
+                           "sample_format": SAMPLE_FORMAT, "reader_rules": READER_RULES,
+                           "featuriser_rules": self.rules}, sort_keys=True)
 
 
 def sample_num_atoms(sample: Any) -> int:

