@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -24,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.run import machine_info  # noqa: E402
 from mofbalora.analysis.figures import screen_gap_vs_width  # noqa: E402
 from mofbalora.data.coremof import extract_coremof  # noqa: E402
 from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E402
@@ -100,6 +99,7 @@ def main() -> None:
                for kind, needle in (("epistemic std", "epistemic std"), ("embedding distance", "embedding far"),
                                     ("cell larger than training", "more than any training"))}
     name = args.model or "qmof-pbe"
+    machine = machine_info()  # with the CPU model: throughput and the last digits differ between CPUs
     figure = screen_gap_vs_width(ranked, low, high, Path(args.out + ".png"),
                                  title=f"CoRE-MOF 2019-ASR, {len(ok)} MOFs, model {name}")
     header = "\n".join([
@@ -107,7 +107,7 @@ def main() -> None:
         "",
         f"Model `{name}` ({model.method}; `{folder.name}`), S = {samples}, sampling seed 0; CoRE-MOF 2019-ASR from "
         f"the `core-mof` package, {len(cifs)} CIFs{' (the first, in the archive order)' if args.n else ''}; window {low:g}–{high:g} eV (PBE). "
-        f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}.",
+        f"Machine: {machine['cores']} CPU cores ({machine['cpu_model']}), torch {machine['torch']}.",
         "",
         "## Throughput",
         f"- End to end from CIF, cold feature cache, first {speed['n']} CIFs: **{speed['cold_mofs_per_s']:.1f} MOFs/s** "
@@ -142,7 +142,7 @@ def main() -> None:
         "",
     ])
     write_text_atomic(args.out + ".md", header + "\n" + screening_summary(ranked, low, high, top=20))
-    write_text_atomic(args.out + ".json", json.dumps({"throughput": speed, "screen_s": screen_s, "samples": samples,
+    write_text_atomic(args.out + ".json", json.dumps({"throughput": speed, "screen_s": screen_s, "samples": samples, "machine": machine,
                                                       "n_inputs": len(cifs), "n_predicted": len(ok)}, indent=1))
     print(header)
 
