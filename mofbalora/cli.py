@@ -110,10 +110,11 @@ def data_download(
         typer.echo(f"unknown release {name!r}; choose from {sorted(RELEASES)}", err=True)
         raise typer.Exit(2)
     release = RELEASES[name]
+    source = url or release.url
     try:
-        path = download(url or release.url, dest / release.filename, sha256=sha256 or release.sha256)
+        path = download(source, dest / release.filename, sha256=sha256 or release.sha256)
     except Exception as exc:  # network failures are reported, not traced
-        typer.echo(f"download failed: {exc}", err=True)
+        typer.echo(f"download of {source} failed: {exc} (offline? --url takes a mirror)", err=True)
         raise typer.Exit(1)
     typer.echo(str(path))
 

@@ -56,3 +56,21 @@ def test_checksum_mismatch_raises_and_leaves_nothing(server, tmp_path):
     with pytest.raises(ChecksumError):
         download(server, tmp_path / "qmof.zip", sha256="0" * 64, progress=False)
     assert not (tmp_path / "qmof.zip").exists() and not (tmp_path / "qmof.zip.part").exists()
+
+
+def test_the_cli_names_the_address_it_could_not_reach(tmp_path):
+    """Offline, `mofbalora data download` says which address failed (a mirror goes in --url), in one
+    line, without a traceback, and leaves no file behind."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from mofbalora.cli import app
+
+    with socket.socket() as probe:  # a port nothing listens on: connection refused at once
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/qmof.zip"
+    result = CliRunner().invoke(app, ["data", "download", "qmof", "--dest", str(tmp_path), "--url", url])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"download of {url} failed" in result.output and "--url" in result.output
+    assert not any(tmp_path.iterdir())
