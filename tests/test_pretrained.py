@@ -293,10 +293,12 @@ def test_noise_feature_of_a_structure_does_not_depend_on_batch_or_threads():
 def test_a_sample_count_other_than_the_calibrated_one_is_named(coremof_cifs, fresh_cache, tmp_path):
     """`--samples` other than the S the intervals were calibrated at gets one warning line; S = 1 also
     says that the epistemic-std OOD flag cannot fire. The calibrated S (the default) warns of nothing."""
+    from mofbalora.predict import load_model
+
     _, cifs = coremof_cifs
     paths = [str(p) for p in cifs if _pinned_ok(p)][:2]
     runner = CliRunner()
-    calibrated = _calibrated_samples()
+    calibrated = load_model(resolve_model(None)).default_samples
     for samples, expected in ((None, None), (calibrated, None), (calibrated * 2, f"at S = {calibrated * 2}"),
                               (1, "no structure is flagged by its epistemic std")):
         args = ["predict", *paths, "--out", str(tmp_path / f"p{samples}.csv")]
@@ -307,10 +309,3 @@ def test_a_sample_count_other_than_the_calibrated_one_is_named(coremof_cifs, fre
             assert not warned, result.output
         else:
             assert len(warned) == 1 and expected in warned[0] and f"calibrated at S = {calibrated}" in warned[0]
-
-
-def _calibrated_samples() -> int:
-    """The S the shipped default model was calibrated at."""
-    from mofbalora.predict import load_model
-
-    return load_model(resolve_model(None)).default_samples
