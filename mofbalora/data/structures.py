@@ -28,8 +28,9 @@ MIN_INTERATOMIC_DISTANCE_ANGSTROM = 0.5
 CIF_SUFFIXES = (".cif", ".cif.gz", ".cif.bz2", ".cif.xz")
 #: bumped when :func:`read_structure` accepts or rejects files differently; part of the feature
 #: cache's key, so whether a file is predicted never depends on what the cache holds (2: a file
-#: with several structures is refused, where its first one was read)
-READER_RULES = 2
+#: with several structures is refused, where its first one was read; 3: a coordinate that is not a
+#: number is refused, where a P1 file's "nan" was read)
+READER_RULES = 3
 
 
 class InvalidReason(str, enum.Enum):
@@ -153,7 +154,12 @@ def _parse_cif(path: Path, text: str) -> Structure:
         except InvalidStructureError:
             raise
         except Exception as exc:  # pymatgen raises many exception types for bad CIFs
-            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            # every line: pymatgen's first ("No structure parsed for section 1") hides the reason
+            detail = " ".join(line.strip() for line in str(exc).strip().splitlines())[:300] or type(exc).__name__
+            if "occupancy" in detail.lower() and "exceeded tolerance" in detail.lower():
+                # pymatgen merged atoms on one position into one site: 0 Å apart (duplicated rows,
+                # symmetry images on other atoms, or alternative disorder sites)
+                raise InvalidStructureError(path, InvalidReason.ATOMS_TOO_CLOSE, f"atoms on one position; {detail}") from exc
             if "lattice" in detail.lower() or "singular" in detail.lower():
                 raise InvalidStructureError(path, InvalidReason.NO_3D_LATTICE, detail) from exc
             if "element" in detail.lower() or "species" in detail.lower():
@@ -170,6 +176,11 @@ def check_structure(
     """Apply the validity checks to a parsed structure; return it or raise InvalidStructureError."""
     if len(structure) == 0:
         raise InvalidStructureError(path, InvalidReason.NO_ATOMS)
+    coordinates = np.asarray(structure.frac_coords)
+    if not np.isfinite(coordinates).all():  # a P1 CIF's "nan" reads as a float; pymatgen keeps it
+        site = int(np.flatnonzero(~np.isfinite(coordinates).all(axis=1))[0])
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE,
+                                    f"site {site} ({structure[site].species_string}) has a coordinate that is not a number")
     lattice = structure.lattice
     if not np.isfinite(lattice.matrix).all() or lattice.volume < 1e-3 or min(lattice.abc) < 1e-3:
         raise InvalidStructureError(
@@ -212,6 +223,9 @@ def read_cif_bytes(path: str | os.PathLike) -> bytes:
         with zopen(path, "rb") as handle:
             return handle.read()
     except OSError as exc:  # a missing file, or a corrupt .gz / .bz2 (BadGzipFile and bz2's errors are OSErrors)
+        if os.path.islink(path) and not os.path.exists(path):
+            raise InvalidStructureError(path, InvalidReason.UNREADABLE,
+                                        f"a link to a missing file ({os.readlink(path)})") from exc
         raise InvalidStructureError(path, InvalidReason.UNREADABLE, exc.strerror or str(exc)) from exc
     except (EOFError, lzma.LZMAError) as exc:  # a truncated stream; a corrupt .xz
         raise InvalidStructureError(path, InvalidReason.UNREADABLE, f"corrupt compressed file: {exc}") from exc
@@ -279,33 +293,36 @@ def unique_structure_ids(paths: Iterable[str | os.PathLike]) -> list[str]:
     """File-stem ids, made unique by the parent folders where two files share a stem.
 
     ``a/x.cif`` and ``b/x.cif`` become ``a/x`` and ``b/x``. Files in one folder whose names differ
-    only in the suffix (``x.cif``, ``x.CIF``, ``x.cif.gz``) keep their whole names as ids. A path
-    given twice raises, since the same file would get two rows.
+    only in the suffix (``x.cif``, ``x.CIF``, ``x.cif.gz``) keep their whole names as ids. A
+    symlink's id is its own name, not its target's. A file given twice (also through a symlink)
+    raises, since the same file would get two rows.
 
     Raises:
         ValueError: when the same file is listed more than once.
     """
     paths = [Path(p) for p in paths]
-    resolved = [Path(p.resolve()) for p in paths]
     seen: dict[Path, str] = {}
-    for path, real in zip(paths, resolved):
+    for path in paths:
+        real = path.resolve()
         if real in seen:
             raise ValueError(f"{path}: listed more than once (also as {seen[real]})")
         seen[real] = str(path)
-    in_folder = Counter((real.parent, structure_id(real)) for real in resolved)
-    names = [real.name if in_folder[real.parent, structure_id(real)] > 1 else structure_id(real) for real in resolved]
+    # ids from the names as given (a symlink's own name, not its target's), '..' removed
+    named = [Path(os.path.abspath(path)) for path in paths]
+    in_folder = Counter((path.parent, structure_id(path)) for path in named)
+    names = [path.name if in_folder[path.parent, structure_id(path)] > 1 else structure_id(path) for path in named]
     ids = list(names)
     depth = 1
-    deepest = max((len(real.parts) for real in resolved), default=0)
+    deepest = max((len(path.parts) for path in named), default=0)
     while len(set(ids)) < len(ids) and depth < deepest:
         counts = Counter(ids)
         depth += 1
         ids = [
-            "/".join([*real.parts[-depth:-1], name]) if counts[value] > 1 else value
-            for value, real, name in zip(ids, resolved, names)
+            "/".join([*path.parts[-depth:-1], name]) if counts[value] > 1 else value
+            for value, path, name in zip(ids, named, names)
         ]
     counts = Counter(ids)  # left equal only by contrived names (x.cif.cif beside x.cif and x.CIF): the full path
-    return [str(real) if counts[value] > 1 else value for value, real in zip(ids, resolved)]
+    return [str(path) if counts[value] > 1 else value for value, path in zip(ids, named)]
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:

@@ -47,7 +47,12 @@ CASES = {
     "too_close": (cif(" Zn Zn1 0.0 0.0 0.0 1.0\n O O1 0.03 0.0 0.0 1.0\n"), InvalidReason.ATOMS_TOO_CLOSE),
     "too_close_periodic": (cif(" Zn Zn1 0.001 0.0 0.0 1.0\n O O1 0.998 0.0 0.0 1.0\n"), InvalidReason.ATOMS_TOO_CLOSE),
     "flat_cell": (cif(GOOD_ROWS, a=0.0), InvalidReason.NO_3D_LATTICE),
+    # no symmetry loop: pymatgen's own path merges the two rows into one site of occupancy 2
+    "one_position_twice": (cif(" C C1 0.0 0.0 0.0 1.0\n C C2 0.0 0.0 0.0 1.0\n O O1 0.2 0.0 0.0 1.0\n")
+                           .replace("loop_\n _symmetry_equiv_pos_as_xyz\n 'x, y, z'\n", ""), InvalidReason.ATOMS_TOO_CLOSE),
+    "nan_coordinate": (cif(" C C1 nan 0.0 0.0 1.0\n O O1 0.2 0.0 0.0 1.0\n"), InvalidReason.UNREADABLE),
 }
+DETAILS = {"one_position_twice": "exceeded tolerance", "nan_coordinate": "site 0 (C) has a coordinate that is not a number"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -59,6 +64,7 @@ def test_every_invalid_reason_names_file_and_reason(tmp_path, case):
         read_structure(path)
     assert info.value.reason is reason
     assert str(path) in str(info.value) and reason.value in str(info.value)
+    assert DETAILS.get(case, "") in info.value.detail  # pymatgen's reason, not only its first line
 
 
 def test_too_many_atoms(tmp_path):
@@ -95,7 +101,7 @@ def test_compressed_cifs_read_like_plain_ones_and_a_corrupt_one_names_its_file(t
     (tmp_path / "gone.cif").symlink_to(tmp_path / "moved_away.cif")  # listed, so that it is reported
     found = expand_inputs([tmp_path])
     assert sorted(p.name for p in found) == sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(InvalidStructureError, match="gone.cif: unreadable or not a CIF"):
+    with pytest.raises(InvalidStructureError, match="gone.cif: unreadable or not a CIF .a link to a missing file"):
         read_structure(tmp_path / "gone.cif")
     (tmp_path / "nothing_here").mkdir()
     (tmp_path / "nothing_here" / "POSCAR").write_text("not a CIF")
@@ -113,6 +119,16 @@ def test_ids_are_unique_for_suffix_twins_and_same_named_files_in_other_folders(t
     assert unique_structure_ids(paths) == ["x.cif", "x.CIF", "x.cif.gz", "x", "c/d/y", "e/d/y", "z"]
     with pytest.raises(ValueError, match="listed more than once"):
         unique_structure_ids([paths[0], tmp_path / "a" / ".." / "a" / "x.cif"])
+    # a symlink is named by its own name (a folder of refcode links to hashed files), also a
+    # dangling one (it used to get its target's name)
+    (tmp_path / "hashed").mkdir()
+    (tmp_path / "hashed" / "3f9c.cif").write_text("")
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "MOF-5.cif").symlink_to(tmp_path / "hashed" / "3f9c.cif")
+    (tmp_path / "links" / "gone.cif").symlink_to(tmp_path / "hashed" / "moved_away.cif")
+    assert unique_structure_ids([tmp_path / "links" / "MOF-5.cif", tmp_path / "links" / "gone.cif"]) == ["MOF-5", "gone"]
+    with pytest.raises(ValueError, match="listed more than once"):
+        unique_structure_ids([tmp_path / "links" / "MOF-5.cif", tmp_path / "hashed" / "3f9c.cif"])
 
 
 def test_qmof_cifs_with_extra_columns_parse(small_qmof):
