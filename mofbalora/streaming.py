@@ -41,12 +41,16 @@ def _settings(model: BandgapModel, ids: list[str], **sampling: Any) -> dict[str,
 
 
 def read_predictions(*paths: str | os.PathLike) -> pd.DataFrame:
-    """Prediction tables saved as CSV, concatenated, with ids and text columns read back as text."""
-    table = pd.concat([pd.read_csv(p, dtype={"id": str}) for p in paths], ignore_index=True)
-    for column in _TEXT_COLUMNS:
-        if column in table:
-            table[column] = table[column].fillna("").astype(str)
-    return table
+    """Prediction tables saved as CSV, concatenated, with ids and text columns read back as text
+    (a structure named ``nan``, ``NA`` or ``null`` keeps its id; pandas reads those as missing)."""
+    return pd.concat([_read_one_table(p) for p in paths], ignore_index=True)
+
+
+def _read_one_table(path: str | os.PathLike) -> pd.DataFrame:
+    columns = pd.read_csv(path, nrows=0).columns
+    text = [column for column in columns if column in _TEXT_COLUMNS]
+    return pd.read_csv(path, dtype={column: str for column in text}, keep_default_na=False,
+                       na_values={column: ["", "nan", "NaN"] for column in columns if column not in text})
 
 
 def _read_chunks(folder: Path) -> pd.DataFrame | None:

@@ -48,6 +48,21 @@ def test_ids_written_as_file_names_join_and_a_stem_naming_two_cifs_is_left_out(t
     assert "1 labels without CIF (e.g. elsewhere.cif)" in report.summary()
 
 
+def test_ids_that_read_as_numbers_or_missing_join_as_written(tmp_path, small_qmof):
+    """A user's set named 0001.cif, 1.10.cif and NA.cif: pandas read the ids as 1, 1.1 and NaN, so
+    none joined its CIF (all three were 'labels without CIF')."""
+    ids, paths, gaps = small_qmof
+    folder = tmp_path / "set"
+    folder.mkdir()
+    names = ["0001", "1.10", "NA"]
+    for name, path in zip(names, paths):
+        (folder / f"{name}.cif").write_bytes(path.read_bytes())
+    (folder / "labels.csv").write_text("id,bandgap_ev\n" + "".join(f"{n},{g}\n" for n, g in zip(names, gaps)))
+    dataset = load_labelled_dataset(folder)
+    assert sorted(dataset.table["id"]) == sorted(names) and dataset.report.labels_without_cif == []
+    np.testing.assert_allclose(dataset.table.set_index("id").loc[names, "bandgap_ev"], gaps[:3])
+
+
 def test_a_column_of_text_is_refused_and_a_few_unreadable_values_are_reported(tmp_path, small_qmof):
     """Gaps written with their unit ("1.2 eV") used to become NaN, one by one, and the fit then
     failed on an empty split without saying why."""

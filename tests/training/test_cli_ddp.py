@@ -341,6 +341,25 @@ def test_resume_refuses_other_settings(tmp_path, cli_model, tiny_dataset):
     assert result.exit_code == 1 and not parts.exists() and len(pd.read_csv(out)) == 1
 
 
+def test_saved_chunks_read_back_ids_that_pandas_takes_for_missing(tmp_path):
+    """A structure named nan, NA or null was read back from a saved chunk as a missing id (then
+    ""), so a resumed run predicted it again and the screen benchmark lost its name."""
+    from mofbalora.data.io import write_table_atomic
+    from mofbalora.streaming import read_predictions
+
+    ids = ["nan", "NA", "null", "None", "N/A", "MOF-5"]
+    table = pd.DataFrame({"id": ids, "bandgap_mean_ev": [1.0, np.nan, 2.0, 3.0, np.nan, 4.0],
+                          "out_of_distribution": [False] * 6, "ood_reason": [""] * 5 + ["NA"],
+                          "status": ["ok", "skipped", "ok", "ok", "skipped", "ok"],
+                          "reason": ["", "no atoms", "", "", "no atoms", ""]})
+    write_table_atomic(table, tmp_path / "chunk-000000.csv")
+    back = read_predictions(tmp_path / "chunk-000000.csv")
+    assert list(back["id"]) == ids and list(back["ood_reason"]) == list(table["ood_reason"])
+    assert list(back["reason"]) == list(table["reason"])
+    np.testing.assert_array_equal(back["bandgap_mean_ev"], table["bandgap_mean_ev"])
+    assert back["out_of_distribution"].dtype == bool
+
+
 def test_progress_line_counts_skipped_inputs_and_their_main_reason():
     from mofbalora.streaming import skipped_summary
 
