@@ -49,6 +49,10 @@ def fit_data_noise(folder: str | os.PathLike, *, prepared: PreparedData, config:
     meta = read_model_json(folder)
     if meta.get("noise_head") and meta["noise_head"]["config"] == config.to_dict():
         return meta["noise_head"]
+    n_val = len(prepared.parts["val"][2])
+    if n_val < 2:  # the choice scores each head's NLL and rank correlation on validation
+        raise ValueError(f"the validation split has {n_val} usable structure(s); choosing the data-noise head needs "
+                         f"at least 2: use more structures or a larger validation fraction")
     model = load_model(folder)
     model.noise_head = None  # the selection scores each candidate head on its own
     # the training split's z(x) were stored by the fit (the OOD reference, in split order); the

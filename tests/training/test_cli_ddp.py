@@ -265,6 +265,13 @@ def test_a_too_small_calibration_split_is_reported_not_hidden(tmp_path, tiny_dat
     predicted = CliRunner().invoke(app, ["predict", "--model", str(out), "--out", str(tmp_path / "p.csv"), one])
     assert predicted.exit_code == 0 and "not calibrated" in predicted.output
 
+    # one validation structure: the data-noise head cannot be chosen, said in those words (it was
+    # metrics' bare 'need at least two points')
+    values = tiny_config("lora", epochs=1, split={"fractions": [0.49, 0.01, 0.45, 0.05], "method": "random", "seed": 0})
+    config.write_text(yaml.safe_dump(values.to_dict()))
+    result = CliRunner().invoke(app, ["fit", str(config), "--data", str(tiny_dataset), "--out", str(tmp_path / "m1")])
+    assert result.exit_code == 1 and "NOT calibrated: the validation split has 1 usable structure(s)" in result.output
+
 
 def test_fit_shows_what_the_join_left_out_once_and_no_library_warnings(tmp_path, tiny_dataset):
     """A user's own labels: the join report is shown without --verbose when something was left out
