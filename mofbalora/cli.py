@@ -271,7 +271,6 @@ def _predict_table(model_name: Optional[str], inputs: List[str], samples: Option
     from mofbalora.predict import load_model
     from mofbalora.pretrained import resolve_model
     from mofbalora.streaming import stream_predictions
-    from mofbalora.training.config import SAMPLING_METHODS
 
     try:
         model = load_model(resolve_model(model_name))
@@ -280,11 +279,8 @@ def _predict_table(model_name: Optional[str], inputs: List[str], samples: Option
         raise typer.Exit(2)
     if model.calibrator is None:
         typer.echo("warning: this model folder is not calibrated; intervals are raw Gaussian ones", err=True)
-    if samples is not None and samples != model.default_samples and model.method in SAMPLING_METHODS:
-        typer.echo(f"warning: the model was calibrated at S = {model.default_samples}; at S = {samples} its stds are "
-                   "not the ones its intervals were calibrated for"
-                   + ("; one sample has no spread, so no structure is flagged by its epistemic std" if samples == 1
-                      else ""), err=True)
+    if model.samples_warning(samples):
+        typer.echo(f"warning: {model.samples_warning(samples)}", err=True)
     try:
         table = stream_predictions(model, inputs, out, samples=samples, seed=seed, window_ev=window_ev,
                                    chunk_size=chunk_size, resume=resume, write=_is_global_zero(),

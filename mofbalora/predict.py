@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,8 +323,20 @@ class BandgapModel:
             is the raw sample/ensemble spread. Invalid inputs get ``status="skipped"`` and the reason.
         """
         slots, ids = resolve_inputs(inputs)
+        message = self.samples_warning(samples)
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=2)
         return self.predict_resolved(slots, ids, samples=samples, seed=seed, cache_dir=cache_dir, progress=progress,
                                      trainer_kwargs=trainer_kwargs, workers=workers, window_ev=window_ev)
+
+    def samples_warning(self, samples: int | None) -> str | None:
+        """Why ``samples`` (S) other than the calibrated one is a bad idea for this model, or None."""
+        if samples is None or samples == self.default_samples or self.method not in SAMPLING_METHODS:
+            return None
+        return (f"the model was calibrated at S = {self.default_samples}; at S = {samples} its stds are not the ones "
+                "its intervals were calibrated for"
+                + ("; one sample has no spread, so no structure is flagged by its epistemic std" if samples == 1
+                   else ""))
 
     def screen(self, inputs: Sequence[Any] | str | os.PathLike | Structure, *, gap_ev: tuple[float, float],
                samples: int | None = None, seed: int = 0, in_distribution_first: bool = False,

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -316,3 +317,10 @@ def test_a_sample_count_other_than_the_calibrated_one_is_named(coremof_cifs, fre
             assert not warned, result.output
         else:
             assert len(warned) == 1 and expected in warned[0] and f"calibrated at S = {calibrated}" in warned[0]
+    # the Python API (a notebook) says the same, as a UserWarning; the calibrated S says nothing
+    model = load_model(resolve_model(None))
+    with pytest.warns(UserWarning, match=f"calibrated at S = {calibrated}; at S = 1 .*no structure is flagged"):
+        model.predict(paths[:1], samples=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.predict(paths[:1], samples=calibrated)
