@@ -373,17 +373,27 @@ class ValidationRow:
     formula: str
 
 
-def validate_one(path: Path, *, max_atoms: int = DEFAULT_MAX_ATOMS) -> ValidationRow:
-    """Validate one file without raising."""
+def validate_one(path: Path, *, max_atoms: int = DEFAULT_MAX_ATOMS, row_id: str | None = None) -> ValidationRow:
+    """Validate one file without raising; ``row_id`` defaults to :func:`structure_id`."""
+    row_id = structure_id(path) if row_id is None else row_id
     try:
         structure = read_structure(path, max_atoms=max_atoms)
     except InvalidStructureError as err:
-        return ValidationRow(structure_id(path), str(path), "invalid", err.reason_text, None, "")
-    return ValidationRow(
-        structure_id(path), str(path), "valid", "", len(structure), structure.composition.reduced_formula
-    )
+        return ValidationRow(row_id, str(path), "invalid", err.reason_text, None, "")
+    return ValidationRow(row_id, str(path), "valid", "", len(structure), structure.composition.reduced_formula)
 
 
 def validate_inputs(inputs: Iterable[str | os.PathLike], *, max_atoms: int = DEFAULT_MAX_ATOMS) -> list[ValidationRow]:
-    """Validate every input (files, folders, globs); one row per file, in input order."""
-    return [validate_one(p, max_atoms=max_atoms) for p in expand_inputs(inputs)]
+    """Validate every input (files, folders, globs); one row per file, in input order, with the ids
+    ``predict`` gives them (:func:`unique_structure_ids`), so the two tables join; a file listed
+    twice gets two rows with one id.
+
+    Raises:
+        ValueError: for an empty path.
+    """
+    paths = expand_inputs(inputs)
+    first = {}  # each file under the first name it was given
+    for path in paths:
+        first.setdefault(path.resolve(), path)
+    ids = dict(zip(first, unique_structure_ids(list(first.values()))))
+    return [validate_one(path, max_atoms=max_atoms, row_id=ids[path.resolve()]) for path in paths]

@@ -158,6 +158,12 @@ def test_validate_cli_folder_glob_and_csv(tmp_path, small_qmof):
     table = pd.read_csv(out)
     assert list(table.columns[:5]) == ["id", "status", "reason", "n_atoms", "formula"]
     assert (table["status"] == "valid").sum() == 6
+    # the ids predict gives: x.cif and x.cif.gz in one folder are told apart (both were 'x')
+    import gzip
+
+    (folder / "broken.cif.gz").write_bytes(gzip.compress(b""))
+    rows = validate_inputs([folder / "broken.cif", folder / "broken.cif.gz", folder / "broken.cif"])
+    assert [row.id for row in rows] == ["broken.cif", "broken.cif.gz", "broken.cif"]
 
 
 def test_validate_cli_fails_only_when_nothing_valid(tmp_path):
