@@ -9,6 +9,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from filelock import FileLock
 
@@ -111,6 +112,7 @@ class JoinReport:
     n_joined: int = 0
     labels_without_cif: list[str] = field(default_factory=list)
     cifs_without_label: list[str] = field(default_factory=list)
+    #: ids whose label is missing, not a number, or infinite
     nan_labels: list[str] = field(default_factory=list)
     negative_labels: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
@@ -235,7 +237,9 @@ def load_labelled_dataset(
     if len(text) * 2 > frame[target].notna().sum():  # a unit in every cell ("1.2 eV"), or another column
         raise ValueError(f"{labels_path}: {len(text)} of {len(frame)} values of {target!r} are not numbers "
                          f"(e.g. {', '.join(repr(v) for v in text.head(3))}); give band gaps in eV as plain numbers")
-    frame[target] = numbers  # a few unreadable values are reported with the NaN labels
+    # a few unreadable values, and infinite ones (inf, 1e999), are reported with the NaN labels;
+    # one infinite label used to stop the whole fit ('need at least two finite training targets')
+    frame[target] = numbers.where(np.isfinite(numbers))
 
     report = JoinReport(n_labels=len(frame), ambiguous_cif_ids=ambiguous)
     duplicated = frame["id"].duplicated(keep=False)

@@ -76,6 +76,12 @@ def test_a_column_of_text_is_refused_and_a_few_unreadable_values_are_reported(tm
     (folder / "labels.csv").write_text("id,gap\n" + "\n".join(rows) + "\n")
     dataset = load_labelled_dataset(folder)
     assert dataset.report.nan_labels == [ids[0]] and sorted(dataset.table["id"]) == sorted(ids[1:4])
+    # an infinite label is left out and reported too; it used to stop the whole fit at the
+    # target normaliser ('need at least two finite training targets')
+    rows = [f"{ids[0]},inf", f"{ids[1]},1e999"] + [f"{i},{g}" for i, g in zip(ids[2:4], gaps[2:4])]
+    (folder / "labels.csv").write_text("id,gap\n" + "\n".join(rows) + "\n")
+    dataset = load_labelled_dataset(folder)
+    assert dataset.report.nan_labels == ids[:2] and sorted(dataset.table["id"]) == sorted(ids[2:4])
 
 
 def test_negative_gaps_are_reported_and_dropped_and_a_mostly_negative_column_is_refused(tmp_path, small_qmof):
