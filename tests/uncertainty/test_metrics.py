@@ -4,7 +4,7 @@ import pytest
 
 from mofbalora.uncertainty import metrics as um
 from mofbalora.uncertainty.intervals import gaussian_interval, window_probability
-from mofbalora.uncertainty.screening import rank_by_window
+from mofbalora.uncertainty.screening import rank_by_window, screening_summary
 
 
 @pytest.fixture
@@ -79,6 +79,12 @@ def test_window_probability_and_ranking():
         assert list(rank_by_window(order, 1.5, 3.0)["id"]) == expected
     with pytest.raises(ValueError, match="out_of_distribution"):
         rank_by_window(table, 1.5, 3.0, in_distribution_first=True)
+    # the summary counts the candidates at P >= 0.9, which a screen acts on; it counted P >= 0.99,
+    # which no structure reaches with the shipped model
+    screened = pd.DataFrame({"id": list("wxyz"), "bandgap_mean_ev": [2.0, 2.2, 2.4, 4.0], "lower_95_ev": 1.0,
+                             "upper_95_ev": 3.0, "p_in_window": [0.95, 0.92, 0.6, 0.1], "out_of_distribution": False,
+                             "ood_reason": "", "status": "ok"})
+    assert "- P(in window) ≥ 0.9: 2; ≥ 0.5: 3" in screening_summary(rank_by_window(screened, 1.5, 3.0), 1.5, 3.0)
 
 
 def test_recalibrator_ignores_a_few_near_zero_stds(gaussian_data):
