@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import enum
 import glob
 import hashlib
@@ -29,7 +30,8 @@ CIF_SUFFIXES = (".cif", ".cif.gz", ".cif.bz2", ".cif.xz")
 #: bumped when :func:`read_structure` accepts or rejects files differently; part of the feature
 #: cache's key, so whether a file is predicted never depends on what the cache holds (2: a file
 #: with several structures is refused, where its first one was read; 3: a coordinate that is not a
-#: number is refused, where a P1 file's "nan" was read)
+#: number is refused, where a P1 file's "nan" was read, and a file with a byte-order mark or in
+#: UTF-16 is read, where it was refused)
 READER_RULES = 3
 
 
@@ -246,10 +248,13 @@ def read_structure(path: str | os.PathLike, *, max_atoms: int = DEFAULT_MAX_ATOM
     raw = read_cif_bytes(path)
     if not raw.strip():
         raise InvalidStructureError(path, InvalidReason.UNREADABLE, "empty file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows PowerShell's '>' writes UTF-16
+        text = raw.decode("utf-16", errors="replace")
+    else:
+        try:
+            text = raw.decode("utf-8-sig")  # a byte-order mark (Notepad) hid the first data block from pymatgen
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
     if "\x00" in text:
         raise InvalidStructureError(path, InvalidReason.UNREADABLE, "binary content")
     structure = _parse_cif(path, text)

@@ -111,6 +111,17 @@ def test_compressed_cifs_read_like_plain_ones_and_a_corrupt_one_names_its_file(t
     assert [structure_id(p) for p in found if p.name.startswith("packed")] == ["packed"] * 3
 
 
+def test_a_byte_order_mark_or_utf16_is_read_like_plain_text(tmp_path):
+    """Notepad's UTF-8 byte-order mark hid the data block from pymatgen ('Invalid CIF file with no
+    structures!'), and PowerShell's UTF-16 was refused as binary; both are the same CIF."""
+    text = cif(GOOD_ROWS)
+    (tmp_path / "plain.cif").write_text(text)
+    (tmp_path / "bom.cif").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "utf16.cif").write_bytes(text.replace("\n", "\r\n").encode("utf-16"))
+    plain = read_structure(tmp_path / "plain.cif")
+    assert read_structure(tmp_path / "bom.cif") == plain and read_structure(tmp_path / "utf16.cif") == plain
+
+
 def test_ids_are_unique_for_suffix_twins_and_same_named_files_in_other_folders(tmp_path):
     for relative in ("a/x.cif", "a/x.CIF", "a/x.cif.gz", "b/x.cif", "c/d/y.cif", "e/d/y.cif", "z.cif"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
