@@ -93,6 +93,20 @@ def test_a_model_folder_under_home_is_found_from_python(tmp_path, monkeypatch):
     assert resolve_data_dir("~/mofs") == tmp_path / "mofs"
 
 
+def test_a_model_folder_named_like_a_shipped_model_is_not_passed_over_silently(tmp_path, monkeypatch):
+    """``fit --out qmof-pbe`` then ``--model qmof-pbe`` predicted with the shipped model, not the
+    user's; the name is refused as ambiguous, ./qmof-pbe is the folder, no --model the default."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qmof-pbe").mkdir()
+    (tmp_path / "qmof-pbe" / "model.json").write_text("{}")
+    with pytest.raises(ValueError, match="names a shipped model and also the model folder"):
+        resolve_model("qmof-pbe")
+    assert resolve_model("./qmof-pbe") == Path("qmof-pbe")
+    assert resolve_model(None) == resolve_model("qmof-pbe-v2.2").parent / "qmof-pbe-cgcnn-balora"
+    (tmp_path / "qmof-pbe-v2.2").mkdir()  # a folder without a model is no model: the shipped one
+    assert resolve_model("qmof-pbe-v2.2").name == "qmof-pbe-cgcnn-balora-v2.2"
+
+
 def test_screen_uses_the_shipped_model_by_default(coremof_cifs, fresh_cache, tmp_path):
     folder, _ = coremof_cifs
     out = tmp_path / "screen.csv"

@@ -59,10 +59,16 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
 
     Raises:
         FileNotFoundError: naming the shipped models, when neither matches.
+        ValueError: when the name is a shipped model's and also a model folder here (``fit --out
+            qmof-pbe``): which one was meant is unknown, and the shipped one used to win silently.
     """
     name = DEFAULT_MODEL if model is None else str(model)
     for shipped in SHIPPED:
         if name in (shipped.alias, shipped.folder_name):
+            local = Path(name)
+            if model is not None and (local / "model.json").exists() and local.resolve() != shipped.folder.resolve():
+                raise ValueError(f"--model {name!r} names a shipped model and also the model folder {local.resolve()}; "
+                                 f"pass ./{name} for the folder, or rename it")
             if not (shipped.folder / "model.json").exists():
                 raise FileNotFoundError(f"the shipped model {shipped.alias!r} is missing from this install "
                                         f"({shipped.folder}); reinstall mofbalora or pass --model <folder>")
