@@ -233,11 +233,13 @@ def test_in_memory_inputs_get_the_checks_a_cif_gets_and_a_bad_one_loses_nothing(
     are skipped with the reasons a CIF would get, beside a MOF that is still predicted; the molecule
     used to raise numpy's LinAlgError for the whole call, the close atoms were predicted. A lone
     atom in a 10 Å cell, whose CGCNN graph upstream pads with empty neighbours, was predicted at a
-    mean of about 4,000 eV; it is refused by the featuriser."""
+    mean of about 4,000 eV; it is refused by the featuriser. A MOF as ASE Atoms with pbc=False was
+    featurised as a finite cluster."""
     from ase.build import molecule
     from pymatgen.core import Lattice, Structure
 
     import mofbalora
+    from mofbalora.data import read_structure
 
     _, cifs = coremof_cifs
     path = next(p for p in cifs if _pinned_ok(p))
@@ -245,14 +247,17 @@ def test_in_memory_inputs_get_the_checks_a_cif_gets_and_a_bad_one_loses_nothing(
     too_close = Structure(Lattice.cubic(10.0), ["Zn", "O"], [[0, 0, 0], [0.001, 0, 0]])
     lone_atom = Structure(Lattice.cubic(10.0), ["Xe"], [[0, 0, 0]])
     oganesson = Structure(Lattice.cubic(4.0), ["Og", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cluster = read_structure(path).to_ase_atoms()
+    cluster.pbc = False  # a cell, but not periodic: was featurised as a cluster
     table = mofbalora.load_model("qmof-pbe").predict([molecule("H2O"), disordered, too_close, lone_atom, oganesson,
-                                                      path])
-    assert list(table["status"]) == ["skipped"] * 5 + ["ok"]
+                                                      cluster, path])
+    assert list(table["status"]) == ["skipped"] * 6 + ["ok"]
     reasons = list(table["reason"])
     assert reasons[0].startswith("no 3-D lattice") and reasons[1] == "partial occupancy or disorder"
     assert reasons[2].startswith("atoms closer than 0.5 Å")
     assert reasons[3].startswith("featurisation failed") and "1 of 1 atoms have fewer than 12 neighbours within 8 Å" in reasons[3]
     assert reasons[4].endswith("no CGCNN atom_init features for Og")
+    assert reasons[5].startswith("no 3-D lattice: not periodic in every direction (pbc (False, False, False))")
 
 
 def test_a_bad_window_or_sample_count_is_refused_before_any_work(coremof_cifs, tmp_path):

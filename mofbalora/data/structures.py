@@ -184,6 +184,10 @@ def check_structure(
         raise InvalidStructureError(path, InvalidReason.UNREADABLE,
                                     f"site {site} ({structure[site].species_string}) has a coordinate that is not a number")
     lattice = structure.lattice
+    if not all(lattice.pbc):  # ASE Atoms with a cell but pbc=False: the neighbours would be a cluster's
+        raise InvalidStructureError(path, InvalidReason.NO_3D_LATTICE,
+                                    f"not periodic in every direction (pbc {tuple(bool(p) for p in lattice.pbc)}); "
+                                    "set pbc=True if the cell is the crystal's")
     if not np.isfinite(lattice.matrix).all() or lattice.volume < 1e-3 or min(lattice.abc) < 1e-3:
         raise InvalidStructureError(
             path, InvalidReason.NO_3D_LATTICE, f"cell volume {lattice.volume:.3g} Å^3"
