@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 from monty.io import zopen
-from pymatgen.core import Element, Structure
+from pymatgen.core import Element, Species, Structure
 from pymatgen.io.cif import CifParser
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ CIF_SUFFIXES = (".cif", ".cif.gz", ".cif.bz2", ".cif.xz")
 #: bumped when :func:`read_structure` accepts or rejects files differently; part of the feature
 #: cache's key, so whether a file is predicted never depends on what the cache holds (2: a file
 #: with several structures is refused, where its first one was read; 3: a coordinate that is not a
-#: number is refused, where a P1 file's "nan" was read, and a file with a byte-order mark or in
-#: UTF-16 is read, where it was refused)
+#: number is refused, where a P1 file's "nan" was read; a file with a byte-order mark, in UTF-16 or
+#: with oxidation states is read, where it was refused)
 READER_RULES = 3
 
 
@@ -194,6 +194,11 @@ def check_structure(
         )
     if not structure.is_ordered:
         raise InvalidStructureError(path, InvalidReason.DISORDERED)
+    if any(type(site.specie) is Species for site in structure):
+        # oxidation states (a CIF's _atom_type_oxidation_number loop, a decorated Structure): the
+        # element is what the graph takes; they were refused as unknown elements ("Zn2+")
+        structure = structure.copy()
+        structure.remove_oxidation_states()
     for site in structure:
         specie = site.specie
         if not isinstance(specie, Element) or specie.Z < 1:

@@ -122,6 +122,29 @@ def test_a_byte_order_mark_or_utf16_is_read_like_plain_text(tmp_path):
     assert read_structure(tmp_path / "bom.cif") == plain and read_structure(tmp_path / "utf16.cif") == plain
 
 
+def test_oxidation_states_are_read_as_their_elements(tmp_path):
+    """A CIF with an _atom_type_oxidation_number loop (ICSD exports, pymatgen's CifWriter) and a
+    Structure decorated with oxidation states were refused as 'unknown element (Zn2+)'."""
+    from pymatgen.core import DummySpecies, Lattice, Structure
+
+    from mofbalora.data.structures import check_structure
+
+    plain = tmp_path / "plain.cif"
+    plain.write_text(cif(GOOD_ROWS))
+    oxidised = tmp_path / "oxidised.cif"
+    oxidised.write_text(cif(" Zn2+ Zn1 0.0 0.0 0.0 1.0\n O2- O1 0.2 0.0 0.0 1.0\n").replace(
+        "loop_\n _atom_site_type_symbol",
+        "loop_\n _atom_type_symbol\n _atom_type_oxidation_number\n Zn2+ 2\n O2- -2\nloop_\n _atom_site_type_symbol"))
+    assert read_structure(oxidised) == read_structure(plain)
+    decorated = read_structure(plain)
+    decorated.add_oxidation_state_by_element({"Zn": 2, "O": -2})
+    assert check_structure(decorated, "decorated") == read_structure(plain)
+    assert decorated.composition.reduced_formula == "ZnO" and "Zn2+" in str(decorated.composition)  # not modified
+    dummy = Structure(Lattice.cubic(10.0), [DummySpecies("X"), "O"], [[0, 0, 0], [0.2, 0, 0]])
+    with pytest.raises(InvalidStructureError, match="unknown element"):
+        check_structure(dummy, "dummy")
+
+
 def test_ids_are_unique_for_suffix_twins_and_same_named_files_in_other_folders(tmp_path):
     for relative in ("a/x.cif", "a/x.CIF", "a/x.cif.gz", "b/x.cif", "c/d/y.cif", "e/d/y.cif", "z.cif"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
