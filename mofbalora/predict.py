@@ -22,7 +22,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from pymatgen.core import Structure
+from pymatgen.core import IStructure, Structure
 from scipy.stats import norm
 from torch import nn
 from torch.utils.data import DataLoader
@@ -438,20 +438,22 @@ def check_samples(samples: int | None) -> None:
 
 
 def _in_memory(item: Any) -> bool:
-    """A pymatgen Structure or an ASE ``Atoms`` (not a path)."""
+    """A pymatgen Structure (also an immutable ``IStructure``) or an ASE ``Atoms`` (not a path)."""
     from ase import Atoms
 
-    return isinstance(item, (Structure, Atoms))
+    return isinstance(item, (IStructure, Atoms))
 
 
-def _as_structure(item: Structure | Atoms, structure_id: str) -> Structure:
-    """A pymatgen Structure for a Structure or an ASE ``Atoms``.
+def _as_structure(item: IStructure | Atoms, structure_id: str) -> Structure:
+    """A pymatgen Structure for a Structure, an ``IStructure`` or an ASE ``Atoms``.
 
     Raises:
         InvalidStructureError: an ``Atoms`` without a 3-D cell (a molecule), which no crystal graph takes.
     """
     if isinstance(item, Structure):
         return item
+    if isinstance(item, IStructure):
+        return Structure.from_sites(item)
     from pymatgen.io.ase import AseAtomsAdaptor
 
     if item.cell.rank < 3:

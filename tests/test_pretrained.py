@@ -205,6 +205,7 @@ def test_top_level_load_model_predicts_paths_structures_and_atoms_in_one_list(co
     """``mofbalora.load_model(name).predict([...])`` as matgl's and CHGNet's loaders work: a path, a
     pymatgen Structure and an ASE Atoms of the same MOF give the same prediction in one call, and
     ``screen`` ranks them like the CLI."""
+    from pymatgen.core import IStructure
     from pymatgen.io.ase import AseAtomsAdaptor
 
     import mofbalora
@@ -216,12 +217,13 @@ def test_top_level_load_model_predicts_paths_structures_and_atoms_in_one_list(co
     path = next(p for p in cifs if _pinned_ok(p))
     structure = read_structure(path)
     atoms = AseAtomsAdaptor.get_atoms(structure)
-    table = model.predict([path, structure, atoms])
-    assert list(table["status"]) == ["ok"] * 3
-    assert list(table["id"]) == [path.stem, "structure_1", "structure_2"]
+    frozen = IStructure.from_sites(structure)  # pymatgen's immutable kind was refused as 'not a Structure'
+    table = model.predict([path, structure, atoms, frozen])
+    assert list(table["status"]) == ["ok"] * 4
+    assert list(table["id"]) == [path.stem, "structure_1", "structure_2", "structure_3"]
     values = table[["bandgap_mean_ev", "bandgap_std_ev", "lower_95_ev", "upper_95_ev"]].to_numpy()
-    np.testing.assert_allclose(values[1], values[0], atol=1e-5)
-    np.testing.assert_allclose(values[2], values[0], atol=1e-5)
+    for other in values[1:]:
+        np.testing.assert_allclose(other, values[0], atol=1e-5)
     ranked = model.screen([atoms, path], gap_ev=(1.5, 3.0))
     assert list(ranked["rank"]) == [1, 2] and ranked["p_in_window"].between(0, 1).all()
     with pytest.raises(FileNotFoundError, match="not a shipped model"):
