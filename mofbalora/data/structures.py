@@ -30,8 +30,9 @@ CIF_SUFFIXES = (".cif", ".cif.gz", ".cif.bz2", ".cif.xz")
 #: bumped when :func:`read_structure` accepts or rejects files differently; part of the feature
 #: cache's key, so whether a file is predicted never depends on what the cache holds (2: a file
 #: with several structures is refused, where its first one was read; 3: a coordinate that is not a
-#: number is refused, where a P1 file's "nan" was read; a file with a byte-order mark, in UTF-16 or
-#: with oxidation states is read, where it was refused)
+#: number or a placeholder ('.', '?') is refused, where a P1 file's "nan" was read and pymatgen read
+#: '.' as 0; an occupancy '.' or '?' is 1, where pymatgen dropped the atom; a file with a byte-order
+#: mark, in UTF-16 or with oxidation states is read, where it was refused)
 READER_RULES = 3
 
 
@@ -84,6 +85,7 @@ def _check_cell_parameters(path: Path, text: str) -> None:
 
 _SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz")
 _FRACTIONAL = ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
+_CARTESIAN = ("_atom_site_cartn_x", "_atom_site_cartn_y", "_atom_site_cartn_z")
 
 
 def _p1_structure(parser: CifParser) -> Structure | None:
@@ -125,6 +127,30 @@ def _p1_structure(parser: CifParser) -> Structure | None:
     return Structure(lattice, symbols, coords).get_sorted_structure()
 
 
+def _read_cif_placeholders(path: Path, parser: CifParser) -> None:
+    """CIF's placeholders in the atom-site loop, read as the CIF core dictionary means them: an
+    occupancy of '.' (inapplicable) or '?' (unknown) is its default, 1; pymatgen read '.' as 0
+    and silently dropped the atom. A coordinate given as '.' or '?' is refused (pymatgen read '.'
+    as 0 and moved the atom to the origin)."""
+    def values(data: dict, tag: str) -> list[str]:  # a one-row value may be stored as a bare string
+        found = data.get(tag, [])
+        return [found] if isinstance(found, str) else list(found)
+
+    for block in parser._cif.data.values():
+        data = block.data
+        if "_atom_site_occupancy" in data:
+            occupancies = ["1" if value.strip() in (".", "?") else value for value in values(data, "_atom_site_occupancy")]
+            data["_atom_site_occupancy"] = occupancies[0] if isinstance(data["_atom_site_occupancy"], str) else occupancies
+        labels = values(data, "_atom_site_label") or values(data, "_atom_site_type_symbol")
+        coordinates = [tag for tag in data if tag.lower() in (*_FRACTIONAL, *_CARTESIAN)]
+        for tag in coordinates:
+            for number, value in enumerate(values(data, tag)):
+                if value.strip() in (".", "?"):
+                    site = labels[number] if number < len(labels) else f"row {number}"
+                    raise InvalidStructureError(path, InvalidReason.UNREADABLE,
+                                                f"site {site} has no coordinate ({tag} is '{value.strip()}')")
+
+
 def _check_one_structure(path: Path, parser: CifParser) -> None:
     """Refuse a file with atoms in more than one data block (an export of several structures):
     pymatgen would read them all and one row could only show the first."""
@@ -145,12 +171,16 @@ def _parse_cif(path: Path, text: str) -> Structure:
     _check_cell_parameters(path, text)
     if "_atom_site_fract_" not in lowered and "_atom_site_cartn_" not in lowered:
         raise InvalidStructureError(path, InvalidReason.NO_ATOMS, "no _atom_site loop")
+    if "_atom_site_fract_" not in lowered:  # pymatgen reads only fractional ones (a KeyError otherwise)
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, "only Cartesian coordinates (_atom_site_Cartn_x); "
+                                    "give fractional ones (_atom_site_fract_x), e.g. by re-exporting from ASE or VESTA")
     with warnings.catch_warnings():
         # pymatgen warns about every extra per-atom column (QMOF charges, spins); they are fine.
         warnings.simplefilter("ignore")
         try:
             parser = CifParser.from_str(text, occupancy_tolerance=1.0)
             _check_one_structure(path, parser)
+            _read_cif_placeholders(path, parser)
             p1 = _p1_structure(parser)
             structures = [p1] if p1 is not None else parser.parse_structures(primitive=False, on_error="raise")
         except InvalidStructureError:
@@ -158,10 +188,13 @@ def _parse_cif(path: Path, text: str) -> Structure:
         except Exception as exc:  # pymatgen raises many exception types for bad CIFs
             # every line: pymatgen's first ("No structure parsed for section 1") hides the reason
             detail = " ".join(line.strip() for line in str(exc).strip().splitlines())[:300] or type(exc).__name__
-            if "occupancy" in detail.lower() and "exceeded tolerance" in detail.lower():
+            excess = re.search(r"occupancy ([0-9.]+) exceeded tolerance", detail, re.IGNORECASE)
+            if excess and float(excess.group(1)) >= 1.5:
                 # pymatgen merged atoms on one position into one site: 0 Å apart (duplicated rows,
                 # symmetry images on other atoms, or alternative disorder sites)
                 raise InvalidStructureError(path, InvalidReason.ATOMS_TOO_CLOSE, f"atoms on one position; {detail}") from exc
+            if excess:  # one site's occupancies sum to a little over 1
+                raise InvalidStructureError(path, InvalidReason.DISORDERED, f"occupancy above 1; {detail}") from exc
             if "lattice" in detail.lower() or "singular" in detail.lower():
                 raise InvalidStructureError(path, InvalidReason.NO_3D_LATTICE, detail) from exc
             if "element" in detail.lower() or "species" in detail.lower():

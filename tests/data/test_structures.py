@@ -51,8 +51,16 @@ CASES = {
     "one_position_twice": (cif(" C C1 0.0 0.0 0.0 1.0\n C C2 0.0 0.0 0.0 1.0\n O O1 0.2 0.0 0.0 1.0\n")
                            .replace("loop_\n _symmetry_equiv_pos_as_xyz\n 'x, y, z'\n", ""), InvalidReason.ATOMS_TOO_CLOSE),
     "nan_coordinate": (cif(" C C1 nan 0.0 0.0 1.0\n O O1 0.2 0.0 0.0 1.0\n"), InvalidReason.UNREADABLE),
+    # '.' read as 0 by pymatgen: the atom moved to the origin
+    "dot_coordinate": (cif(" Zn Zn1 . 0.0 0.0 1.0\n O O1 0.2 0.0 0.0 1.0\n"), InvalidReason.UNREADABLE),
+    "cartesian_only": (CELL.format(a=10.0) + "loop_\n _atom_site_type_symbol\n _atom_site_label\n _atom_site_Cartn_x\n"
+                       " _atom_site_Cartn_y\n _atom_site_Cartn_z\n Zn Zn1 0 0 0\n O O1 2.0 0 0\n", InvalidReason.UNREADABLE),
+    # a rounding above 1 on one site is not two atoms on one position
+    "occupancy_above_one": (cif(" Zn Zn1 0.0 0.0 0.0 1.0001\n O O1 0.2 0.0 0.0 1.0\n"), InvalidReason.DISORDERED),
 }
-DETAILS = {"one_position_twice": "exceeded tolerance", "nan_coordinate": "site 0 (C) has a coordinate that is not a number"}
+DETAILS = {"one_position_twice": "atoms on one position", "nan_coordinate": "site 0 (C) has a coordinate that is not a number",
+           "dot_coordinate": "site Zn1 has no coordinate (_atom_site_fract_x is '.')",
+           "cartesian_only": "only Cartesian coordinates", "occupancy_above_one": "occupancy above 1"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -120,6 +128,14 @@ def test_a_byte_order_mark_or_utf16_is_read_like_plain_text(tmp_path):
     (tmp_path / "utf16.cif").write_bytes(text.replace("\n", "\r\n").encode("utf-16"))
     plain = read_structure(tmp_path / "plain.cif")
     assert read_structure(tmp_path / "bom.cif") == plain and read_structure(tmp_path / "utf16.cif") == plain
+
+
+def test_an_occupancy_placeholder_means_a_whole_atom(tmp_path):
+    """CIF's '.' (inapplicable) and '?' (unknown) occupancy default to 1; pymatgen read '.' as 0 and
+    dropped the atom without a word (ZnO came out as O)."""
+    (tmp_path / "plain.cif").write_text(cif(GOOD_ROWS))
+    (tmp_path / "placeholders.cif").write_text(cif(" Zn Zn1 0.0 0.0 0.0 .\n O O1 0.2 0.0 0.0 ?\n"))
+    assert read_structure(tmp_path / "placeholders.cif") == read_structure(tmp_path / "plain.cif")
 
 
 def test_oxidation_states_are_read_as_their_elements(tmp_path):
