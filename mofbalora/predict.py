@@ -166,7 +166,7 @@ class BandgapModel:
         ``frozen_embeddings`` [n, dim] (:meth:`frozen_embeddings`) spare BaLoRA the bare pass for z(x).
         """
         n_samples = self.default_samples if n_samples is None else n_samples
-        check_samples(n_samples)  # before the batch size divides by it
+        check_samples(n_samples, seed)  # before the batch size divides by it
         if not samples:
             return np.zeros((1, 0))
         # About this many structure-samples per pass keeps tensors cache-friendly on CPU: for qmof-pbe
@@ -357,7 +357,7 @@ class BandgapModel:
         """:meth:`predict` for inputs already expanded by :func:`resolve_inputs` (``ids`` given)."""
         if window_ev is not None:  # before the work, which a bad window would otherwise lose at the end
             window_ev = check_window(window_ev)
-        check_samples(samples)
+        check_samples(samples, seed)
         feats, reasons = self._featurise_inputs(slots, ids, cache_dir=cache_dir, workers=workers, progress=progress)
         ids = list(ids)
         valid = [i for i, f in enumerate(feats) if f is not None]
@@ -427,14 +427,18 @@ class BandgapModel:
         return feats, reasons
 
 
-def check_samples(samples: int | None) -> None:
-    """Refuse a number of weight samples S below 1 (None means the model's calibrated S).
+def check_samples(samples: int | None, seed: int = 0) -> None:
+    """Refuse a number of weight samples S below 1 (None means the model's calibrated S), and a
+    sampling seed that torch's generator cannot take.
 
     Raises:
-        ValueError: S < 1.
+        ValueError: S < 1, or a seed outside [-2^63, 2^64) (it failed mid-run with 'Overflow when
+            unpacking long long').
     """
     if samples is not None and samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed must lie in [-2^63, 2^64), got {seed}")
 
 
 def _in_memory(item: Any) -> bool:

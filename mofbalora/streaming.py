@@ -90,7 +90,7 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    check_samples(samples)  # here too, so that a long run fails before it writes anything
+    check_samples(samples, seed)  # here too, so that a long run fails before it writes anything
     if window_ev is not None:
         window_ev = check_window(window_ev)
     if write:

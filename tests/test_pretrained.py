@@ -263,9 +263,9 @@ def test_in_memory_inputs_get_the_checks_a_cif_gets_and_a_bad_one_loses_nothing(
 
 
 def test_a_bad_window_or_sample_count_is_refused_before_any_work(coremof_cifs, tmp_path):
-    """A reversed, empty, NaN or three-number window and S = 0 are refused before featurising (the
-    feature cache stays empty): the window used to fail only after every structure was predicted,
-    and S = 0 was a ZeroDivisionError."""
+    """A reversed, empty, NaN or three-number window, S = 0 and a seed torch cannot take are refused
+    before featurising (the feature cache stays empty): the window used to fail only after every
+    structure was predicted, S = 0 was a ZeroDivisionError."""
     import mofbalora
 
     _, cifs = coremof_cifs
@@ -280,10 +280,14 @@ def test_a_bad_window_or_sample_count_is_refused_before_any_work(coremof_cifs, t
         model.predict(cifs[:2], samples=0, cache_dir=cache)
     with pytest.raises(ValueError, match="samples must be >= 1"):
         model.predict_draws([], n_samples=0)
+    with pytest.raises(ValueError, match="seed must lie in"):  # it failed mid-run: 'Overflow when unpacking'
+        model.predict(cifs[:2], seed=2**64, cache_dir=cache)
     assert not cache.exists()
     for gap in ["3:1.5", "1:2:3", "a:b"]:
         result = CliRunner().invoke(app, ["screen", str(cifs[0]), "--gap", gap, "-o", str(tmp_path / "s.csv")])
         assert result.exit_code == 2 and "expected LOW:HIGH" in result.output, (gap, result.output)
+    result = CliRunner().invoke(app, ["predict", str(cifs[0]), "--seed", str(2**64), "-o", str(tmp_path / "p.csv")])
+    assert result.exit_code == 2 and "seed must lie in" in result.output and not (tmp_path / "p.csv.parts").exists()
 
 
 def _pinned_ok(path: Path) -> bool:
