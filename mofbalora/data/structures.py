@@ -214,8 +214,9 @@ def check_structure(
     coordinates = np.asarray(structure.frac_coords)
     if not np.isfinite(coordinates).all():  # a P1 CIF's "nan" reads as a float; pymatgen keeps it
         site = int(np.flatnonzero(~np.isfinite(coordinates).all(axis=1))[0])
-        raise InvalidStructureError(path, InvalidReason.UNREADABLE,
-                                    f"site {site} ({structure[site].species_string}) has a coordinate that is not a number")
+        position = ", ".join(f"{value:g}" for value in coordinates[site])
+        raise InvalidStructureError(path, InvalidReason.UNREADABLE, f"site {site} ({structure[site].species_string} "
+                                    f"at {position}) has a coordinate that is not a number")
     lattice = structure.lattice
     if not all(lattice.pbc):  # ASE Atoms with a cell but pbc=False: the neighbours would be a cluster's
         raise InvalidStructureError(path, InvalidReason.NO_3D_LATTICE,

@@ -58,7 +58,7 @@ CASES = {
     # a rounding above 1 on one site is not two atoms on one position
     "occupancy_above_one": (cif(" Zn Zn1 0.0 0.0 0.0 1.0001\n O O1 0.2 0.0 0.0 1.0\n"), InvalidReason.DISORDERED),
 }
-DETAILS = {"one_position_twice": "atoms on one position", "nan_coordinate": "site 0 (C) has a coordinate that is not a number",
+DETAILS = {"one_position_twice": "atoms on one position", "nan_coordinate": "site 0 (C at nan, 0, 0) has a coordinate that is not a number",
            "dot_coordinate": "site Zn1 has no coordinate (_atom_site_fract_x is '.')",
            "cartesian_only": "only Cartesian coordinates", "occupancy_above_one": "occupancy above 1"}
 
