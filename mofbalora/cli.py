@@ -279,8 +279,8 @@ def _predict_table(model_name: Optional[str], inputs: List[str], samples: Option
         raise typer.Exit(2)
     if model.calibrator is None:
         typer.echo("warning: this model folder is not calibrated; intervals are raw Gaussian ones", err=True)
-    if model.samples_warning(samples):
-        typer.echo(f"warning: {model.samples_warning(samples)}", err=True)
+    if message := model.samples_warning(samples):
+        typer.echo(f"warning: {message}", err=True)
     try:
         table = stream_predictions(model, inputs, out, samples=samples, seed=seed, window_ev=window_ev,
                                    chunk_size=chunk_size, resume=resume, write=_is_global_zero(),

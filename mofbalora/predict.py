@@ -323,8 +323,7 @@ class BandgapModel:
             is the raw sample/ensemble spread. Invalid inputs get ``status="skipped"`` and the reason.
         """
         slots, ids = resolve_inputs(inputs)
-        message = self.samples_warning(samples)
-        if message:
+        if message := self.samples_warning(samples):
             warnings.warn(message, UserWarning, stacklevel=2)
         return self.predict_resolved(slots, ids, samples=samples, seed=seed, cache_dir=cache_dir, progress=progress,
                                      trainer_kwargs=trainer_kwargs, workers=workers, window_ev=window_ev)
