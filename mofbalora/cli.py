@@ -145,6 +145,7 @@ def featurise(
     """Featurise structures into the cache (later runs load from it)."""
     _setup_logging(verbose)
     from mofbalora.data.datasets import default_cache_dir
+    from mofbalora.data.io import probe_writable
     from mofbalora.data.structures import expand_inputs
     from mofbalora.featurise import featurise_paths, get_featuriser
 
@@ -156,10 +157,14 @@ def featurise(
         expanded = expand_inputs(paths)
     except ValueError as exc:  # an empty path
         raise typer.BadParameter(str(exc), param_hint="INPUTS") from exc
-    result = featurise_paths(
-        expanded, featuriser, cache_dir=cache_dir or default_cache_dir(),
-        workers=workers, skipped_csv=skipped,
-    )
+    cache_dir = cache_dir or default_cache_dir()
+    try:  # filling the cache is this command's whole job
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe_writable(cache_dir)
+    except OSError as exc:
+        raise typer.BadParameter(f"{cache_dir}: cannot write there ({exc.strerror or exc})",
+                                 param_hint="--cache-dir") from exc
+    result = featurise_paths(expanded, featuriser, cache_dir=cache_dir, workers=workers, skipped_csv=skipped)
     typer.echo(f"{len(result.samples)} featurised ({result.n_cache_hits} from cache, {result.n_built} built), "
                f"{len(result.skipped)} skipped")
     if not result.samples:

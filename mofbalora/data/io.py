@@ -64,7 +64,8 @@ def table_format(path: str | os.PathLike) -> str:
 
 def check_table_path(path: str | os.PathLike) -> str:
     """:func:`table_format` of a table about to be written, checked before the work that fills it:
-    the path is not a folder, and its nearest existing parent is one.
+    the path is not a folder, and its nearest existing parent is a folder we can write in (a file
+    is created there and removed at once: permissions alone do not tell, e.g. on a read-only mount).
 
     Raises:
         ValueError: naming the file and what is wrong with it.
@@ -73,10 +74,27 @@ def check_table_path(path: str | os.PathLike) -> str:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; give the table a file name")
-    parent = next((p for p in path.parents if p.exists()), None)
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{path}: {parent} is a file, not a folder")
+    if parent is not None:
+        try:
+            probe_writable(parent)
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot write in {parent} ({exc.strerror or exc})") from exc
     return kind
+
+
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create a file in ``folder`` and remove it at once; permissions alone do not tell (a
+    read-only mount, root on a network share).
+
+    Raises:
+        OSError: when it cannot be written.
+    """
+    fd, probe = tempfile.mkstemp(prefix=".mofbalora.", suffix=".probe", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_table_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mofbalora.data.io import write_table_atomic
+from mofbalora.data.io import probe_writable, write_table_atomic
 from mofbalora.data.structures import (
     DEFAULT_MAX_ATOMS, InvalidReason, InvalidStructureError, read_cif_bytes, read_structure, structure_id,
 )
@@ -26,6 +26,8 @@ from mofbalora.featurise.cache import FeatureCache
 logger = logging.getLogger(__name__)
 
 SKIPPED_COLUMNS = ["id", "path", "reason"]
+#: cache folders already found unwritable in this process
+_UNWRITABLE_CACHES: set[str] = set()
 
 
 @dataclass
@@ -56,7 +58,10 @@ def _build_one(job: tuple[str, str, Featuriser, str | None, int]) -> tuple[str, 
     except Exception as exc:  # a featuriser failure on one structure must not stop the batch
         return path, None, f"featurisation failed: {type(exc).__name__}: {exc}"[:300]
     if cache_root is not None:
-        FeatureCache(cache_root, featuriser).store(content_sha, sample)
+        try:
+            FeatureCache(cache_root, featuriser).store(content_sha, sample)
+        except OSError as exc:  # a full disk: the cache only saves time, the sample is still good
+            logger.warning("could not cache the features of %s (%s)", path, exc.strerror or exc)
     return path, sample, ""
 
 
@@ -95,6 +100,16 @@ def featurise_paths(
         skipped_csv: where to write ``id,path,reason`` of the failures.
     """
     cache = FeatureCache(cache_dir, featuriser) if cache_dir is not None else None
+    if cache is not None:
+        try:
+            cache.directory.mkdir(parents=True, exist_ok=True)
+            probe_writable(cache.directory)
+        except OSError as exc:  # an unwritable cache only costs time; it stopped the whole run
+            if str(cache.directory) not in _UNWRITABLE_CACHES:  # said once, not once per chunk
+                _UNWRITABLE_CACHES.add(str(cache.directory))
+                logger.warning("the feature cache %s cannot be written (%s); featurising without it",
+                               cache.directory, exc.strerror or exc)
+            cache, cache_dir = None, None
     results: dict[str, tuple[Any, str]] = {}
     jobs = []
     out = FeaturisedSet()

@@ -50,6 +50,7 @@ def test_table_format_follows_the_name_and_refuses_others(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv.gz"), frame)
 
 
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux's sysfs, which refuses new files")
 def test_a_table_path_that_cannot_be_written_is_refused_before_the_work(tmp_path):
     """A folder named x.csv, or a path under a file, used to fail with a traceback after every
     structure was predicted; both are refused up front (the CLI's --out, streaming)."""
@@ -67,3 +68,10 @@ def test_a_table_path_that_cannot_be_written_is_refused_before_the_work(tmp_path
         check_table_path(tmp_path / "plain" / "t.csv")
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "none.cif"), "-o", str(tmp_path / "folder.csv")])
     assert result.exit_code == 2 and "is a folder" in result.output
+    # a folder that refuses new files (sysfs refuses even root): a traceback before, now refused up front
+    assert not list(tmp_path.glob(".*.probe")) and not (tmp_path / "new").exists()  # the check leaves nothing
+    with pytest.raises(ValueError, match="cannot write in /sys"):
+        check_table_path("/sys/predictions.csv")
+    for command in (["predict", str(tmp_path / "none.cif"), "-o", "/sys/p.csv"], ["validate", str(tmp_path), "-o", "/sys/v.csv"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2 and "cannot write in /sys" in result.output, result.output

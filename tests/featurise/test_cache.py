@@ -1,3 +1,6 @@
+import os
+
+import pytest
 import torch
 
 from mofbalora.featurise import FeatureCache, featurise_paths, get_featuriser
@@ -151,3 +154,28 @@ def test_the_cache_key_carries_the_reader_and_featuriser_rules(tmp_path, monkeyp
     monkeypatch.undo()
     monkeypatch.setattr(CGCNNFeaturiser, "rules", CGCNNFeaturiser.rules - 1)
     assert FeatureCache(tmp_path, get_featuriser("cgcnn")).directory not in (now.directory, before.directory)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux's sysfs, which refuses new files")
+def test_an_unwritable_cache_costs_time_not_the_run(small_qmof, caplog, tmp_path):
+    """A cache folder that cannot be written ($MOFBALORA_CACHE on a read-only mount) stopped predict
+    with a traceback; the structures are featurised without it, with one warning per process.
+    `mofbalora featurise`, whose job is the cache, refuses it up front."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from mofbalora.cli import app
+
+    _, paths, _ = small_qmof
+    featuriser = get_featuriser("cgcnn")
+    unwritable = f"/sys/mofbalora-{tmp_path.name}"  # a name no other test warned about
+    with caplog.at_level(logging.WARNING, logger="mofbalora.featurise.runner"):
+        first = featurise_paths(paths[:3], featuriser, cache_dir=unwritable, workers=1, progress=False)
+        second = featurise_paths(paths[:3], featuriser, cache_dir=unwritable, workers=1, progress=False)
+    assert len(first.samples) == len(second.samples) == 3 and first.n_cache_hits == 0
+    warned = [r for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(warned) == 1  # once per process, not once per chunk
+    result = CliRunner().invoke(app, ["featurise", str(paths[0]), "--cache-dir", unwritable])
+    assert result.exit_code == 2 and "cannot write there" in result.output
+
