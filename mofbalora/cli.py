@@ -111,10 +111,18 @@ def data_download(
         raise typer.Exit(2)
     release = RELEASES[name]
     source = url or release.url
+    import urllib.error
+
     try:
         path = download(source, dest / release.filename, sha256=sha256 or release.sha256)
-    except Exception as exc:  # network failures are reported, not traced
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:  # the network: before OSError, which they are
         typer.echo(f"download of {source} failed: {exc} (offline? --url takes a mirror)", err=True)
+        raise typer.Exit(1)
+    except OSError as exc:  # this machine: the destination cannot be written (no mirror would help)
+        typer.echo(f"cannot write the download to {dest}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1)
+    except Exception as exc:  # a checksum mismatch, a broken stream: reported, not traced
+        typer.echo(f"download of {source} failed: {exc}", err=True)
         raise typer.Exit(1)
     typer.echo(str(path))
 

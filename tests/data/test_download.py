@@ -1,6 +1,7 @@
 """The downloader against a local HTTP server (127.0.0.1 only) that honours Range requests."""
 
 import hashlib
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -74,3 +75,17 @@ def test_the_cli_names_the_address_it_could_not_reach(tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"download of {url} failed" in result.output and "--url" in result.output
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux's sysfs, which refuses new files")
+def test_a_destination_that_cannot_be_written_is_not_called_offline(server):
+    """A --dest that refuses files (here sysfs) was reported as 'offline? --url takes a mirror',
+    which no mirror would fix; the message now names the folder."""
+    from typer.testing import CliRunner
+
+    from mofbalora.cli import app
+
+    result = CliRunner().invoke(app, ["data", "download", "qmof", "--dest", "/sys/qmof", "--url", server])
+    assert result.exit_code == 1 and "cannot write the download to /sys/qmof" in result.output
+    assert "offline" not in result.output
+
