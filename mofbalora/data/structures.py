@@ -32,7 +32,8 @@ CIF_SUFFIXES = (".cif", ".cif.gz", ".cif.bz2", ".cif.xz")
 #: with several structures is refused, where its first one was read; 3: a coordinate that is not a
 #: number or a placeholder ('.', '?') is refused, where a P1 file's "nan" was read and pymatgen read
 #: '.' as 0; an occupancy '.' or '?' is 1, where pymatgen dropped the atom; a file with a byte-order
-#: mark, in UTF-16 or with oxidation states is read, where it was refused)
+#: mark, in UTF-16, with oxidation states or with a data block of publication details before the
+#: structure's is read, where it was refused)
 READER_RULES = 3
 
 
@@ -153,13 +154,17 @@ def _read_cif_placeholders(path: Path, parser: CifParser) -> None:
 
 def _check_one_structure(path: Path, parser: CifParser) -> None:
     """Refuse a file with atoms in more than one data block (an export of several structures):
-    pymatgen would read them all and one row could only show the first."""
+    pymatgen would read them all and one row could only show the first. Blocks without atoms (a
+    journal's data_global of publication details) are set aside: pymatgen tried to read them as
+    structures and refused the whole file ('No structure parsed for section 1 ... _atom_site_label')."""
     blocks = [name for name, block in parser._cif.data.items()
               if any(tag.lower() in ("_atom_site_fract_x", "_atom_site_cartn_x") for tag in block.data)]
     if len(blocks) > 1:
         shown = ", ".join(f"data_{name}" for name in blocks[:3]) + (", …" if len(blocks) > 3 else "")
         raise InvalidStructureError(path, InvalidReason.UNREADABLE,
                                     f"{len(blocks)} structures in one file ({shown}); give one structure per file")
+    if len(blocks) == 1 and len(parser._cif.data) > 1:
+        parser._cif.data = {blocks[0]: parser._cif.data[blocks[0]]}
 
 
 def _parse_cif(path: Path, text: str) -> Structure:

@@ -330,6 +330,12 @@ def test_a_file_with_several_structures_is_refused_naming_its_blocks(tmp_path, s
     shouting.write_text(both.read_text().replace("_atom_site_fract_x", "_Atom_Site_Fract_X"))
     with pytest.raises(InvalidStructureError, match="2 structures in one file"):
         read_structure(shouting)
+    # a journal's CIF: a block of publication details, then the structure's; it was refused
+    # ('No structure parsed for section 1 in CIF. _atom_site_label')
+    journal = tmp_path / "journal.cif"
+    journal.write_text("data_global\n_journal_name_full 'A Journal'\n_publ_section_title 'A MOF'\n\n"
+                       + paths[0].read_text())
+    assert read_structure(journal) == read_structure(paths[0])
 
 
 def test_a_pattern_matching_a_folder_searches_it_as_the_shell_expansion_would(tmp_path):
