@@ -220,8 +220,14 @@ def load_labelled_dataset(
         label_dir = source
     labels_path = Path(labels) if labels else _find_labels_csv(label_dir)
     frame = pd.read_csv(labels_path)
+    separator = ","
+    if frame.shape[1] == 1:  # Excel writes ';' where the decimal mark is a comma, and tabs as "text"
+        separator = next((sep for sep in (";", "\t") if sep in str(frame.columns[0])), ",")
+        if separator != ",":  # with ';' the decimal mark is a comma (a '.' still reads: to_numeric below)
+            frame = pd.read_csv(labels_path, sep=separator, decimal="," if separator == ";" else ".")
     if len(frame.columns):  # ids as written: pandas reads 0001 as 1, 1.10 as 1.1 and NA as missing
-        frame[frame.columns[0]] = pd.read_csv(labels_path, usecols=[0], dtype=str, keep_default_na=False).iloc[:, 0]
+        frame[frame.columns[0]] = pd.read_csv(labels_path, sep=separator, usecols=[0], dtype=str,
+                                              keep_default_na=False).iloc[:, 0]
     if frame.shape[1] < 2:
         raise ValueError(f"{labels_path}: expected columns `id,<target>`, got {list(frame.columns)}")
     id_column = frame.columns[0]
