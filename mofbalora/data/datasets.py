@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import shutil
@@ -219,15 +220,17 @@ def load_labelled_dataset(
             cif_root = source
         label_dir = source
     labels_path = Path(labels) if labels else _find_labels_csv(label_dir)
-    frame = pd.read_csv(labels_path)
+    with open(labels_path, "rb") as handle:  # Excel's "Unicode text" is UTF-16
+        encoding = "utf-16" if handle.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8"
+    frame = pd.read_csv(labels_path, encoding=encoding)
     separator = ","
     if frame.shape[1] == 1:  # Excel writes ';' where the decimal mark is a comma, and tabs as "text"
         separator = next((sep for sep in (";", "\t") if sep in str(frame.columns[0])), ",")
         if separator != ",":  # with ';' the decimal mark is a comma (a '.' still reads: to_numeric below)
-            frame = pd.read_csv(labels_path, sep=separator, decimal="," if separator == ";" else ".")
+            frame = pd.read_csv(labels_path, sep=separator, decimal="," if separator == ";" else ".", encoding=encoding)
     if len(frame.columns):  # ids as written: pandas reads 0001 as 1, 1.10 as 1.1 and NA as missing
         frame[frame.columns[0]] = pd.read_csv(labels_path, sep=separator, usecols=[0], dtype=str,
-                                              keep_default_na=False).iloc[:, 0]
+                                              keep_default_na=False, encoding=encoding).iloc[:, 0]
     if frame.shape[1] < 2:
         raise ValueError(f"{labels_path}: expected columns `id,<target>`, got {list(frame.columns)}")
     id_column = frame.columns[0]

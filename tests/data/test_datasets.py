@@ -65,12 +65,13 @@ def test_ids_that_read_as_numbers_or_missing_join_as_written(tmp_path, small_qmo
 
 def test_label_tables_as_excel_writes_them_join(tmp_path, small_qmof):
     """Excel saves CSV with ';' and decimal commas where the comma is the decimal mark, and its
-    'Unicode text' with tabs; both were one column ('expected columns `id,<target>`')."""
+    'Unicode text' as UTF-16 with tabs; the first was one column ('expected columns `id,<target>`'),
+    the second a UnicodeDecodeError that named no file."""
     ids, paths, gaps = small_qmof
     folder = copy_cifs(paths[:3], tmp_path / "set")
-    for separator, decimal in ((";", ","), ("\t", ".")):
+    for separator, decimal, encoding in ((";", ",", "utf-8"), ("\t", ".", "utf-16")):
         rows = [f"{i}{separator}{g:.4f}".replace(".", decimal) for i, g in zip(ids[:3], gaps[:3])]
-        (folder / "labels.csv").write_text(f"id{separator}bandgap_ev\n" + "\n".join(rows) + "\n")
+        (folder / "labels.csv").write_text(f"id{separator}bandgap_ev\n" + "\n".join(rows) + "\n", encoding=encoding)
         dataset = load_labelled_dataset(folder)
         assert sorted(dataset.table["id"]) == sorted(ids[:3]), separator
         np.testing.assert_allclose(dataset.table.set_index("id").loc[ids[:3], "bandgap_ev"], gaps[:3], atol=1e-4)
