@@ -191,6 +191,19 @@ def _label_id(raw: str, cif_ids: set[str]) -> str:
     return value
 
 
+def _text_encoding(path: Path) -> str:
+    """UTF-16 with its byte-order mark (Excel's "Unicode text"), else UTF-8, else Latin-1 (as the
+    CIF reader falls back): a Latin-1 id such as 'MOF-é' raised a UnicodeDecodeError naming no file."""
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
+
+
 def load_labelled_dataset(
     data: str | os.PathLike | None = None,
     *,
@@ -220,8 +233,7 @@ def load_labelled_dataset(
             cif_root = source
         label_dir = source
     labels_path = Path(labels) if labels else _find_labels_csv(label_dir)
-    with open(labels_path, "rb") as handle:  # Excel's "Unicode text" is UTF-16
-        encoding = "utf-16" if handle.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8"
+    encoding = _text_encoding(labels_path)
     frame = pd.read_csv(labels_path, encoding=encoding)
     separator = ","
     if frame.shape[1] == 1:  # Excel writes ';' where the decimal mark is a comma, and tabs as "text"

@@ -66,7 +66,7 @@ def test_ids_that_read_as_numbers_or_missing_join_as_written(tmp_path, small_qmo
 def test_label_tables_as_excel_writes_them_join(tmp_path, small_qmof):
     """Excel saves CSV with ';' and decimal commas where the comma is the decimal mark, and its
     'Unicode text' as UTF-16 with tabs; the first was one column ('expected columns `id,<target>`'),
-    the second a UnicodeDecodeError that named no file."""
+    the second a UnicodeDecodeError that named no file, as was a Latin-1 file."""
     ids, paths, gaps = small_qmof
     folder = copy_cifs(paths[:3], tmp_path / "set")
     for separator, decimal, encoding in ((";", ",", "utf-8"), ("\t", ".", "utf-16")):
@@ -75,6 +75,11 @@ def test_label_tables_as_excel_writes_them_join(tmp_path, small_qmof):
         dataset = load_labelled_dataset(folder)
         assert sorted(dataset.table["id"]) == sorted(ids[:3]), separator
         np.testing.assert_allclose(dataset.table.set_index("id").loc[ids[:3], "bandgap_ev"], gaps[:3], atol=1e-4)
+    # a Latin-1 file (an accented id, 'é' as one byte) raised a UnicodeDecodeError
+    (folder / f"{ids[0]}.cif").rename(folder / "MOF-\u00e9.cif")
+    rows = ["MOF-\u00e9,1.5"] + [f"{i},{g}" for i, g in zip(ids[1:3], gaps[1:3])]
+    (folder / "labels.csv").write_text("id,bandgap_ev\n" + "\n".join(rows) + "\n", encoding="latin-1")
+    assert sorted(load_labelled_dataset(folder).table["id"]) == sorted(["MOF-\u00e9", *ids[1:3]])
 
 
 def test_a_column_of_text_is_refused_and_a_few_unreadable_values_are_reported(tmp_path, small_qmof):
