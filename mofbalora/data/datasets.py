@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import codecs
+import io
 import logging
 import os
 import shutil
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from mofbalora.data.io import sha256_file
+from mofbalora.data.io import decode_text, sha256_file
 from mofbalora.data.structures import CIF_SUFFIXES, structure_id
 
 logger = logging.getLogger(__name__)
@@ -191,19 +191,6 @@ def _label_id(raw: str, cif_ids: set[str]) -> str:
     return value
 
 
-def _text_encoding(path: Path) -> str:
-    """UTF-16 with its byte-order mark (Excel's "Unicode text"), else UTF-8, else Latin-1 (as the
-    CIF reader falls back): a Latin-1 id such as 'MOF-é' raised a UnicodeDecodeError naming no file."""
-    raw = path.read_bytes()
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "latin-1"
-    return "utf-8"
-
-
 def load_labelled_dataset(
     data: str | os.PathLike | None = None,
     *,
@@ -233,16 +220,17 @@ def load_labelled_dataset(
             cif_root = source
         label_dir = source
     labels_path = Path(labels) if labels else _find_labels_csv(label_dir)
-    encoding = _text_encoding(labels_path)
-    frame = pd.read_csv(labels_path, encoding=encoding)
+    # UTF-16 (Excel's "Unicode text") or Latin-1 raised a UnicodeDecodeError that named no file
+    text = decode_text(labels_path.read_bytes())
+    frame = pd.read_csv(io.StringIO(text))
     separator = ","
     if frame.shape[1] == 1:  # Excel writes ';' where the decimal mark is a comma, and tabs as "text"
         separator = next((sep for sep in (";", "\t") if sep in str(frame.columns[0])), ",")
         if separator != ",":  # with ';' the decimal mark is a comma (a '.' still reads: to_numeric below)
-            frame = pd.read_csv(labels_path, sep=separator, decimal="," if separator == ";" else ".", encoding=encoding)
+            frame = pd.read_csv(io.StringIO(text), sep=separator, decimal="," if separator == ";" else ".")
     if len(frame.columns):  # ids as written: pandas reads 0001 as 1, 1.10 as 1.1 and NA as missing
-        frame[frame.columns[0]] = pd.read_csv(labels_path, sep=separator, usecols=[0], dtype=str,
-                                              keep_default_na=False, encoding=encoding).iloc[:, 0]
+        frame[frame.columns[0]] = pd.read_csv(io.StringIO(text), sep=separator, usecols=[0], dtype=str,
+                                              keep_default_na=False).iloc[:, 0]
     if frame.shape[1] < 2:
         raise ValueError(f"{labels_path}: expected columns `id,<target>`, got {list(frame.columns)}")
     id_column = frame.columns[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import tempfile
@@ -38,6 +39,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def decode_text(raw: bytes) -> str:
+    """Text files as users save them: UTF-16 with its byte-order mark (PowerShell's '>', Excel's
+    "Unicode text"), UTF-8 with or without one (Notepad writes one), else Latin-1."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16", errors="replace")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

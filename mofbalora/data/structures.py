@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import enum
 import glob
 import hashlib
@@ -20,6 +19,8 @@ import numpy as np
 from monty.io import zopen
 from pymatgen.core import Element, Species, Structure
 from pymatgen.io.cif import CifParser
+
+from mofbalora.data.io import decode_text
 
 logger = logging.getLogger(__name__)
 
@@ -296,13 +297,7 @@ def read_structure(path: str | os.PathLike, *, max_atoms: int = DEFAULT_MAX_ATOM
     raw = read_cif_bytes(path)
     if not raw.strip():
         raise InvalidStructureError(path, InvalidReason.UNREADABLE, "empty file")
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows PowerShell's '>' writes UTF-16
-        text = raw.decode("utf-16", errors="replace")
-    else:
-        try:
-            text = raw.decode("utf-8-sig")  # a byte-order mark (Notepad) hid the first data block from pymatgen
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
+    text = decode_text(raw)  # a byte-order mark (Notepad) hid the first data block from pymatgen
     if "\x00" in text:
         raise InvalidStructureError(path, InvalidReason.UNREADABLE, "binary content")
     structure = _parse_cif(path, text)
