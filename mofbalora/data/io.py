@@ -1,4 +1,4 @@
-"""Atomic file writes and content hashes, shared by every stage that writes results."""
+"""Atomic file writes, content hashes and the decoding of users' text files, shared by every stage."""
 
 from __future__ import annotations
 
