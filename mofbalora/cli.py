@@ -19,6 +19,9 @@ app.add_typer(data_app, name="data")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Show Lightning's messages and library warnings.")
 #: what every command that reads structures takes (data.structures.CIF_SUFFIXES, not imported: the CLI loads lazily)
 INPUTS_HELP = "CIF files (also .cif.gz, .cif.bz2, .cif.xz), folders or glob patterns."
+MAX_ATOMS = typer.Option(1000, "--max-atoms", min=1,  # data.structures.DEFAULT_MAX_ATOMS (not imported: fast --help)
+                         help="Skip cells with more atoms than this (a larger cell than every training cell is "
+                              "flagged out of distribution).")
 
 #: loggers whose start-up banners (accelerators found, tips) a user of predict/screen does not need
 QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
@@ -69,7 +72,7 @@ def _table_out(value: Optional[Path]) -> Optional[Path]:
 def validate(
     paths: List[str] = typer.Argument(..., help=INPUTS_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", callback=_table_out, help="Also write the table here (.csv, .csv.gz or .parquet)."),
-    max_atoms: int = typer.Option(1000, min=1, help="Reject cells with more atoms than this."),
+    max_atoms: int = MAX_ATOMS,
 ) -> None:
     """Check structures; print `id, status, reason, n_atoms, formula` per input.
 
@@ -278,7 +281,7 @@ def fit(
 
 def _predict_table(model_name: Optional[str], inputs: List[str], samples: Optional[int], seed: int,
                    trainer_kwargs: dict | None, out: Path, chunk_size: int, resume: bool,
-                   window_ev: tuple[float, float] | None = None):
+                   window_ev: tuple[float, float] | None = None, *, max_atoms: int):
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from mofbalora.predict import load_model
@@ -297,7 +300,7 @@ def _predict_table(model_name: Optional[str], inputs: List[str], samples: Option
     try:
         table = stream_predictions(model, inputs, out, samples=samples, seed=seed, window_ev=window_ev,
                                    chunk_size=chunk_size, resume=resume, write=_is_global_zero(),
-                                   trainer_kwargs=trainer_kwargs)
+                                   trainer_kwargs=trainer_kwargs, max_atoms=max_atoms)
     except ValueError as exc:
         typer.echo(f"cannot predict: {exc}", err=True)
         raise typer.Exit(2)
@@ -322,6 +325,7 @@ def predict(
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", callback=_table_out, help=".csv, .csv.gz or .parquet."),
     chunk_size: int = CHUNK_SIZE,
     resume: bool = RESUME,
+    max_atoms: int = MAX_ATOMS,
     accelerator: str = ACCELERATOR,
     devices: str = DEVICES,
     num_nodes: int = NUM_NODES,
@@ -341,7 +345,7 @@ def predict(
     _setup_logging(verbose)
     _, table = _predict_table(model, inputs, samples, seed,
                               _prediction_trainer_kwargs(accelerator, devices, num_nodes, strategy), out, chunk_size,
-                              resume)
+                              resume, max_atoms=max_atoms)
     if _is_global_zero():
         n_ok = int((table["status"] == "ok").sum())
         typer.echo(f"{n_ok} predicted, {len(table) - n_ok} skipped -> {out}", err=True)
@@ -372,6 +376,7 @@ def screen(
         help="Rank structures flagged out of distribution after all others (each group by probability)."),
     chunk_size: int = CHUNK_SIZE,
     resume: bool = RESUME,
+    max_atoms: int = MAX_ATOMS,
     accelerator: str = ACCELERATOR,
     devices: str = DEVICES,
     num_nodes: int = NUM_NODES,
@@ -394,7 +399,7 @@ def screen(
     low, high = _parse_window(gap)
     _, table = _predict_table(model, inputs, samples, seed,
                               _prediction_trainer_kwargs(accelerator, devices, num_nodes, strategy), out, chunk_size,
-                              resume, window_ev=(low, high))
+                              resume, window_ev=(low, high), max_atoms=max_atoms)
     if not _is_global_zero():
         return
     ranked = rank_by_window(table, low, high, in_distribution_first=in_distribution_first)

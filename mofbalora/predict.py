@@ -33,7 +33,7 @@ from mofbalora.adapters.folding import fold_batchnorm
 from mofbalora.backbones.batching import Collate, GraphDataset, compute_frozen_embeddings
 from mofbalora.data.datasets import default_cache_dir
 from mofbalora.data.structures import (
-    InvalidReason, InvalidStructureError, check_structure, expand_inputs, unique_structure_ids,
+    DEFAULT_MAX_ATOMS, InvalidReason, InvalidStructureError, check_structure, expand_inputs, unique_structure_ids,
 )
 from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths
@@ -313,9 +313,10 @@ class BandgapModel:
     def predict(self, inputs: Sequence[Any] | str | os.PathLike | Structure, *, samples: int | None = None,
                 seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = False,
                 trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
-                window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
+                window_ev: tuple[float, float] | None = None, max_atoms: int = DEFAULT_MAX_ATOMS) -> pd.DataFrame:
         """Predict PBE band gaps for CIF paths (files, folders, globs), pymatgen Structures and ASE
-        Atoms, mixed in one list.
+        Atoms, mixed in one list. A cell with more than ``max_atoms`` atoms is skipped; one let
+        through that is larger than every training cell is flagged out of distribution.
 
         Returns:
             One row per input, columns :data:`PREDICTION_COLUMNS` (plus ``p_in_window`` with
@@ -326,7 +327,8 @@ class BandgapModel:
         if message := self.samples_warning(samples):
             warnings.warn(message, UserWarning, stacklevel=2)
         return self.predict_resolved(slots, ids, samples=samples, seed=seed, cache_dir=cache_dir, progress=progress,
-                                     trainer_kwargs=trainer_kwargs, workers=workers, window_ev=window_ev)
+                                     trainer_kwargs=trainer_kwargs, workers=workers, window_ev=window_ev,
+                                     max_atoms=max_atoms)
 
     def samples_warning(self, samples: int | None) -> str | None:
         """Why ``samples`` (S) other than the calibrated one is a bad idea for this model, or None."""
@@ -352,12 +354,14 @@ class BandgapModel:
     def predict_resolved(self, slots: Sequence[Path | Structure | Atoms], ids: Sequence[str], *,
                          samples: int | None = None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
                          progress: bool = False, trainer_kwargs: dict[str, Any] | None = None, workers: int = 0,
-                         window_ev: tuple[float, float] | None = None) -> pd.DataFrame:
+                         window_ev: tuple[float, float] | None = None,
+                         max_atoms: int = DEFAULT_MAX_ATOMS) -> pd.DataFrame:
         """:meth:`predict` for inputs already expanded by :func:`resolve_inputs` (``ids`` given)."""
         if window_ev is not None:  # before the work, which a bad window would otherwise lose at the end
             window_ev = check_window(window_ev)
         check_samples(samples, seed)
-        feats, reasons = self._featurise_inputs(slots, ids, cache_dir=cache_dir, workers=workers, progress=progress)
+        feats, reasons = self._featurise_inputs(slots, ids, cache_dir=cache_dir, workers=workers, progress=progress,
+                                                max_atoms=max_atoms)
         ids = list(ids)
         valid = [i for i, f in enumerate(feats) if f is not None]
         predictive = self.predictive([feats[i] for i in valid], n_samples=samples, seed=seed, progress=progress,
@@ -398,20 +402,20 @@ class BandgapModel:
         return table
 
     def _featurise_inputs(self, slots: Sequence[Path | Structure | Atoms], ids: Sequence[str], *,
-                          cache_dir: str | os.PathLike | None, workers: int,
-                          progress: bool) -> tuple[list[Any], list[str]]:
+                          cache_dir: str | os.PathLike | None, workers: int, progress: bool,
+                          max_atoms: int = DEFAULT_MAX_ATOMS) -> tuple[list[Any], list[str]]:
         """(sample or None, skip reason) per input, in input order; paths, Structures and Atoms may mix."""
         featuriser = self.backbone.make_featuriser()
         paths = [slot for slot in slots if isinstance(slot, Path)]
         result = featurise_paths(paths, featuriser, cache_dir=cache_dir or default_cache_dir(), workers=workers,
-                                 progress=progress) if paths else None
+                                 progress=progress, max_atoms=max_atoms) if paths else None
         by_path = dict(zip(result.paths, result.samples)) if result else {}
         skipped = dict(zip(result.skipped["path"], result.skipped["reason"])) if result else {}
         feats, reasons = [], []
         for slot, structure_id in zip(slots, ids):
             if not isinstance(slot, Path):  # a Structure or an ASE Atoms
                 try:
-                    structure = check_structure(_as_structure(slot, structure_id), structure_id)
+                    structure = check_structure(_as_structure(slot, structure_id), structure_id, max_atoms=max_atoms)
                     feats.append(featuriser.featurise(structure, structure_id))
                     reasons.append("")
                 except InvalidStructureError as err:  # the checks a CIF gets: no 3-D cell, disorder, atoms too close

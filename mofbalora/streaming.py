@@ -22,6 +22,7 @@ from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from mofbalora.data.io import check_table_path, write_table_atomic, write_text_atomic
+from mofbalora.data.structures import DEFAULT_MAX_ATOMS
 from mofbalora.model_folder import model_json_sha256
 from mofbalora.predict import BandgapModel, check_samples, resolve_inputs
 from mofbalora.uncertainty.intervals import check_window
@@ -75,7 +76,8 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
                        window_ev: tuple[float, float] | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                        resume: bool = True, write: bool = True, progress: bool = True,
                        cache_dir: str | os.PathLike | None = None, workers: int = 0,
-                       trainer_kwargs: dict[str, Any] | None = None) -> pd.DataFrame:
+                       trainer_kwargs: dict[str, Any] | None = None,
+                       max_atoms: int = DEFAULT_MAX_ATOMS) -> pd.DataFrame:
     """Predict every input, saving each chunk of ``chunk_size`` as it finishes; returns the whole
     table in input order, also written to ``out`` (CSV or parquet) when ``write``.
 
@@ -98,7 +100,9 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
     samples = model.default_samples if samples is None else samples  # the S the calibrator saw
     slots, ids = resolve_inputs(inputs)
     folder = parts_folder(out)
-    settings = _settings(model, ids, samples=samples, seed=seed, window_ev=list(window_ev) if window_ev else None)
+    # max_atoms recorded only when not the default, so a run begun before it existed still resumes
+    settings = _settings(model, ids, samples=samples, seed=seed, window_ev=list(window_ev) if window_ev else None,
+                         **({"max_atoms": max_atoms} if max_atoms != DEFAULT_MAX_ATOMS else {}))
     done = None
     if folder.exists() and resume:
         saved_path = folder / "settings.json"
@@ -123,7 +127,7 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
             chunk = todo[start:start + chunk_size]
             table = model.predict_resolved([slots[i] for i in chunk], [ids[i] for i in chunk], samples=samples,
                                            seed=seed, window_ev=window_ev, cache_dir=cache_dir, workers=workers,
-                                           trainer_kwargs=trainer_kwargs)
+                                           trainer_kwargs=trainer_kwargs, max_atoms=max_atoms)
             if write:
                 write_table_atomic(table, folder / f"chunk-{next_chunk:06d}.csv")
             next_chunk += 1

@@ -290,6 +290,27 @@ def test_a_bad_window_or_sample_count_is_refused_before_any_work(coremof_cifs, t
     assert result.exit_code == 2 and "seed must lie in" in result.output and not (tmp_path / "p.csv.parts").exists()
 
 
+def test_a_larger_cell_limit_can_be_asked_for(coremof_cifs, tmp_path):
+    """Cells above 1,000 atoms (559 of CoRE-MOF's 12,020) could not be screened at all: predict and
+    screen had no --max-atoms, only validate did. The limit now goes both ways, from Python and
+    from the command line, and the CLI's default is the library's."""
+    import mofbalora
+    from mofbalora.cli import MAX_ATOMS
+    from mofbalora.data import read_structure
+    from mofbalora.data.structures import DEFAULT_MAX_ATOMS
+
+    assert MAX_ATOMS.default == DEFAULT_MAX_ATOMS
+    _, cifs = coremof_cifs
+    path = next(p for p in cifs if _pinned_ok(p))
+    n_atoms = len(read_structure(path))
+    model = mofbalora.load_model("qmof-pbe")
+    refused = model.predict([path], max_atoms=n_atoms - 1).iloc[0]
+    assert refused["status"] == "skipped" and refused["reason"] == f"more atoms than max_atoms: {n_atoms} > {n_atoms - 1}"
+    assert model.predict([path], max_atoms=n_atoms).iloc[0]["status"] == "ok"
+    result = CliRunner().invoke(app, ["predict", str(path), "--max-atoms", str(n_atoms - 1), "-o", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "0 predicted, 1 skipped" in result.output
+
+
 def _pinned_ok(path: Path) -> bool:
     return json.loads(PINNED.read_text()).get(path.stem, {}).get("status") == "ok"
 
