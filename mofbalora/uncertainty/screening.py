@@ -47,6 +47,7 @@ def screening_summary(ranked: pd.DataFrame, low_ev: float, high_ev: float, *, to
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in ok.head(top).itertuples():
-        lines.append(f"| {row.rank} | {row.id} | {row.bandgap_mean_ev:.2f} | {row.lower_95_ev:.2f}–{row.upper_95_ev:.2f} | "
+        cell_id = str(row.id).replace("|", "\\|")  # a '|' in a file name would split the row
+        lines.append(f"| {row.rank} | {cell_id} | {row.bandgap_mean_ev:.2f} | {row.lower_95_ev:.2f}–{row.upper_95_ev:.2f} | "
                      f"{row.p_in_window:.2f} | {row.ood_reason if row.out_of_distribution else ''} |")
     return "\n".join(lines) + "\n"

@@ -81,10 +81,12 @@ def test_window_probability_and_ranking():
         rank_by_window(table, 1.5, 3.0, in_distribution_first=True)
     # the summary counts the candidates at P >= 0.9, which a screen acts on; it counted P >= 0.99,
     # which no structure reaches with the shipped model
-    screened = pd.DataFrame({"id": list("wxyz"), "bandgap_mean_ev": [2.0, 2.2, 2.4, 4.0], "lower_95_ev": 1.0,
+    screened = pd.DataFrame({"id": ["w", "x", "y", "MOF|2"], "bandgap_mean_ev": [2.0, 2.2, 2.4, 4.0], "lower_95_ev": 1.0,
                              "upper_95_ev": 3.0, "p_in_window": [0.95, 0.92, 0.6, 0.1], "out_of_distribution": False,
                              "ood_reason": "", "status": "ok"})
-    assert "- P(in window) ≥ 0.9: 2; ≥ 0.5: 3" in screening_summary(rank_by_window(screened, 1.5, 3.0), 1.5, 3.0)
+    summary = screening_summary(rank_by_window(screened, 1.5, 3.0), 1.5, 3.0)
+    assert "- P(in window) ≥ 0.9: 2; ≥ 0.5: 3" in summary
+    assert "| 4 | MOF\\|2 | 4.00 |" in summary  # a '|' in a file name no longer splits the table's row
 
 
 def test_recalibrator_ignores_a_few_near_zero_stds(gaussian_data):
