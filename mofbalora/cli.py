@@ -170,7 +170,6 @@ def featurise(
         raise typer.BadParameter(str(exc), param_hint="INPUTS") from exc
     cache_dir = cache_dir or default_cache_dir()
     try:  # filling the cache is this command's whole job
-        cache_dir.mkdir(parents=True, exist_ok=True)
         probe_writable(cache_dir)
     except OSError as exc:
         raise typer.BadParameter(f"{cache_dir}: cannot write there ({exc.strerror or exc})",

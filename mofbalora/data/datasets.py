@@ -222,12 +222,11 @@ def load_labelled_dataset(
     labels_path = Path(labels) if labels else _find_labels_csv(label_dir)
     # UTF-16 (Excel's "Unicode text") or Latin-1 raised a UnicodeDecodeError that named no file
     text = decode_text(labels_path.read_bytes())
-    frame = pd.read_csv(io.StringIO(text))
-    separator = ","
-    if frame.shape[1] == 1:  # Excel writes ';' where the decimal mark is a comma, and tabs as "text"
-        separator = next((sep for sep in (";", "\t") if sep in str(frame.columns[0])), ",")
-        if separator != ",":  # with ';' the decimal mark is a comma (a '.' still reads: to_numeric below)
-            frame = pd.read_csv(io.StringIO(text), sep=separator, decimal="," if separator == ";" else ".")
+    # Excel writes ';' where the decimal mark is a comma (a '.' still reads: to_numeric below), and
+    # tabs as "Unicode text"; a header without a comma names the separator
+    header = text.split("\n", 1)[0]
+    separator = next((sep for sep in (",", ";", "\t") if sep in header), ",")
+    frame = pd.read_csv(io.StringIO(text), sep=separator, decimal="," if separator == ";" else ".")
     if len(frame.columns):  # ids as written: pandas reads 0001 as 1, 1.10 as 1.1 and NA as missing
         frame[frame.columns[0]] = pd.read_csv(io.StringIO(text), sep=separator, usecols=[0], dtype=str,
                                               keep_default_na=False).iloc[:, 0]

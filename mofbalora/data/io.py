@@ -98,12 +98,13 @@ def check_table_path(path: str | os.PathLike) -> str:
 
 
 def probe_writable(folder: str | os.PathLike) -> None:
-    """Create a file in ``folder`` and remove it at once; permissions alone do not tell (a
-    read-only mount, root on a network share).
+    """Create ``folder`` if needed, then a file in it, removed at once; permissions alone do not
+    tell (a read-only mount, root on a network share).
 
     Raises:
         OSError: when it cannot be written.
     """
+    Path(folder).mkdir(parents=True, exist_ok=True)
     fd, probe = tempfile.mkstemp(prefix=".mofbalora.", suffix=".probe", dir=folder)
     os.close(fd)
     os.unlink(probe)

@@ -102,7 +102,6 @@ def featurise_paths(
     cache = FeatureCache(cache_dir, featuriser) if cache_dir is not None else None
     if cache is not None:
         try:
-            cache.directory.mkdir(parents=True, exist_ok=True)
             probe_writable(cache.directory)
         except OSError as exc:  # an unwritable cache only costs time; it stopped the whole run
             if str(cache.directory) not in _UNWRITABLE_CACHES:  # said once, not once per chunk
