@@ -55,8 +55,12 @@ release-pilot: $(STAMP)
 
 # The shipped model: all of QMOF, resumable (rerun to continue); see pipelines/release_model.py.
 # By default v2's fit first (release_qmof.yaml), then its warm restarts: v2.1 (release_qmof_v2.1.yaml)
-# and v2.2 (release_qmof_v2.2.yaml), whose fit the shipped v2.3 has (it differs from v2.2 in its
-# noise head only; run folder results/release/qmof-pbe-cgcnn-balora-v2.3).
+# and v2.2 (release_qmof_v2.2.yaml), whose fit the shipped v2.4 has (v2.3 differs from v2.2 in its
+# noise head only, v2.4 from v2.3 in where its intervals leave their 5%; run folder
+# results/release/qmof-pbe-cgcnn-balora-v2.4). From v2.3's package alone, v2.4 is
+# python pipelines/release_model.py --from-package mofbalora/pretrained/qmof-pbe-cgcnn-balora-v2.3
+#   --current-settings --run-dir results/release/qmof-pbe-cgcnn-balora-v2.4
+#   --package-dir mofbalora/pretrained/qmof-pbe-cgcnn-balora
 RELEASE_ARGS ?=
 release-model: $(STAMP)
 ifeq ($(strip $(RELEASE_ARGS)),)

@@ -6,6 +6,8 @@ fit (docs/method.md §9):
 - the conformal calibrator (crepes, normalised by the total std where the model has one, and
   Mondrian over predicted-gap bins when the split is large enough; ``CalibrationSettings``);
 - the rule that makes the reported mean non-negative, chosen on the validation split;
+- where the 5% that a 95% interval leaves out sits (its lower miss share), chosen on the
+  validation split and on the calibration split covered by a calibrator fitted on validation;
 - the OOD thresholds: quantiles of the epistemic std and of the embedding distance, plus the
   largest training cell.
 
@@ -32,7 +34,8 @@ from mofbalora.training.config import TrainConfig
 from mofbalora.training.fit import PreparedData, fit, prepare_data
 from mofbalora.training.noise_head import NoiseHeadConfig
 from mofbalora.uncertainty.conformal import MEAN_RULES, ConformalCalibrator
-from mofbalora.uncertainty.metrics import SMALL_GAP_EV, mae
+from mofbalora.uncertainty.intervals import check_lower_miss_share
+from mofbalora.uncertainty.metrics import LARGE_GAP_EV, SMALL_GAP_EV, mae
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +49,33 @@ class CalibrationSettings:
         mondrian_max_bins: the most bins.
         mean_rules: candidate rules for the non-negative reported mean (``conformal.MEAN_RULES``);
             the one with the lowest validation MAE is kept.
+        lower_miss_shares: candidate shares of a 95% interval's 5% left below it, the first the
+            default; :func:`choose_lower_miss_share` keeps one.
+        min_per_end: structures needed at each end of the gap range (true gap below
+            ``SMALL_GAP_EV``, above ``LARGE_GAP_EV``) on the two splits together to choose among
+            the shares; with fewer, the first is kept.
     """
 
     mondrian_min_per_bin: int | None = 150
     mondrian_max_bins: int = 8
     mean_rules: tuple[str, ...] = MEAN_RULES
+    lower_miss_shares: tuple[float, ...] = (0.5, 0.4, 0.3, 0.2)
+    min_per_end: int = 30
 
     def __post_init__(self) -> None:
         self.mean_rules = tuple(self.mean_rules)
         if not self.mean_rules or set(self.mean_rules) - set(MEAN_RULES):
             raise ValueError(f"calibration.mean_rules must be a non-empty subset of {MEAN_RULES}")
+        self.lower_miss_shares = tuple(check_lower_miss_share(float(share)) for share in self.lower_miss_shares)
+        if not self.lower_miss_shares:
+            raise ValueError("calibration.lower_miss_shares must hold at least one share")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "CalibrationSettings":
         return strict_from_dict(cls, values, "calibration")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mean_rules": list(self.mean_rules)}
+        return {**asdict(self), "mean_rules": list(self.mean_rules), "lower_miss_shares": list(self.lower_miss_shares)}
 
 
 def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.ndarray, *, n_samples: int,
@@ -88,6 +101,11 @@ def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.n
             val_mae_by_rule[rule] = mae(calibrator.point_prediction(val.mean, val.std_total_raw),
                                         np.asarray(validation[1], dtype=float))
     calibrator.mean_rule = min(val_mae_by_rule, key=val_mae_by_rule.get) if val_mae_by_rule else settings.mean_rules[0]
+    if len(settings.lower_miss_shares) > 1 and validation is None:
+        raise ValueError("choosing the lower miss share needs the validation split")
+    calibrator.lower_miss_share, share_choice = (settings.lower_miss_shares[0], None) if val is None else \
+        choose_lower_miss_share(calibrator, (predictive.mean, predictive.std_total_raw, gaps_ev),
+                                (val.mean, val.std_total_raw, np.asarray(validation[1], dtype=float)), settings)
     finite_std = predictive.std_epistemic[np.isfinite(predictive.std_epistemic)]
     return {
         "conformal": calibrator.to_dict(),
@@ -106,26 +124,87 @@ def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.n
         "settings": settings.to_dict(),
         "mean_rule": calibrator.mean_rule,
         "val_mae_ev_by_mean_rule": val_mae_by_rule,
+        "lower_miss_share": calibrator.lower_miss_share,
+        "lower_miss_share_choice": share_choice,
         "n_bins": 1 if calibrator.bin_thresholds_ is None else len(calibrator.bin_thresholds_) - 1,
         "validation_coverage_95": None if val is None else validation_coverage(calibrator, val.mean, val.std_total_raw,
                                                                                validation[1]),
     }
 
 
+def end_coverage(gaps_ev: np.ndarray, covered: np.ndarray) -> dict[str, list[int]]:
+    """[covered, n] at each end of the gap range: true gaps below ``SMALL_GAP_EV`` (``small``) and
+    above ``LARGE_GAP_EV`` (``large``)."""
+    gaps_ev, covered = np.asarray(gaps_ev, dtype=float), np.asarray(covered, dtype=bool)
+    return {end: [int(covered[mask].sum()), int(mask.sum())]
+            for end, mask in (("small", gaps_ev < SMALL_GAP_EV), ("large", gaps_ev > LARGE_GAP_EV))}
+
+
+def choose_lower_miss_share(calibrator: ConformalCalibrator, calibration: tuple[np.ndarray, np.ndarray, np.ndarray],
+                            validation: tuple[np.ndarray, np.ndarray, np.ndarray],
+                            settings: CalibrationSettings) -> tuple[float, dict[str, Any]]:
+    """The share of a 95% interval's misses left below it, among ``settings.lower_miss_shares``
+    (docs/method.md §9; ours). Each (mean, raw total std, true gap) triple is a split: ``calibrator``
+    (fitted on ``calibration``) covers ``validation``, and a calibrator with the same settings fitted
+    on ``validation`` covers ``calibration``, so every interval is scored on a split its calibrator
+    never saw. Pooled over both, the rule keeps the share whose worse-covered end of the gap range
+    (true gap below ``SMALL_GAP_EV`` or above ``LARGE_GAP_EV``) is covered best; the first listed
+    wins a tie. With fewer than ``settings.min_per_end`` structures at an end, or a validation split
+    too small to calibrate on, the first share is kept and the record says why.
+
+    Returns:
+        (share, record): the record lists each candidate's pooled end coverage and overall coverage.
+    """
+    shares = settings.lower_miss_shares
+    if len(shares) == 1:
+        return shares[0], None
+    try:
+        swapped = ConformalCalibrator(mondrian_min_per_bin=settings.mondrian_min_per_bin,
+                                      mondrian_max_bins=settings.mondrian_max_bins).fit(*validation)
+    except ValueError as error:  # too few validation structures for a 95% interval
+        return shares[0], {"kept_first_because": str(error)}
+    candidates = []
+    for share in shares:
+        lower_tail, pooled, widths = 0.05 * share, {"small": [0, 0], "large": [0, 0], "all": [0, 0]}, []
+        for fitted, (mean, std, gaps) in ((calibrator, validation), (swapped, calibration)):
+            fitted.lower_miss_share = share  # the interval predict will report with this share
+            lower, upper = fitted.interval(mean, std)
+            covered, widths = (gaps >= lower) & (gaps <= upper), widths + [upper - lower]
+            for end, (hits, n) in {**end_coverage(gaps, covered), "all": [int(covered.sum()), len(gaps)]}.items():
+                pooled[end][0] += hits
+                pooled[end][1] += n
+        candidates.append({"lower_miss_share": share, "lower_tail": lower_tail,
+                           **{f"{end}_covered_n": pooled[end] for end in pooled},
+                           "median_width_ev": float(np.median(np.concatenate(widths))),
+                           "worse_end_coverage": min(pooled[end][0] / pooled[end][1] for end in ("small", "large"))
+                           if pooled["small"][1] and pooled["large"][1] else None})
+    record: dict[str, Any] = {"rule": "max over shares of the worse end's pooled coverage; first listed wins ties",
+                              "small_gap_ev": SMALL_GAP_EV, "large_gap_ev": LARGE_GAP_EV, "candidates": candidates}
+    n_small, n_large = candidates[0]["small_covered_n"][1], candidates[0]["large_covered_n"][1]
+    if min(n_small, n_large) < settings.min_per_end:
+        record["kept_first_because"] = (f"fewer than {settings.min_per_end} structures at an end "
+                                        f"({n_small} below {SMALL_GAP_EV} eV, {n_large} above {LARGE_GAP_EV} eV)")
+        return shares[0], record
+    best = max(candidates, key=lambda c: c["worse_end_coverage"])  # max keeps the first of equals
+    return best["lower_miss_share"], record
+
+
 def validation_coverage(calibrator: ConformalCalibrator, mean_ev: np.ndarray, std_total_raw_ev: np.ndarray,
                         gaps_ev: np.ndarray) -> dict[str, Any]:
     """How the calibrated 95% intervals cover a split the calibrator never saw (validation): overall,
-    in each Mondrian bin of the predicted gap, and for true gaps below ``SMALL_GAP_EV``. A check
-    before the test split is scored, not a choice: nothing is selected on it."""
+    in each Mondrian bin of the predicted gap, and at both ends of the gap range (true gaps below
+    ``SMALL_GAP_EV`` and above ``LARGE_GAP_EV``). A check before the test split is scored; of the
+    calibration, only the lower miss share is chosen with this split (:func:`choose_lower_miss_share`)."""
     gaps_ev = np.asarray(gaps_ev, dtype=float)
     lower, upper = calibrator.interval(mean_ev, std_total_raw_ev)
     covered = (gaps_ev >= lower) & (gaps_ev <= upper)
-    bins, small = calibrator.bin_index(mean_ev), gaps_ev < SMALL_GAP_EV
+    bins, ends = calibrator.bin_index(mean_ev), end_coverage(gaps_ev, covered)
     return {"n": int(len(gaps_ev)), "all": float(covered.mean()),
             "by_bin": [{"n": int((bins == b).sum()), "coverage": float(covered[bins == b].mean()) if (bins == b).any()
                         else None} for b in range(calibrator.n_bins)],
-            "small_gap": {"threshold_ev": SMALL_GAP_EV, "n": int(small.sum()),
-                          "coverage": float(covered[small].mean()) if small.any() else None}}
+            **{f"{end}_gap": {"threshold_ev": threshold, "n": ends[end][1],
+                              "coverage": ends[end][0] / ends[end][1] if ends[end][1] else None}
+               for end, threshold in (("small", SMALL_GAP_EV), ("large", LARGE_GAP_EV))}}
 
 
 def calibrate(folder: str | os.PathLike, *, data: str | os.PathLike | None = None, progress: bool = False,

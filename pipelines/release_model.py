@@ -2,7 +2,7 @@
 
 Stages, each resumable (a rerun skips what is done; an interrupted fit continues from its last
 checkpoint):
-1. fit: CGCNN + the chosen BaLoRA default on all of QMOF. The shipped v2.3 has the fit of v2.2
+1. fit: CGCNN + the chosen BaLoRA default on all of QMOF. The shipped v2.4 and v2.3 have the fit of v2.2
    (pipelines/configs/release_qmof_v2.2.yaml, the default), a warm restart of v2.1
    (release_qmof_v2.1.yaml), itself a warm restart of v2 (release_qmof.yaml); their fits must exist
    first: ``python pipelines/release_model.py --config pipelines/configs/release_qmof.yaml
@@ -12,7 +12,8 @@ checkpoint):
 2. noise: the per-structure data-noise head, its variant chosen on validation
    (pipelines/configs/uncertainty.yaml; mofbalora.data_noise). v2.3 differs from v2.2 only here:
    the fourth round of variants chose the composition-aware head (docs/method.md §13);
-3. calibrate on the held-out calibration split (Mondrian conformal intervals, mean rule, OOD thresholds);
+3. calibrate on the held-out calibration split (Mondrian conformal intervals, mean rule, where the
+   95% interval leaves its 5%, OOD thresholds). v2.4 differs from v2.3 only in that choice;
 4. test: predictions on the test split at the model's S, scored with BCa bootstrap CIs, and the
    reliability figure of the window probability;
 5. package: the files prediction needs, the split ids, release.json and MODEL_CARD.md into
@@ -29,8 +30,11 @@ model.json records, the test split is scored and DIR is rewritten, so that ``git
 changed (for v2.3 on 2 cores: about 6 minutes, every figure of release.json within 1e-5).
 ``--keep-calibration`` scores a folder as it is, without a new noise head or calibration (the
 "before" of a change; with ``--from-package``, an archived release rescored by today's test stage).
+``--current-settings`` with ``--from-package`` refits them with pipelines/configs/uncertainty.yaml
+instead: a new release from a shipped model's weights (v2.4 is v2.3's weights, noise head and
+calibration refitted with the lower miss share chosen on validation, docs/method.md §9).
 
-The run folder is results/release/qmof-pbe-cgcnn-balora-v2.3/ (test predictions stay there: they
+The run folder is results/release/qmof-pbe-cgcnn-balora-v2.4/ (test predictions stay there: they
 hold QMOF labels and are never committed).
 """
 
@@ -82,7 +86,7 @@ CONFIG = ROOT / "pipelines" / "configs" / "release_qmof_v2.2.yaml"
 UNCERTAINTY_CONFIG = ROOT / "pipelines" / "configs" / "uncertainty.yaml"
 FIGURES_DIR = ROOT / "docs" / "results" / "release"
 RELEASE = SHIPPED[0]
-RUN_DIR = ROOT / "results" / "release" / f"{RELEASE.folder_name}-v2.3"
+RUN_DIR = ROOT / "results" / "release" / f"{RELEASE.folder_name}-v2.4"
 PACKAGE_DIR = ROOT / "mofbalora" / "pretrained" / RELEASE.folder_name
 #: where ``--from-package`` runs go by default, one folder per package
 FROM_PACKAGE_RUNS = ROOT / "results" / "release" / "from-package"
@@ -189,13 +193,14 @@ class StageLog:
 
 
 def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | None, *,
-                      keep_calibration: bool = False) -> None:
+                      keep_calibration: bool = False, settings_from: str | os.PathLike | None = None) -> None:
     """Start ``run_dir`` as the fitted folder of ``package`` (same config and split): its trained
     weights, split, training record and the stage log of its fit. Without ``keep_calibration`` the
     package's noise head and calibration are left behind, so that those stages run again with the
     settings the package records (:data:`SEEDED_UNCERTAINTY`): the figures of its release.json are
     then reproduced from its weights alone. Nothing of the fit's own folder (or of the model a warm
-    restart started from) needs to be on this machine.
+    restart started from) needs to be on this machine. With ``settings_from`` (an uncertainty YAML)
+    those stages use its settings instead: a new release from a shipped model's weights.
 
     Raises:
         SystemExit: when the package was trained with another config, or records no settings to
@@ -209,6 +214,10 @@ def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | Non
         raise SystemExit(f"{package} was trained with another config than this run's")
     recorded_settings = {"noise_head": (meta.get("noise_head") or {}).get("config"),
                          "calibration": (meta.get("calibration") or {}).get("settings")}
+    if settings_from is not None:
+        declared = load_uncertainty_config(settings_from)
+        recorded_settings = {"noise_head": declared["noise_head"].to_dict(),
+                             "calibration": CalibrationSettings.from_dict(declared["calibration"]).to_dict()}
     if not keep_calibration and None in recorded_settings.values():
         raise SystemExit(f"{package} records no noise-head config or calibration settings to refit them with; "
                          "rescore it as it is with --keep-calibration")
@@ -331,7 +340,8 @@ def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], 
                  "train_n_atoms_range": [int(min(train_atoms)), int(max(train_atoms))]},
         "calibration": {k: meta["calibration"][k] for k in ("samples", "seed", "n_calibration", "ood", "calibration_mae_ev",
                                                              "mean_rule", "val_mae_ev_by_mean_rule", "n_bins",
-                                                             "validation_coverage_95")
+                                                             "validation_coverage_95", "lower_miss_share",
+                                                             "lower_miss_share_choice")
                         if k in meta["calibration"]},
         "noise_head": {k: v for k, v in meta["noise_head"].items() if k != "file"} if meta.get("noise_head") else None,
         "training": training_record(folder),
@@ -373,17 +383,24 @@ def main(argv: list[str] | None = None) -> None:
                              "with the settings it records, test, and rewrite the package")
     parser.add_argument("--keep-calibration", action="store_true",
                         help="score the folder as it is: no new noise head, no new calibration")
+    parser.add_argument("--current-settings", action="store_true",
+                        help="with --from-package: refit the noise head and calibration with "
+                             "pipelines/configs/uncertainty.yaml, not the settings the package records "
+                             "(a new release from a shipped model's weights)")
     parser.add_argument("--uncertainty-config", default=str(UNCERTAINTY_CONFIG), help=argparse.SUPPRESS)
     parser.add_argument("--figures-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--package-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.current_settings and not args.from_package:
+        parser.error("--current-settings goes with --from-package")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config_path, run_dir, package_dir = _paths(args)
     config = load_train_config(config_path)
     if args.from_package:
-        seed_from_package(Path(args.from_package), run_dir, config, args.data, keep_calibration=args.keep_calibration)
+        seed_from_package(Path(args.from_package), run_dir, config, args.data, keep_calibration=args.keep_calibration,
+                          settings_from=args.uncertainty_config if args.current_settings else None)
     uncertainty = uncertainty_settings(run_dir, args.uncertainty_config)
     seeded = seeded_record(run_dir) is not None
     if seeded and not config.was_recorded_as(read_model_json(run_dir)["train_config"]):
@@ -412,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     parts = prepared.parts
     with log.stage("test", already_done=test_table_current(folder)):
         table = test_predictions(folder, parts)
-    scores = test_scores(table, predictive_draws=calibrated_draws(folder, table))
+    scores = test_scores(table, predictive_draws=calibrated_draws(folder, table),
+                         lower_miss_share=read_model_json(folder)["calibration"].get("lower_miss_share", 0.5))
     # the release's figures are published; another run folder (a smoke test) keeps its own
     # its commit stamp before any file is written
     record = release_record(folder, parts, scores, config_path, shipped=shipped_for(package_dir))

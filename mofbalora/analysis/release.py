@@ -14,7 +14,7 @@ import pandas as pd
 from mofbalora.analysis.report import _ci, _table
 from mofbalora.pretrained import DEFAULT_MODEL, SHIPPED
 from mofbalora.uncertainty import metrics as um
-from mofbalora.uncertainty.metrics import SMALL_GAP_EV
+from mofbalora.uncertainty.metrics import LARGE_GAP_EV, SMALL_GAP_EV
 
 #: the screening window whose probabilities the reliability table checks (eV)
 WINDOW_EV = (1.5, 3.0)
@@ -25,7 +25,7 @@ def _covered(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> np.ndar
 
 
 def test_scores(table: pd.DataFrame, *, n_resamples: int = 2000, seed: int = 0,
-                predictive_draws: np.ndarray | None = None) -> dict[str, Any]:
+                predictive_draws: np.ndarray | None = None, lower_miss_share: float = 0.5) -> dict[str, Any]:
     """Accuracy, calibrated coverage and error–uncertainty correlation on the test split.
 
     Args:
@@ -36,6 +36,8 @@ def test_scores(table: pd.DataFrame, *, n_resamples: int = 2000, seed: int = 0,
             ``gap_bin`` (the calibrator's predicted-gap bin) and ``p_in_window`` (for :data:`WINDOW_EV`).
         predictive_draws: [K, n] band gaps drawn from each structure's calibrated predictive
             distribution; with them, the ρ that distribution promises (``spearman_calibrated_std_if_true``).
+        lower_miss_share: the share of the 95% interval's misses its calibrator leaves below it (½:
+            central); the interval score weighs misses below and above by it.
     """
     truth = table["bandgap_true_ev"].to_numpy(float)
     mean = table["bandgap_mean_ev"].to_numpy(float)
@@ -49,7 +51,7 @@ def test_scores(table: pd.DataFrame, *, n_resamples: int = 2000, seed: int = 0,
 
     covered = {level: _covered(table[f"lower_{level}_ev"].to_numpy(float), table[f"upper_{level}_ev"].to_numpy(float),
                                truth) for level in (68, 95)}
-    small = truth < SMALL_GAP_EV
+    small, large = truth < SMALL_GAP_EV, truth > LARGE_GAP_EV
     ood = table["out_of_distribution"].to_numpy(bool)
     return {
         "n_test": int(len(truth)),
@@ -64,23 +66,28 @@ def test_scores(table: pd.DataFrame, *, n_resamples: int = 2000, seed: int = 0,
         "small_gap": {"threshold_ev": SMALL_GAP_EV, "n": int(small.sum()),
                       "mae_ev": float(abs_err[small].mean()) if small.any() else None,
                       "coverage_95": float(covered[95][small].mean()) if small.any() else None},
+        "large_gap": {"threshold_ev": LARGE_GAP_EV, "n": int(large.sum()),
+                      "mae_ev": float(abs_err[large].mean()) if large.any() else None,
+                      "coverage_95": float(covered[95][large].mean()) if large.any() else None},
         "ood": {"n_flagged": int(ood.sum()), "share": float(ood.mean()),
                 "mae_flagged_ev": float(abs_err[ood].mean()) if ood.any() else None,
                 "mae_unflagged_ev": float(abs_err[~ood].mean()) if (~ood).any() else None},
         "n_atoms_range": [int(table["n_atoms"].min()), int(table["n_atoms"].max())],
-        **_distribution_scores(table, truth, covered[95], ci),
+        **_distribution_scores(table, truth, covered[95], ci, lower_miss_share),
         **({} if predictive_draws is None else {"spearman_calibrated_std_if_true": um.spearman_std_error_if_true(
             mean, table["bandgap_std_ev"].to_numpy(float), predictive_draws)}),
     }
 
 
-def _distribution_scores(table: pd.DataFrame, truth: np.ndarray, covered_95: np.ndarray, ci: Any) -> dict[str, Any]:
+def _distribution_scores(table: pd.DataFrame, truth: np.ndarray, covered_95: np.ndarray, ci: Any,
+                         lower_miss_share: float) -> dict[str, Any]:
     """Per-structure noise, proper scores, widths, per-bin coverage, non-negativity and window reliability."""
     lower, upper = table["lower_95_ev"].to_numpy(float), table["upper_95_ev"].to_numpy(float)
     mean = table["bandgap_mean_ev"].to_numpy(float)
     width = upper - lower
     out: dict[str, Any] = {
-        "interval_score_95_ev": ci(np.mean, um.interval_score(lower, upper, truth, confidence=0.95)),
+        "interval_score_95_ev": ci(np.mean, um.interval_score(lower, upper, truth, confidence=0.95,
+                                                              lower_miss_share=lower_miss_share)),
         "width_95_ev_p10_p50_p90": [float(q) for q in np.quantile(width, [0.1, 0.5, 0.9])],
         "small_gap_coverage_95": ci(np.mean, covered_95[truth < SMALL_GAP_EV]) if (truth < SMALL_GAP_EV).sum() > 1
         else None,
@@ -261,6 +268,7 @@ def model_card(record: dict[str, Any]) -> str:
         f"batch {config['batch_size']}, lr {config['lr']}, {config.get('schedule', 'warmup_cosine')} schedule.",
         f"- Prediction: S = {calibration['samples']} weight samples (sampling seed {calibration['seed']}); "
         "the conformal calibrator was fitted with that S, so use the default S.",
+        *_interval_shape_lines(calibration),
         f"- Trained on {training['device']}: {_training_time(training)}; {_commits_text(record)}.",
         *_warm_start_lines(record.get("warm_start")),
         "- Validation MAE per epoch (eV, mean mode, what early stopping watched): "
@@ -293,6 +301,7 @@ def model_card(record: dict[str, Any]) -> str:
         f"- Small gaps: on test structures with a PBE gap below {small['threshold_ev']} eV (n = {small['n']}) "
         f"the MAE is {small['mae_ev']:.2f} eV and the 95% coverage {small['coverage_95']:.2f}"
         f"{_validation_small_gap_text(calibration)}; metallic or near-metallic frameworks are poorly ranked.",
+        *_large_gap_lines(scores),
         f"- `out_of_distribution` is True when the epistemic std or the distance of the structure's frozen "
         f"CGCNN embedding to its {config['ood_neighbours']} nearest training structures exceeds the "
         f"{calibration['ood']['quantile']:.0%} quantile on the calibration split, or the cell is larger than any "
@@ -314,6 +323,35 @@ def model_card(record: dict[str, Any]) -> str:
         f"`python pipelines/release_model.py --from-package mofbalora/pretrained/{record['name']}`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _interval_shape_lines(calibration: dict[str, Any]) -> list[str]:
+    """Where a 95% interval leaves its 5% (none for a release from before the choice: central)."""
+    share, choice = calibration.get("lower_miss_share"), calibration.get("lower_miss_share_choice")
+    if share is None:
+        return []
+    text = (f"- Intervals: the calibrated 95% interval leaves {5 * share:.2g}% of the predictive distribution "
+            f"below it and {5 * (1 - share):.2g}% above (lower miss share {share:g}; ½ is the central interval).")
+    if choice and choice.get("candidates") and not choice.get("kept_first_because"):
+        def cell(pair):
+            return f"{pair[0] / pair[1]:.3f}" if pair[1] else "–"
+        text += (" Chosen on the validation and calibration splits before the test split was scored "
+                 f"({choice['rule']}; docs/method.md §9), from: " + "; ".join(
+                     f"{5 * c['lower_miss_share']:.2g}% below: gaps < {choice['small_gap_ev']:g} eV "
+                     f"{cell(c['small_covered_n'])}, > {choice['large_gap_ev']:g} eV {cell(c['large_covered_n'])}, "
+                     f"median width {c['median_width_ev']:.2f} eV" for c in choice["candidates"]) + ".")
+    elif choice and choice.get("kept_first_because"):
+        text += f" Kept as listed first: {choice['kept_first_because']}."
+    return [text]
+
+
+def _large_gap_lines(scores: dict[str, Any]) -> list[str]:
+    """The other end of the gap range (none for a record from before it was scored)."""
+    large = scores.get("large_gap")
+    if not large or large["coverage_95"] is None:
+        return []
+    return [f"- Large gaps: above {large['threshold_ev']:g} eV (n = {large['n']}) the MAE is {large['mae_ev']:.2f} eV "
+            f"and the 95% coverage {large['coverage_95']:.2f}: errors regress to the middle at both ends."]
 
 
 def _validation_small_gap_text(calibration: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from crepes import ConformalPredictiveSystem
 from crepes.extras import MondrianCategorizer
 
-from mofbalora.uncertainty.intervals import check_window
+from mofbalora.uncertainty.intervals import check_lower_miss_share, check_window
 
 #: the smallest calibration set whose 95% interval is finite: ceil((n + 1) · 0.975) <= n
 MIN_CALIBRATION = 39
@@ -45,6 +45,9 @@ class ConformalCalibrator:
             ``n_cal // mondrian_min_per_bin`` (at most ``mondrian_max_bins``). None or one bin: no Mondrian.
         mondrian_max_bins: the most bins.
         mean_rule: one of :data:`MEAN_RULES`.
+        lower_miss_share: the share of an interval's misses (1 − confidence) left below it, in
+            (0, 1): ½ is the central interval; less moves both ends down (docs/method.md §9,
+            chosen on validation by ``mofbalora.calibrate.choose_lower_miss_share``).
 
     Fitted attributes:
         residuals_: calibration residuals y − ŷ (eV), [n_cal].
@@ -58,13 +61,15 @@ class ConformalCalibrator:
     """
 
     def __init__(self, *, mondrian_min_per_bin: int | None = None, mondrian_max_bins: int = 8,
-                 mean_rule: str = "clip") -> None:
+                 mean_rule: str = "clip", lower_miss_share: float = 0.5) -> None:
         if mean_rule not in MEAN_RULES:
             raise ValueError(f"mean_rule must be one of {MEAN_RULES}, got {mean_rule!r}")
+        check_lower_miss_share(lower_miss_share)
         if mondrian_min_per_bin is not None and mondrian_min_per_bin < MIN_CALIBRATION:
             raise ValueError(f"mondrian_min_per_bin must be >= {MIN_CALIBRATION}, got {mondrian_min_per_bin}")
         self.mondrian_min_per_bin, self.mondrian_max_bins, self.mean_rule = (
             mondrian_min_per_bin, mondrian_max_bins, mean_rule)
+        self.lower_miss_share = lower_miss_share
 
     def fit(self, y_pred: np.ndarray, y_std: np.ndarray | None, y_true: np.ndarray, *,
             bin_thresholds: np.ndarray | None = None) -> "ConformalCalibrator":
@@ -123,14 +128,15 @@ class ConformalCalibrator:
     def interval(self, y_pred: np.ndarray, y_std: np.ndarray | None, *, confidence: float = 0.95,
                  lower_bound_ev: float | None = 0.0, lower_tail: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated interval (eV) holding ``confidence`` of the predictive distribution, with
-        ``lower_tail`` of it below (default: half the rest, the central interval every prediction
-        reports; other splits are for diagnostics, benchmarks/small_gap_check.py). The lower end is
-        clipped at ``lower_bound_ev`` (gaps ≥ 0)."""
+        :attr:`lower_miss_share` of the rest below it (the interval every prediction reports), or
+        with ``lower_tail`` of the distribution below it (diagnostics, benchmarks/small_gap_check.py).
+        The lower end is clipped at ``lower_bound_ev`` (gaps ≥ 0)."""
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
         if lower_tail is None:
-            low_percentile = 100 * (1 - confidence) / 2
-            high_percentile = 100 - low_percentile
+            # written so that the central share ½ gives the percentiles of before, bit for bit
+            low_percentile = 100 * (1 - confidence) * self.lower_miss_share
+            high_percentile = 100 - 100 * (1 - confidence) * (1 - self.lower_miss_share)
         elif 0 <= lower_tail <= 1 - confidence:
             low_percentile, high_percentile = 100 * lower_tail, 100 * (lower_tail + confidence)
         else:
@@ -246,19 +252,20 @@ class ConformalCalibrator:
                 "sigmas_ev": None if self.sigmas_ is None else self.sigmas_.tolist(),
                 "bin_thresholds_ev": None if self.bin_thresholds_ is None else
                 [None if not np.isfinite(t) else float(t) for t in self.bin_thresholds_],
-                "mean_rule": self.mean_rule}
+                "mean_rule": self.mean_rule, "lower_miss_share": self.lower_miss_share}
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> "ConformalCalibrator":
         """Refit from :meth:`to_dict` (a state from before Mondrian bins and stored predictions fits
-        on ŷ = 0, which reproduces its residuals exactly)."""
+        on ŷ = 0, which reproduces its residuals exactly; one from before the lower miss share has
+        central intervals)."""
         residuals = np.asarray(state["residuals_ev"], dtype=float)
         predictions = np.asarray(state.get("predictions_ev") or np.zeros_like(residuals), dtype=float)
         sigmas = None if state["sigmas_ev"] is None else np.asarray(state["sigmas_ev"], dtype=float)
         thresholds = state.get("bin_thresholds_ev")
         edges = None if thresholds is None else np.array(
             [(-np.inf if i == 0 else np.inf) if t is None else t for i, t in enumerate(thresholds)])
-        return cls(mean_rule=state.get("mean_rule", "clip")).fit(predictions, sigmas, predictions + residuals,
+        return cls(mean_rule=state.get("mean_rule", "clip"), lower_miss_share=state.get("lower_miss_share", 0.5)).fit(predictions, sigmas, predictions + residuals,
                                                                   bin_thresholds=edges)
 
     def _inputs(self, y_pred: np.ndarray, y_std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -23,6 +23,13 @@ def gaussian_interval(mean_ev: np.ndarray, std_ev: np.ndarray, *, coverage: floa
     return np.maximum(mean_ev - z * std_ev, 0.0), np.maximum(mean_ev + z * std_ev, 0.0)
 
 
+def check_lower_miss_share(share: float) -> float:
+    """``share`` when it lies in (0, 1); a ``ValueError`` otherwise (at 0 or 1 one end is unbounded)."""
+    if not 0 < share < 1:
+        raise ValueError(f"lower_miss_share must lie in (0, 1), got {share}")
+    return share
+
+
 def check_window(window_ev: Sequence[float]) -> tuple[float, float]:
     """(low, high) in eV of a band-gap window, checked: two numbers with low < high (high may be inf).
 

@@ -13,11 +13,15 @@ from scipy import stats
 from scipy.stats import norm
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
+from mofbalora.uncertainty.intervals import check_lower_miss_share
+
 
 #: the one clipping rule: metrics that need a positive std (NLL, Gaussian intervals) see at least this
 STD_FLOOR_EV = 1e-9
 #: gaps below this (eV) are where PBE and the model are least reliable (small-gap / metallic MOFs)
 SMALL_GAP_EV = 0.5
+#: gaps above this (eV): the other end of the range, where errors regress to the middle too (ours)
+LARGE_GAP_EV = 4.0
 
 
 def positive_std(std: np.ndarray) -> np.ndarray:
@@ -217,17 +221,23 @@ def floor_statistics(y_pred: np.ndarray, y_true: np.ndarray, *, tolerance_ev: fl
             "mae_gap_below_ev": float(np.abs(y_pred - y_true)[low].mean()) if low.any() else float("nan")}
 
 
-def interval_score(lower: np.ndarray, upper: np.ndarray, y_true: np.ndarray, *, confidence: float) -> np.ndarray:
-    """Winkler interval score (eV) per point: width + (2/a)·(distance outside), a = 1 − confidence.
+def interval_score(lower: np.ndarray, upper: np.ndarray, y_true: np.ndarray, *, confidence: float,
+                   lower_miss_share: float = 0.5) -> np.ndarray:
+    """Winkler interval score (eV) per point: width + (1/a_low)·(distance below) + (1/a_high)·(distance
+    above), with a = 1 − confidence split as a_low = ``lower_miss_share``·a below the interval and the
+    rest above; the central interval's share ½ gives the usual width + (2/a)·(distance outside).
 
-    Lower is better; a proper score for the central interval at that confidence (Gneiting and
-    Raftery 2007, eq. 43).
+    Lower is better; a proper score for the interval whose ends are the a_low and 1 − a_high
+    quantiles (its expectation is least where P(y < lower) = a_low and P(y > upper) = a_high;
+    Gneiting and Raftery 2007, eq. 43, for the central case).
     """
     lower, upper, y_true = _check(lower, upper, y_true)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    check_lower_miss_share(lower_miss_share)
     a = 1.0 - confidence
-    return (upper - lower) + (2 / a) * np.maximum(lower - y_true, 0) + (2 / a) * np.maximum(y_true - upper, 0)
+    a_low, a_high = a * lower_miss_share, a * (1 - lower_miss_share)
+    return (upper - lower) + np.maximum(lower - y_true, 0) / a_low + np.maximum(y_true - upper, 0) / a_high
 
 
 def probability_reliability(p_predicted: np.ndarray, outcome: np.ndarray, *, n_bins: int = 10) -> "pd.DataFrame":
