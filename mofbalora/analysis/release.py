@@ -88,6 +88,7 @@ def _distribution_scores(table: pd.DataFrame, truth: np.ndarray, covered_95: np.
     out: dict[str, Any] = {
         "interval_score_95_ev": ci(np.mean, um.interval_score(lower, upper, truth, confidence=0.95,
                                                               lower_miss_share=lower_miss_share)),
+        "interval_score_95_lower_miss_share": lower_miss_share,
         "width_95_ev_p10_p50_p90": [float(q) for q in np.quantile(width, [0.1, 0.5, 0.9])],
         "small_gap_coverage_95": ci(np.mean, covered_95[truth < SMALL_GAP_EV]) if (truth < SMALL_GAP_EV).sum() > 1
         else None,
@@ -125,7 +126,11 @@ def _distribution_rows(scores: dict[str, Any]) -> list[str]:
     if "crps_ev" in scores:
         rows.append(f"| CRPS of the calibrated distribution (eV, lower is better) | {_ci_text(scores['crps_ev'])} |")
     if "interval_score_95_ev" in scores:
-        rows.append(f"| 95% interval (Winkler) score (eV, lower is better) | {_ci_text(scores['interval_score_95_ev'])} |")
+        share = scores.get("interval_score_95_lower_miss_share", 0.5)
+        weights = "" if share == 0.5 else (f"; a miss below weighs 1/{5 * share:.2g}%, above 1/{5 * (1 - share):.2g}%, "
+                                           "as the interval leaves them")
+        rows.append(f"| 95% interval (Winkler) score (eV, lower is better{weights}) | "
+                    f"{_ci_text(scores['interval_score_95_ev'])} |")
     if "width_95_ev_p10_p50_p90" in scores:
         p10, p50, p90 = scores["width_95_ev_p10_p50_p90"]
         rows.append(f"| 95% width 10th / 50th / 90th percentile (eV) | {p10:.2f} / {p50:.2f} / {p90:.2f} |")
@@ -356,10 +361,15 @@ def _large_gap_lines(scores: dict[str, Any]) -> list[str]:
 
 def _validation_small_gap_text(calibration: dict[str, Any]) -> str:
     """" (on the validation split, which the calibrator never saw: 0.92, n = 82)", or "" for a
-    release calibrated before that check was recorded."""
+    release calibrated before that check was recorded; a split that chose the interval's shape is
+    not called unseen."""
     small = (calibration.get("validation_coverage_95") or {}).get("small_gap")
     if not small or small["coverage"] is None:
         return ""
+    choice = calibration.get("lower_miss_share_choice") or {}
+    if choice.get("candidates") and not choice.get("kept_first_because"):
+        return (f" (on the validation split, which chose where the interval leaves its 5% but was not "
+                f"calibrated on: {small['coverage']:.2f}, n = {small['n']})")
     return f" (on the validation split, which the calibrator never saw: {small['coverage']:.2f}, n = {small['n']})"
 
 

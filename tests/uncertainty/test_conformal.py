@@ -1,5 +1,7 @@
 """The conformal calibrator (crepes) and the OOD flags on synthetic data with known answers."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,74 @@ def test_an_interval_with_another_tail_split_misses_as_often_below_and_above_as_
     for bad in (-0.01, 0.06):
         with pytest.raises(ValueError, match="lower_tail"):
             calibrator.interval(test_pred, test_sigma, lower_tail=bad)
+
+
+def test_the_lower_miss_share_moves_the_misses_and_is_kept_on_save(heteroscedastic):
+    """``lower_miss_share`` s: a 95% interval misses s·5% below and the rest above; ½ is the central
+    interval bit for bit (every model calibrated before the share existed loads as ½)."""
+    pred, sigma, truth = heteroscedastic
+    calibrator = ConformalCalibrator().fit(pred[:2000], sigma[:2000], truth[:2000])
+    test_pred, test_sigma, test_truth = pred[2000:], sigma[2000:], truth[2000:]
+    central = calibrator.interval(test_pred, test_sigma, lower_bound_ev=None)
+    for share in (0.2, 0.8):
+        calibrator.lower_miss_share = share
+        lower, upper = calibrator.interval(test_pred, test_sigma, lower_bound_ev=None)
+        assert np.mean(test_truth < lower) == pytest.approx(0.05 * share, abs=0.006)
+        assert np.mean(test_truth > upper) == pytest.approx(0.05 * (1 - share), abs=0.008)
+        restored = ConformalCalibrator.from_dict(json.loads(json.dumps(calibrator.to_dict())))
+        assert restored.lower_miss_share == share
+        np.testing.assert_array_equal(restored.interval(test_pred, test_sigma, lower_bound_ev=None), (lower, upper))
+    state = calibrator.to_dict()
+    del state["lower_miss_share"]  # a model.json from before the share
+    np.testing.assert_array_equal(ConformalCalibrator.from_dict(state).interval(test_pred, test_sigma, lower_bound_ev=None),
+                                  central)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="lower_miss_share"):
+            ConformalCalibrator(lower_miss_share=bad)
+
+
+def _one_end_skewed(rng, low_end: bool, n: int = 1500):
+    """Two predicted gaps, one Mondrian bin each. In one bin the errors all point to its end of the
+    gap range, uniform over 0–1.2 eV, so the sixth with the largest errors (beyond 1 eV) crosses
+    the end's threshold: near-metals predicted at 1.5 eV (``low_end``), or wide-gap insulators
+    predicted at 3 eV. The other bin's errors are narrow (±0.2 eV) and all of it lies beyond the
+    other end's threshold."""
+    skewed, narrow = rng.uniform(0.0, 1.2, n), rng.uniform(-0.2, 0.2, n)
+    if low_end:
+        pred, truth = np.repeat([1.5, 4.5], n), np.r_[1.5 - skewed, 4.5 + narrow]
+    else:
+        pred, truth = np.repeat([0.25, 3.0], n), np.r_[0.25 + narrow, 3.0 + skewed]
+    return pred, np.ones(2 * n), truth
+
+
+@pytest.mark.parametrize("low_end", [True, False])
+def test_the_lower_miss_share_rule_covers_the_worse_end_best(low_end):
+    """calibrate.choose_lower_miss_share on a known answer. In the skewed bin, a 95% interval with
+    lower miss share s leaves 5%·s (near-metals) or 5%·(1 − s) (insulators) of the bin outside, all
+    of them from the sixth beyond the threshold, so that end is covered 1 − 0.3·s or 1 − 0.3·(1 − s);
+    the other end 0.95 whatever s. The worse end is the skewed one, and it is covered best by the
+    share that moves the misses away from it: 0.2 for near-metals, the central 0.5 for insulators."""
+    from mofbalora.calibrate import CalibrationSettings, choose_lower_miss_share
+
+    rng = np.random.default_rng(3)
+    calibration, validation = _one_end_skewed(rng, low_end), _one_end_skewed(rng, low_end)
+    settings = CalibrationSettings(mondrian_min_per_bin=1500)
+    calibrator = ConformalCalibrator(mondrian_min_per_bin=1500).fit(*calibration)
+    assert calibrator.n_bins == 2
+    share, record = choose_lower_miss_share(calibrator, calibration, validation, settings)
+    assert share == (0.2 if low_end else 0.5) and "kept_first_because" not in record
+    skewed_end, other_end = ("small", "large") if low_end else ("large", "small")
+    for candidate in record["candidates"]:
+        s = candidate["lower_miss_share"]
+        hits, n = candidate[f"{skewed_end}_covered_n"]
+        assert hits / n == pytest.approx(1 - 0.3 * (s if low_end else 1 - s), abs=0.03)
+        hits, n = candidate[f"{other_end}_covered_n"]
+        assert hits / n == pytest.approx(0.95, abs=0.01)
+        assert candidate["all_covered_n"][1] == 6000
+    # too few structures at an end: the first share is kept, and the record says why
+    share, record = choose_lower_miss_share(calibrator, calibration, validation,
+                                            CalibrationSettings(mondrian_min_per_bin=1500, min_per_end=10_000))
+    assert share == 0.5 and "fewer than 10000" in record["kept_first_because"]
 
 
 def test_constant_width_for_deterministic_models(heteroscedastic):
@@ -259,3 +329,5 @@ def test_validation_coverage_counts_each_bin_and_the_small_gaps():
     assert [b["n"] for b in result["by_bin"]] == [4, 4]
     assert [b["coverage"] for b in result["by_bin"]] == pytest.approx([3 / 4, 1 / 4])
     assert result["small_gap"] == {"threshold_ev": 0.5, "n": 2, "coverage": pytest.approx(0.5)}
+    # truth 4.5 (residual 1.5) is the one gap above 4 eV, outside; 3.9 is below the threshold
+    assert result["large_gap"] == {"threshold_ev": 4.0, "n": 1, "coverage": 0.0}

@@ -135,6 +135,29 @@ def test_interval_score_by_hand():
     np.testing.assert_allclose(scores, [1.0, 1.0 + 20 * 0.5, 1.0 + 20 * 0.25])
 
 
+def test_the_interval_score_of_an_uneven_split_is_least_at_its_quantiles():
+    """With a_low = s·a below and the rest above, the expected score is least at the a_low and
+    1 − a_high quantiles (proper), not at the central interval's."""
+    from scipy.stats import norm
+
+    from mofbalora.uncertainty.metrics import interval_score
+
+    truth = norm.ppf((np.arange(200_000) + 0.5) / 200_000)  # N(0, 1) quantiles: an exact expectation
+    share, a = 0.3, 0.05
+
+    def expected(lower, upper):
+        return interval_score(np.full_like(truth, lower), np.full_like(truth, upper), truth, confidence=1 - a,
+                              lower_miss_share=share).mean()
+
+    best = (norm.ppf(a * share), norm.ppf(1 - a * (1 - share)))
+    assert expected(*best) < expected(norm.ppf(a / 2), norm.ppf(1 - a / 2))
+    for step in (-0.05, 0.05):
+        assert expected(*best) < expected(best[0] + step, best[1])
+        assert expected(*best) < expected(best[0], best[1] + step)
+    with pytest.raises(ValueError, match="lower_miss_share"):
+        interval_score(np.ones(2), np.ones(2), np.ones(2), confidence=0.95, lower_miss_share=0.0)
+
+
 def test_promised_spearman_matches_a_truth_drawn_from_the_model():
     """Truth drawn from the model's own Gaussians: the ρ the model promises is the ρ it gets; stds
     that vary twice as much promise more; an std that ranks by chance is caught below its promise."""
