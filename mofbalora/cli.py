@@ -424,9 +424,11 @@ def models() -> None:
         if release.exists():
             test = json.loads(release.read_text())["test"]
             rho = test.get("spearman_calibrated_std_abs_error")  # how well its std ranks the errors
+            small = test.get("small_gap_coverage_95")  # how often conductors' intervals hold
             line += (f"; test MAE {test['mae_ev']['value']:.3f} eV, calibrated 95% coverage "
-                     f"{test['coverage_95']['value']:.3f}" + (f", ρ(std, |error|) {rho['value']:.2f}" if rho else "")
-                     + f" (n = {test['n_test']})")
+                     f"{test['coverage_95']['value']:.3f}"
+                     + (f" (true gaps below {test['small_gap']['threshold_ev']:g} eV {small['value']:.2f})" if small else "")
+                     + (f", ρ(std, |error|) {rho['value']:.2f}" if rho else "") + f" (n = {test['n_test']})")
         typer.echo(line if present else f"{line} [missing from this install]")
         typer.echo(f"    {shipped.folder}{'/MODEL_CARD.md' if present else ''}")
 

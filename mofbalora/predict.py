@@ -267,7 +267,9 @@ class BandgapModel:
                           np.array([sample_num_atoms(s) for s in samples], dtype=int))
 
     def intervals(self, predictive: Predictive, *, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated central interval (eV); Gaussian on the raw total std when uncalibrated."""
+        """Calibrated interval (eV), leaving the calibrator's lower miss share of the rest below it
+        (docs/method.md §9; ½, central, for models calibrated before 2026-12-01); central Gaussian on
+        the raw total std when uncalibrated."""
         if self.calibrator is None:
             return gaussian_interval(predictive.mean, predictive.std_total_raw, coverage=confidence)
         return self.calibrator.interval(predictive.mean, predictive.std_total_raw, confidence=confidence)

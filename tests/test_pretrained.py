@@ -71,11 +71,16 @@ def test_models_lists_the_shipped_model():
         assert f"{earlier.alias}:" in result.output and f"test MAE {test['mae_ev']['value']:.3f} eV" in result.output
         # which release ranks its errors best, for a chemist who ranks by trust
         assert f"ρ(std, |error|) {test['spearman_calibrated_std_abs_error']['value']:.2f}" in result.output
+    # and how often conductors' intervals hold: the default and the release before it differ only there
+    lines = {line.split(":")[0].replace(" (default)", ""): line for line in result.output.splitlines() if ": " in line}
+    v24, v23 = (json.loads((m.folder / "release.json").read_text())["test"]["small_gap_coverage_95"]["value"]
+                for m in SHIPPED[:2])
+    assert f"below 0.5 eV {v24:.2f}" in lines[SHIPPED[0].alias] and f"below 0.5 eV {v23:.2f}" in lines[SHIPPED[1].alias]
 
 
 def test_unknown_model_name_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["predict", "--model", "qmof-hse", str(tmp_path)])
-    assert result.exit_code == 2 and "not a shipped model (qmof-pbe, qmof-pbe-v2.2, qmof-pbe-v2.1, qmof-pbe-v2, qmof-pbe-v1.1, qmof-pbe-v1)" in result.output
+    assert result.exit_code == 2 and "not a shipped model (qmof-pbe, qmof-pbe-v2.3, qmof-pbe-v2.2, qmof-pbe-v2.1, qmof-pbe-v2, qmof-pbe-v1.1, qmof-pbe-v1)" in result.output
 
 
 def test_a_model_folder_under_home_is_found_from_python(tmp_path, monkeypatch):
