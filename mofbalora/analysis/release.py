@@ -18,6 +18,8 @@ from mofbalora.uncertainty.metrics import LARGE_GAP_EV, SMALL_GAP_EV
 
 #: the screening window whose probabilities the reliability table checks (eV)
 WINDOW_EV = (1.5, 3.0)
+#: the window probability above which a screen's candidates are "confident" (the card's row)
+CONFIDENT_P = 0.9
 
 
 def _covered(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -107,11 +109,18 @@ def _distribution_scores(table: pd.DataFrame, truth: np.ndarray, covered_95: np.
     if "gap_bin" in table:
         out["coverage_95_by_predicted_gap_bin"] = [
             {"bin": int(b), "predicted_gap_ev": [float(group["bandgap_mean_ev"].min()), float(group["bandgap_mean_ev"].max())],
-             "n": int(len(group)), "coverage_95": float(covered_95[group.index].mean())}
+             "n": int(len(group)), "coverage_95": float(covered_95[group.index].mean()),
+             "width_95_median_ev": float(np.median(width[group.index]))}
             for b, group in table.reset_index(drop=True).groupby("gap_bin")]
     if "p_in_window" in table:
         inside = ((truth >= WINDOW_EV[0]) & (truth <= WINDOW_EV[1])).astype(float)
         reliability = um.probability_reliability(table["p_in_window"].to_numpy(float), inside)
+        # where a window screen looks: the structures it ranks first
+        confident = table["p_in_window"].to_numpy(float) >= CONFIDENT_P
+        if confident.any():
+            out["p_in_window_confident"] = {"p_at_least": CONFIDENT_P, "n": int(confident.sum()),
+                                            "coverage_95": float(covered_95[confident].mean()),
+                                            "width_95_median_ev": float(np.median(width[confident]))}
         out["p_in_window_reliability"] = {"window_ev": list(WINDOW_EV), "bins": reliability.to_dict("records")}
     return out
 
@@ -147,7 +156,14 @@ def _distribution_rows(scores: dict[str, Any]) -> list[str]:
         rows.append(f"| Spearman ρ(data-noise std, \\|error\\|) | {_ci_text(scores['spearman_aleatoric_std_abs_error'])} |")
     for entry in scores.get("coverage_95_by_predicted_gap_bin", []):
         low, high = entry["predicted_gap_ev"]
-        rows.append(f"| 95% coverage, predicted gap {low:.2f}–{high:.2f} eV (n = {entry['n']}) | {entry['coverage_95']:.3f} |")
+        width = f", median width {entry['width_95_median_ev']:.2f} eV" if "width_95_median_ev" in entry else ""
+        rows.append(f"| 95% coverage, predicted gap {low:.2f}–{high:.2f} eV (n = {entry['n']}) | "
+                    f"{entry['coverage_95']:.3f}{width} |")
+    confident = scores.get("p_in_window_confident")
+    if confident:
+        rows.append(f"| 95% coverage where P(gap in {WINDOW_EV[0]:g}–{WINDOW_EV[1]:g} eV) ≥ {confident['p_at_least']:g} "
+                    f"(n = {confident['n']}) | {confident['coverage_95']:.3f}, median width "
+                    f"{confident['width_95_median_ev']:.2f} eV |")
     if scores.get("small_gap_coverage_95"):
         rows.append(f"| 95% coverage, true gap below {SMALL_GAP_EV} eV | {_ci_text(scores['small_gap_coverage_95'])} |")
     reliability = scores.get("p_in_window_reliability")
