@@ -69,6 +69,8 @@ class CalibrationSettings:
         self.lower_miss_shares = tuple(check_lower_miss_share(float(share)) for share in self.lower_miss_shares)
         if not self.lower_miss_shares:
             raise ValueError("calibration.lower_miss_shares must hold at least one share")
+        if self.min_per_end < 1:  # an end without structures has no coverage to compare
+            raise ValueError(f"calibration.min_per_end must be at least 1, got {self.min_per_end}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "CalibrationSettings":
@@ -142,7 +144,7 @@ def end_coverage(gaps_ev: np.ndarray, covered: np.ndarray) -> dict[str, list[int
 
 def choose_lower_miss_share(calibrator: ConformalCalibrator, calibration: tuple[np.ndarray, np.ndarray, np.ndarray],
                             validation: tuple[np.ndarray, np.ndarray, np.ndarray],
-                            settings: CalibrationSettings) -> tuple[float, dict[str, Any]]:
+                            settings: CalibrationSettings) -> tuple[float, dict[str, Any] | None]:
     """The share of a 95% interval's misses left below it, among ``settings.lower_miss_shares``
     (docs/method.md §9; ours). Each (mean, raw total std, true gap) triple is a split: ``calibrator``
     (fitted on ``calibration``) covers ``validation``, and a calibrator with the same settings fitted
@@ -153,7 +155,8 @@ def choose_lower_miss_share(calibrator: ConformalCalibrator, calibration: tuple[
     too small to calibrate on, the first share is kept and the record says why.
 
     Returns:
-        (share, record): the record lists each candidate's pooled end coverage and overall coverage.
+        (share, record): the record lists each candidate's pooled end coverage, overall coverage and
+        median width; None when there is one candidate.
     """
     shares = settings.lower_miss_shares
     if len(shares) == 1:

@@ -116,6 +116,8 @@ def test_the_lower_miss_share_rule_covers_the_worse_end_best(low_end):
     share, record = choose_lower_miss_share(calibrator, calibration, validation,
                                             CalibrationSettings(mondrian_min_per_bin=1500, min_per_end=10_000))
     assert share == 0.5 and "fewer than 10000" in record["kept_first_because"]
+    with pytest.raises(ValueError, match="min_per_end"):
+        CalibrationSettings(min_per_end=0)
 
 
 def test_constant_width_for_deterministic_models(heteroscedastic):
