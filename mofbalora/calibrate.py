@@ -16,6 +16,7 @@ Everything is stored in ``model.json`` under ``calibration``, so ``predict`` and
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -168,15 +169,17 @@ def choose_lower_miss_share(calibrator: ConformalCalibrator, calibration: tuple[
         return shares[0], {"kept_first_because": str(error)}
     candidates = []
     for share in shares:
-        lower_tail, pooled, widths = 0.05 * share, {"small": [0, 0], "large": [0, 0], "all": [0, 0]}, []
+        pooled, widths = {"small": [0, 0], "large": [0, 0], "all": [0, 0]}, []
         for fitted, (mean, std, gaps) in ((calibrator, validation), (swapped, calibration)):
-            fitted.lower_miss_share = share  # the interval predict will report with this share
+            fitted = copy.copy(fitted)  # the caller's calibrator keeps its share
+            fitted.lower_miss_share = share  # the interval predict would report with this share
             lower, upper = fitted.interval(mean, std)
-            covered, widths = (gaps >= lower) & (gaps <= upper), widths + [upper - lower]
+            covered = (gaps >= lower) & (gaps <= upper)
+            widths.append(upper - lower)
             for end, (hits, n) in {**end_coverage(gaps, covered), "all": [int(covered.sum()), len(gaps)]}.items():
                 pooled[end][0] += hits
                 pooled[end][1] += n
-        candidates.append({"lower_miss_share": share, "lower_tail": lower_tail,
+        candidates.append({"lower_miss_share": share, "lower_tail": 0.05 * share,
                            **{f"{end}_covered_n": pooled[end] for end in pooled},
                            "median_width_ev": float(np.median(np.concatenate(widths))),
                            "worse_end_coverage": min(pooled[end][0] / pooled[end][1] for end in ("small", "large"))

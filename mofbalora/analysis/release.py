@@ -65,12 +65,8 @@ def test_scores(table: pd.DataFrame, *, n_resamples: int = 2000, seed: int = 0,
         "width_95_median_ev": float(np.median(table["upper_95_ev"] - table["lower_95_ev"])),
         "spearman_epistemic_std_abs_error": ci(um.spearman_std_error, mean, table["bandgap_std_epistemic_ev"].to_numpy(float), truth),
         "spearman_calibrated_std_abs_error": ci(um.spearman_std_error, mean, table["bandgap_std_ev"].to_numpy(float), truth),
-        "small_gap": {"threshold_ev": SMALL_GAP_EV, "n": int(small.sum()),
-                      "mae_ev": float(abs_err[small].mean()) if small.any() else None,
-                      "coverage_95": float(covered[95][small].mean()) if small.any() else None},
-        "large_gap": {"threshold_ev": LARGE_GAP_EV, "n": int(large.sum()),
-                      "mae_ev": float(abs_err[large].mean()) if large.any() else None,
-                      "coverage_95": float(covered[95][large].mean()) if large.any() else None},
+        "small_gap": _end_scores(small, SMALL_GAP_EV, abs_err, covered[95]),
+        "large_gap": _end_scores(large, LARGE_GAP_EV, abs_err, covered[95]),
         "ood": {"n_flagged": int(ood.sum()), "share": float(ood.mean()),
                 "mae_flagged_ev": float(abs_err[ood].mean()) if ood.any() else None,
                 "mae_unflagged_ev": float(abs_err[~ood].mean()) if (~ood).any() else None},
@@ -79,6 +75,13 @@ def test_scores(table: pd.DataFrame, *, n_resamples: int = 2000, seed: int = 0,
         **({} if predictive_draws is None else {"spearman_calibrated_std_if_true": um.spearman_std_error_if_true(
             mean, table["bandgap_std_ev"].to_numpy(float), predictive_draws)}),
     }
+
+
+def _end_scores(end: np.ndarray, threshold_ev: float, abs_err: np.ndarray, covered_95: np.ndarray) -> dict[str, Any]:
+    """Size, MAE and 95% coverage of one end of the gap range (``end``: its rows)."""
+    return {"threshold_ev": threshold_ev, "n": int(end.sum()),
+            "mae_ev": float(abs_err[end].mean()) if end.any() else None,
+            "coverage_95": float(covered_95[end].mean()) if end.any() else None}
 
 
 def _distribution_scores(table: pd.DataFrame, truth: np.ndarray, covered_95: np.ndarray, ci: Any,
@@ -353,7 +356,7 @@ def _interval_shape_lines(calibration: dict[str, Any]) -> list[str]:
         return []
     text = (f"- Intervals: the calibrated 95% interval leaves {5 * share:.2g}% of the predictive distribution "
             f"below it and {5 * (1 - share):.2g}% above (lower miss share {share:g}; ½ is the central interval).")
-    if choice and choice.get("candidates") and not choice.get("kept_first_because"):
+    if _share_was_chosen(calibration):
         def cell(pair):
             return f"{pair[0] / pair[1]:.3f}" if pair[1] else "–"
         text += (" Chosen on the validation and calibration splits before the test split was scored "
@@ -361,9 +364,15 @@ def _interval_shape_lines(calibration: dict[str, Any]) -> list[str]:
                      f"{5 * c['lower_miss_share']:.2g}% below: gaps < {choice['small_gap_ev']:g} eV "
                      f"{cell(c['small_covered_n'])}, > {choice['large_gap_ev']:g} eV {cell(c['large_covered_n'])}, "
                      f"median width {c['median_width_ev']:.2f} eV" for c in choice["candidates"]) + ".")
-    elif choice and choice.get("kept_first_because"):
+    elif (choice or {}).get("kept_first_because"):
         text += f" Kept as listed first: {choice['kept_first_because']}."
     return [text]
+
+
+def _share_was_chosen(calibration: dict[str, Any]) -> bool:
+    """Whether the validation split chose the lower miss share among several (not kept as first)."""
+    choice = calibration.get("lower_miss_share_choice") or {}
+    return bool(choice.get("candidates")) and not choice.get("kept_first_because")
 
 
 def _large_gap_lines(scores: dict[str, Any]) -> list[str]:
@@ -382,8 +391,7 @@ def _validation_small_gap_text(calibration: dict[str, Any]) -> str:
     small = (calibration.get("validation_coverage_95") or {}).get("small_gap")
     if not small or small["coverage"] is None:
         return ""
-    choice = calibration.get("lower_miss_share_choice") or {}
-    if choice.get("candidates") and not choice.get("kept_first_because"):
+    if _share_was_chosen(calibration):
         return (f" (on the validation split, which chose where the interval leaves its 5% but was not "
                 f"calibrated on: {small['coverage']:.2f}, n = {small['n']})")
     return f" (on the validation split, which the calibrator never saw: {small['coverage']:.2f}, n = {small['n']})"

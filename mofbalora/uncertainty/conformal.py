@@ -265,8 +265,8 @@ class ConformalCalibrator:
         thresholds = state.get("bin_thresholds_ev")
         edges = None if thresholds is None else np.array(
             [(-np.inf if i == 0 else np.inf) if t is None else t for i, t in enumerate(thresholds)])
-        return cls(mean_rule=state.get("mean_rule", "clip"), lower_miss_share=state.get("lower_miss_share", 0.5)).fit(predictions, sigmas, predictions + residuals,
-                                                                  bin_thresholds=edges)
+        calibrator = cls(mean_rule=state.get("mean_rule", "clip"), lower_miss_share=state.get("lower_miss_share", 0.5))
+        return calibrator.fit(predictions, sigmas, predictions + residuals, bin_thresholds=edges)
 
     def _inputs(self, y_pred: np.ndarray, y_std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         self._check_fitted()
