@@ -8,14 +8,17 @@ folders under results/release/reproduce/<name> (a run folder and a package folde
 is not touched). That refits the noise head and the calibration from the package's weights with the
 settings its model.json records, and scores the test split again. The reproduced release.json is
 then compared with the shipped one: the noise-head variant chosen, every number of the test scores,
-and the noise head's weights. A release already reproduced there is not run again (delete its
-folder to redo it). Needs the QMOF data; a release takes about 5 minutes on 2 cores.
+and the noise head's weights. A release already reproduced there from the same package (its
+model.json's checksum, recorded in the folder's source.json) is not run again (delete the folder to
+redo it); a folder reproduced from another package (a folder name passes to the next release) is
+replaced. Needs the QMOF data; a release takes about 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +29,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mofbalora.data.io import write_text_atomic  # noqa: E402
+from mofbalora.data.io import sha256_file, write_text_atomic  # noqa: E402
 from mofbalora.model_folder import NOISE_HEAD_FILE, package_versions, read_model_json  # noqa: E402
 from mofbalora.pretrained import SHIPPED  # noqa: E402
 
@@ -34,6 +37,8 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 from bandgap_benchmark import git_commit  # noqa: E402
 
 SCRATCH = ROOT / "results" / "release" / "reproduce"
+#: in a scratch folder: which package (its model.json's checksum) was reproduced there
+SOURCE_FILE = "source.json"
 REPORT = ROOT / "docs" / "results" / "release_reproduction.md"
 #: a test figure that moves by more than this (in its own unit) is listed as a difference
 TOLERANCE = 1e-5
@@ -81,14 +86,19 @@ def head_difference(shipped: Path, reproduced: Path) -> float | None:
 
 
 def reproduce(folder: Path, scratch: Path, data: str | None) -> Path:
-    """Run the release pipeline from ``folder``'s package into ``scratch`` (skipped when done); the
-    reproduced package folder."""
-    package, run = scratch / "package", scratch / "run"
-    if not (package / "release.json").exists():
-        scratch.mkdir(parents=True, exist_ok=True)
+    """Run the release pipeline from ``folder``'s package into ``scratch`` (skipped when done for this
+    very package: a folder name is reused by the next release); the reproduced package folder."""
+    package, run, source = scratch / "package", scratch / "run", scratch / SOURCE_FILE
+    source_sha256 = sha256_file(folder / "model.json")
+    if not source.exists() or json.loads(source.read_text()).get("model_json_sha256") != source_sha256:
+        if scratch.exists():
+            shutil.rmtree(scratch)  # another package's reproduction (or one from before this record)
+        scratch.mkdir(parents=True)
+        write_text_atomic(source, json.dumps({"package": str(folder), "model_json_sha256": source_sha256}) + "\n")
+    if not (package / "release.json").exists():  # an interrupted run resumes
         command = [sys.executable, str(ROOT / "pipelines" / "release_model.py"), "--from-package", str(folder),
                    "--run-dir", str(run), "--package-dir", str(package), "--figures-dir", str(run / "figures")]
-        with open(scratch / "release_model.log", "w") as log:
+        with open(scratch / "release_model.log", "a") as log:
             done = subprocess.run(command + (["--data", data] if data else []), cwd=ROOT, stdout=log,
                                   stderr=subprocess.STDOUT)
         if done.returncode != 0:
