@@ -100,6 +100,14 @@ class LoRALinear(nn.Module):
             return self.original_weight()
         return self.base_layer.weight if self.merged else self.base_layer.weight + self.delta_weight()
 
+    def forward_pairwise(self, node: torch.Tensor, nbr_idx: torch.Tensor, edge: torch.Tensor, *,
+                         copies: int = 1) -> torch.Tensor:
+        """``self(cat[node_i, node_j, edge_ij])`` [N, M, k] by the split weight W0 + s·B·A
+        (``backbones.base.pairwise_terms``), gradients included. Why: on the built rows the adapter
+        is a second pass over the [N, M, 2F + E] tensor, which made a LoRA training step 1.4x a full
+        fine-tuning step on 2 cores (benchmarks/results.json, 2026-12-01)."""
+        return pairwise_terms(self.effective_weight(), self.base_layer.bias, node, nbr_idx, edge, copies=copies)
+
 
 class StochasticLoRALinear(LoRALinear):
     """LoRA whose adapter is random at sampling time; its draws come from the model's shared
@@ -206,6 +214,8 @@ class BaLoRALinear(StochasticLoRALinear):
         """
         ctx = self.context
         if self.disabled or not ctx.active or self.per_row or self.noise_on == "AB":
+            # mean mode stays on the built rows (not LoRA's split weight): the shipped releases'
+            # noise heads were fitted on these means, and a rounding change would move their figures
             return self.forward(pairwise_concat(node, nbr_idx, edge, copies=copies))
         n_rows, n_slots = nbr_idx.shape
         width = node.shape[1]

@@ -51,7 +51,7 @@ def pairwise_linear(layer: nn.Module, node: torch.Tensor, nbr_idx: torch.Tensor,
                     copies: int = 1) -> torch.Tensor:
     """``layer`` applied to every row cat[node_i, node_j, edge_ij] (shapes as in :func:`pairwise_terms`).
 
-    A layer with its own ``forward_pairwise`` (BaLoRA adapters) is asked to do it; any other layer
+    A layer with its own ``forward_pairwise`` (the adapters) is asked to do it; any other layer
     gets the built rows: for one dense matmul that is as fast on CPU as the split weight.
     """
     if hasattr(layer, "forward_pairwise"):

@@ -248,6 +248,33 @@ def test_split_weight_sampling_equals_sampling_the_built_rows(backbone_batches, 
             torch.testing.assert_close(split_grads[name], param.grad, atol=1e-4, rtol=1e-4)
 
 
+def test_lora_split_weight_equals_the_built_rows_with_gradients(backbone_batches, monkeypatch):
+    """Plain LoRA's fc_full trains by the split weight W0 + s·B·A (forward_pairwise): the same outputs
+    and the same gradients for A, B and the head as the adapter applied to the concatenated rows."""
+    from mofbalora.adapters import LoRALinear
+    from mofbalora.backbones.base import pairwise_concat
+
+    model, batch = adapted(backbone_batches, "cgcnn", "lora")
+    randomise_b(model)
+
+    def output_and_grads():
+        model.zero_grad()
+        with set_adapter_mode(model, "train"):
+            out = model(batch)
+        (out * torch.linspace(-1, 1, len(out))).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    split, split_grads = output_and_grads()
+    monkeypatch.setattr(LoRALinear, "forward_pairwise",
+                        lambda self, node, nbr_idx, edge, *, copies=1: self(pairwise_concat(node, nbr_idx, edge,
+                                                                                               copies=copies)))
+    built, built_grads = output_and_grads()
+    torch.testing.assert_close(split, built, atol=1e-5, rtol=1e-5)
+    assert any("fc_full.lora_A" in name for name in split_grads) and split_grads.keys() == built_grads.keys()
+    for name, grad in split_grads.items():
+        torch.testing.assert_close(grad, built_grads[name], atol=1e-4, rtol=1e-4)
+
+
 def test_mc_dropout_samples_keyed_masks_and_mean_mode_is_lora(backbone_batches):
     """MC-dropout LoRA: samples differ, a structure's draws do not depend on its batch (noise keys),
     mean mode is the deterministic LoRA output, and about p of the adapter inputs are dropped."""
