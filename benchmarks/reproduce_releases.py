@@ -57,12 +57,17 @@ def numbers(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def compare_scores(shipped: dict[str, Any], reproduced: dict[str, Any]) -> dict[str, Any]:
-    """Numbers compared, the largest absolute difference of a non-integer figure, and each leaf that
-    differs by more than :data:`TOLERANCE` (or is missing from one side, or is not a number and differs)."""
+    """Numbers compared, the largest absolute difference of a non-integer figure, each leaf that
+    differs by more than :data:`TOLERANCE` (or is missing from the reproduction, or is not a number
+    and differs), and the figures today's test stage adds that the shipped record predates (absent
+    or None there: not a difference)."""
     left, right = dict(numbers(shipped)), dict(numbers(reproduced))
-    largest, compared, differing = 0.0, 0, []
+    largest, compared, differing, added = 0.0, 0, [], []
     for key in sorted(set(left) | set(right)):
         a, b = left.get(key), right.get(key)
+        if a is None and b is not None:
+            added.append(key)
+            continue
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
             compared += 1
             if isinstance(a, float) or isinstance(b, float):  # a figure; counts are compared, not measured
@@ -71,7 +76,7 @@ def compare_scores(shipped: dict[str, Any], reproduced: dict[str, Any]) -> dict[
                 differing.append({"key": key, "shipped": a, "reproduced": b})
         elif a != b:
             differing.append({"key": key, "shipped": a, "reproduced": b})
-    return {"compared": compared, "largest_abs_difference": largest, "differing": differing}
+    return {"compared": compared, "largest_abs_difference": largest, "differing": differing, "added": added}
 
 
 def head_difference(shipped: Path, reproduced: Path) -> float | None:
@@ -150,10 +155,11 @@ def report(rows: list[dict[str, Any]], commit: str) -> str:
         f"A test figure is listed when it moved by more than {TOLERANCE:g}.",
         "",
         "| release | noise head chosen (shipped / reproduced) | test numbers compared | largest difference of a figure | "
-        "moved by more than the tolerance | noise-head weights: largest difference | validation MAE noise off, "
+        "moved by more than the tolerance | added since (figures the shipped record predates) | "
+        "noise-head weights: largest difference | validation MAE noise off, "
         "shipped / reproduced (eV) | validation MAE of the mean of S draws, shipped / reproduced (eV) | "
         "stages after training (min) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         test, head = r["test"], r["noise_head_largest_abs_difference"]
@@ -161,6 +167,7 @@ def report(rows: list[dict[str, Any]], commit: str) -> str:
             (k for k in (r["val_mae_ev"][0] or {}) if k.startswith("mean_of_S")), "mean_of_S"))]
         lines.append(f"| `{r['alias']}` | {' / '.join(r['head_chosen'])} | {test['compared']} | "
                      f"{test['largest_abs_difference']:.1e} | {len(test['differing']) or 'none'} | "
+                     f"{len(test.get('added', [])) or 'none'} | "
                      f"{'–' if head is None else f'{head:.1e}'} | {_pair(maes[0])} | {_pair(maes[1])} | "
                      f"{r['stages_after_training_wall_s'] / 60:.1f} |")
     for r in rows:

@@ -77,6 +77,13 @@ class CalibrationSettings:
     def from_dict(cls, values: dict[str, Any]) -> "CalibrationSettings":
         return strict_from_dict(cls, values, "calibration")
 
+    @classmethod
+    def from_record(cls, values: dict[str, Any]) -> "CalibrationSettings":
+        """The settings a model.json records. One written before the lower miss share existed
+        (2026-12-01) has none, and its intervals were central: it gets ``(0.5,)``, not today's
+        candidates, so that refitting it reproduces it."""
+        return cls.from_dict({"lower_miss_shares": [0.5], **values})
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean_rules": list(self.mean_rules), "lower_miss_shares": list(self.lower_miss_shares)}
 

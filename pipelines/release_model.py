@@ -212,8 +212,10 @@ def seed_from_package(package: Path, run_dir: Path, config: Any, data: str | Non
     record = json.loads((package / "release.json").read_text())
     if not config.was_recorded_as(meta["train_config"]):
         raise SystemExit(f"{package} was trained with another config than this run's")
+    recorded_calibration = (meta.get("calibration") or {}).get("settings")
     recorded_settings = {"noise_head": (meta.get("noise_head") or {}).get("config"),
-                         "calibration": (meta.get("calibration") or {}).get("settings")}
+                         "calibration": None if recorded_calibration is None
+                         else CalibrationSettings.from_record(recorded_calibration).to_dict()}
     if settings_from is not None:
         declared = load_uncertainty_config(settings_from)
         recorded_settings = {"noise_head": declared["noise_head"].to_dict(),

@@ -108,6 +108,13 @@ def test_the_shipped_model_card_command_seeds_a_rerun_without_any_training_folde
     settings = pipeline.uncertainty_settings(run, pipeline.UNCERTAINTY_CONFIG)
     assert settings["noise_head"].to_dict() == shipped["noise_head"]["config"]
     assert settings["calibration"] == shipped["calibration"]["settings"]
+    # a package calibrated before the lower miss share existed is refitted central, as it shipped
+    older = next(model.folder for model in SHIPPED if model.alias == "qmof-pbe-v2.3")
+    pipeline.main(["--from-package", str(older), "--run-dir", str(tmp_path / "older"), "--stop-after", "fit",
+                   "--data", str(qmof_dataset.source)])
+    older_settings = pipeline.uncertainty_settings(tmp_path / "older", pipeline.UNCERTAINTY_CONFIG)["calibration"]
+    recorded = read_model_json(older)["calibration"]["settings"]
+    assert older_settings["lower_miss_shares"] == [0.5] and older_settings.items() >= recorded.items()
     stages = json.loads((run / pipeline.STAGES_FILE).read_text())
     assert stages and stages == [s for s in record["stages"] if s["stage"] == "fit"]
     identity = json.loads((run / pipeline.IDENTITY_FILE).read_text())
@@ -136,9 +143,12 @@ def test_reproduction_report_lists_what_moved_beyond_the_tolerance():
                                                   ROOT / "benchmarks" / "reproduce_releases.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    shipped = {"mae_ev": {"value": 0.3, "ci_low": 0.28}, "n_test": 10, "bins": [{"n": 4, "cov": 0.9}], "kind": "a"}
-    reproduced = {"mae_ev": {"value": 0.3 + 1e-7, "ci_low": 0.29}, "n_test": 10, "bins": [{"n": 4, "cov": 0.9}],
-                  "kind": "b", "extra": 1.0}
+    shipped = {"mae_ev": {"value": 0.3, "ci_low": 0.28}, "n_test": 10, "bins": [{"n": 4, "cov": 0.9, "width": None}],
+               "kind": "a", "lost": 2.0}
+    reproduced = {"mae_ev": {"value": 0.3 + 1e-7, "ci_low": 0.29}, "n_test": 10,
+                  "bins": [{"n": 4, "cov": 0.9, "width": 1.5}], "kind": "b", "extra": 1.0}
     result = module.compare_scores(shipped, reproduced)
     assert result["compared"] == 5 and result["largest_abs_difference"] == pytest.approx(0.01)
-    assert [d["key"] for d in result["differing"]] == ["extra", "kind", "mae_ev.ci_low"]
+    # a figure the reproduction lost differs; one the shipped record predates (absent or None) is added
+    assert [d["key"] for d in result["differing"]] == ["kind", "lost", "mae_ev.ci_low"]
+    assert result["added"] == ["bins[0].width", "extra"]

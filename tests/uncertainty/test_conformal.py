@@ -333,3 +333,20 @@ def test_validation_coverage_counts_each_bin_and_the_small_gaps():
     assert result["small_gap"] == {"threshold_ev": 0.5, "n": 2, "coverage": pytest.approx(0.5)}
     # truth 4.5 (residual 1.5) is the one gap above 4 eV, outside; 3.9 is below the threshold
     assert result["large_gap"] == {"threshold_ev": 4.0, "n": 1, "coverage": 0.0}
+
+
+def test_settings_recorded_before_the_lower_miss_share_refit_central():
+    """A model.json written before the share existed (qmof-pbe v2.3 and earlier) records no
+    candidates; refitting it with today's four would change its intervals (v2.3's near-metal coverage
+    went 0.869 -> 0.924 when reproduced so). Its record means central; a record with shares keeps them."""
+    from mofbalora.calibrate import CalibrationSettings
+    from mofbalora.model_folder import read_model_json
+    from mofbalora.pretrained import resolve_model
+
+    old = read_model_json(resolve_model("qmof-pbe-v2.3"))["calibration"]["settings"]
+    assert "lower_miss_shares" not in old
+    assert CalibrationSettings.from_record(old).lower_miss_shares == (0.5,)
+    assert CalibrationSettings.from_record(old).to_dict() == {**CalibrationSettings.from_dict(old).to_dict(),
+                                                              "lower_miss_shares": [0.5]}
+    current = read_model_json(resolve_model("qmof-pbe"))["calibration"]["settings"]
+    assert CalibrationSettings.from_record(current).lower_miss_shares == tuple(current["lower_miss_shares"])
