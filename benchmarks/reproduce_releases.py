@@ -167,7 +167,7 @@ def report(rows: list[dict[str, Any]], commit: str) -> str:
             (k for k in (r["val_mae_ev"][0] or {}) if k.startswith("mean_of_S")), "mean_of_S"))]
         lines.append(f"| `{r['alias']}` | {' / '.join(r['head_chosen'])} | {test['compared']} | "
                      f"{test['largest_abs_difference']:.1e} | {len(test['differing']) or 'none'} | "
-                     f"{len(test.get('added', [])) or 'none'} | "
+                     f"{len(test['added']) or 'none'} | "
                      f"{'–' if head is None else f'{head:.1e}'} | {_pair(maes[0])} | {_pair(maes[1])} | "
                      f"{r['stages_after_training_wall_s'] / 60:.1f} |")
     for r in rows:

@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 from bandgap_benchmark import git_commit  # noqa: E402
 
 from mofbalora.data.io import write_text_atomic  # noqa: E402
-from mofbalora.featurise.base import element_counts  # noqa: E402
 from mofbalora.model_folder import package_versions  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.pretrained import resolve_model  # noqa: E402
@@ -38,10 +37,8 @@ from mofbalora.training.fit import prepare_folder_data  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
 
 
-def scores(draws: np.ndarray, aleatoric: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    mean, epistemic = draws.mean(0), draws.std(0, ddof=1)
-    total = np.sqrt(epistemic**2 + aleatoric**2)
-    return {"draws": int(draws.shape[0]), "val_mae_ev": um.mae(mean, truth), "val_rmse_ev": um.rmse(mean, truth),
+def scores(mean: np.ndarray, epistemic: np.ndarray, total: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    return {"val_mae_ev": um.mae(mean, truth), "val_rmse_ev": um.rmse(mean, truth),
             "val_spearman_epistemic_std_abs_error": um.spearman_std_error(mean, epistemic, truth),
             "val_spearman_total_std_abs_error": um.spearman_std_error(mean, total, truth),
             "val_epistemic_std_median_ev": float(np.median(epistemic))}
@@ -81,7 +78,8 @@ def main() -> None:
         if (folder / "split.json").read_bytes() != (shipped.folder / "split.json").read_bytes():
             raise SystemExit(f"{folder}: not fitted on the shipped model's split")
     frozen = shipped.frozen_embeddings(samples)
-    counts = element_counts(samples) if shipped.noise_head is not None and shipped.noise_head.needs_composition else None
+    frozen_tensor = torch.from_numpy(frozen)
+    counts = shipped.head_element_counts(samples)
     models = {key: load_model(folder) for key, folder in folders.items()}
     cache: dict[tuple[str, int, int], np.ndarray] = {}
     rows = []
@@ -91,15 +89,14 @@ def main() -> None:
             s, seed = candidate["samples_per_member"], config["seed"] + position
             if (key, s, seed) not in cache:
                 cache[key, s, seed] = models[key].predict_draws(samples, n_samples=s, seed=seed,
-                                                                frozen_embeddings=torch.from_numpy(frozen))
+                                                                frozen_embeddings=frozen_tensor)
             parts.append(cache[key, s, seed])
         draws = np.concatenate(parts)
-        aleatoric = shipped.aleatoric_std(frozen, draws.mean(0), counts)
-        row = {"name": candidate["name"], "members": candidate["members"],
-               "samples_per_member": candidate["samples_per_member"], **scores(draws, aleatoric, truth),
-               "_abs_error": np.abs(draws.mean(0) - truth),
-               "_total_std": np.sqrt(draws.std(0, ddof=1) ** 2 + aleatoric**2)}
-        rows.append(row)
+        mean, epistemic = draws.mean(0), draws.std(0, ddof=1)
+        total = shipped.total_std(epistemic, shipped.aleatoric_std(frozen, mean, counts))
+        rows.append({"name": candidate["name"], "members": candidate["members"],
+                     "samples_per_member": candidate["samples_per_member"], "draws": int(draws.shape[0]),
+                     **scores(mean, epistemic, total, truth), "_abs_error": np.abs(mean - truth), "_total_std": total})
     single, rule = rows[0], config["rule"]
     bca = dict(n_resamples=rule["bootstrap_resamples"], seed=config["seed"], level=rule["confidence"])
     for row in rows:
