@@ -35,7 +35,7 @@ from mofbalora.adapters.config import ADAPTER_KIND, ADAPTER_METHODS
 from mofbalora.adapters.model import ADAPTER_WEIGHTS_FILE, trainable_state_dict
 from mofbalora.backbones import get_backbone
 from mofbalora.backbones.heads import NEIGHBOUR_INPUTS, DataNoiseHead, apply_head
-from mofbalora.data.io import atomic_path, load_tensors, read_versioned_json, write_text_atomic
+from mofbalora.data.io import atomic_path, load_tensors, read_versioned_json, sha256_file, write_text_atomic
 
 MODEL_FILE = "model.json"
 FORMAT_VERSION = 1
@@ -240,6 +240,29 @@ def model_json_sha256(folder: str | os.PathLike) -> str:
     import hashlib
 
     return hashlib.sha256((Path(folder) / MODEL_FILE).read_bytes()).hexdigest()
+
+
+def draws_identity_sha256(folder: str | os.PathLike) -> str:
+    """sha256 of what a model's prediction draws depend on: method, backbone, member seeds, target
+    normaliser and every weight file (the members' and ``base_weights``). Retraining changes it;
+    refitting the noise head or the calibration (which rewrite model.json) does not. Keys the
+    studies' cached draws, so a retrained fit is never scored with another fit's predictions."""
+    import hashlib
+
+    folder = Path(folder)
+    meta = read_model_json(folder)
+    digest = hashlib.sha256(json.dumps({key: meta.get(key) for key in
+                                        ("method", "backbone", "members", "member_seeds", "normaliser")},
+                                       sort_keys=True, default=str).encode())
+    files = [folder / meta["base_weights"]] if meta.get("base_weights") else []
+    for member in meta["members"]:
+        files += [path for path in sorted((folder / member).rglob("*"))
+                  if path.is_file() and "checkpoints" not in path.parts and "logs" not in path.parts
+                  and (path.suffix == ".safetensors" or path.name == "adapter_config.json")]
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
 
 
 def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from mofbalora.analysis import ablation, study  # noqa: E402
 from mofbalora.analysis.report import _ci, _table  # noqa: E402
 from mofbalora.data.io import write_text_atomic  # noqa: E402
 from mofbalora.featurise.base import element_counts  # noqa: E402
-from mofbalora.model_folder import package_versions  # noqa: E402
+from mofbalora.model_folder import draws_identity_sha256, package_versions  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 
 logger = logging.getLogger("alpha_adaptivity")
@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> Path:
             model = load_model(folder)
             models.append(model)
             draws.append(cached(run_dir / "predictions" / f"alpha-adaptivity-{folder.name}-S{samples}.npz",
-                                lambda: method_draws(model, sets, samples=samples, label=folder.name)))
+                                lambda: method_draws(model, sets, samples=samples, label=folder.name),
+                                made_by=draws_identity_sha256(folder)))
         runs[method] = method_runs(method, models, draws, list(sets), frozen, counts)
         if method == "balora":
             winner_seed0 = models[0]

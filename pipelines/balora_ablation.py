@@ -48,7 +48,7 @@ from mofbalora.data.splits import Split, check_disjoint  # noqa: E402
 from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
 from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
 from mofbalora.pretrained import resolve_model  # noqa: E402
-from mofbalora.model_folder import package_versions  # noqa: E402
+from mofbalora.model_folder import draws_identity_sha256, package_versions  # noqa: E402
 from mofbalora.predict import BandgapModel, load_model  # noqa: E402
 from mofbalora.uncertainty import metrics as um  # noqa: E402
 
@@ -136,7 +136,7 @@ class Study:
         cache = self.run_dir / "ablation_scores" / f"{folder.name}.json"
         key = {"samples": self.design["samples"], "sampling_seed": self.design["sampling_seed"],
                "bootstrap": self.design["bootstrap"], "split_sha256": self.split.fingerprint(),
-               "selection_sha256": self.selection_key()}
+               "selection_sha256": self.selection_key(), "draws_identity_sha256": draws_identity_sha256(folder)}
         cached = json.loads(cache.read_text()) if cache.exists() else None
         if cached is None or cached["key"] != key:
             model = load_model(folder)

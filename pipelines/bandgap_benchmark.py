@@ -9,8 +9,8 @@ over seeds and test structures; decide the claims by the rules in ``mofbalora.an
 
     python pipelines/bandgap_benchmark.py --profile cpu|cpu-large|gpu|smoke [--fresh] [--data PATH]
 
-Method runs and predictions live in results/runs/<profile>/ and are reused by a rerun
-(--fresh redoes everything); each run writes its report to results/<timestamp>-<profile>/.
+Method runs and predictions live in results/runs/<profile>/ and are reused by a rerun (a fit's
+draws only while its weights are the ones that made them; --fresh redoes everything); each run writes its report to results/<timestamp>-<profile>/.
 The cpu profile's report is published to docs/results/ and the README, other profiles' (with
 --publish) to docs/results/<profile>/.
 """
@@ -46,7 +46,7 @@ from mofbalora.data.splits import Split, make_split  # noqa: E402
 from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
 from mofbalora.featurise.base import element_counts, sample_num_atoms  # noqa: E402
 from mofbalora.backbones.batching import compute_frozen_embeddings  # noqa: E402
-from mofbalora.model_folder import bare_member, member_adapter_config, package_versions  # noqa: E402
+from mofbalora.model_folder import bare_member, draws_identity_sha256, member_adapter_config, package_versions  # noqa: E402
 from mofbalora.predict import BandgapModel, load_model  # noqa: E402
 from mofbalora.training.config import ADAPTER_METHODS, SAMPLING_METHODS, TrainConfig  # noqa: E402
 from mofbalora.training.fit import FolderMismatchError, epoch_history, prepare_data, select_subset  # noqa: E402
@@ -202,16 +202,26 @@ def epochs_run(model_dir: Path) -> list[int]:
     return counts
 
 
-def cached(path: Path, compute: Any) -> dict[str, np.ndarray]:
-    """``compute()`` (a dict of arrays) saved to ``path`` (.npz) once and read back by a rerun."""
+CACHE_KEY = "_made_by"  # the npz entry naming what a cached result was computed from
+
+
+def cached(path: Path, compute: Any, *, made_by: str | None = None) -> dict[str, np.ndarray]:
+    """``compute()`` (a dict of arrays) saved to ``path`` (.npz) once and read back by a rerun.
+
+    ``made_by`` names what the result was computed from (a model folder's
+    ``draws_identity_sha256``); a saved result made by anything else, or by nothing recorded, is
+    computed again, so a retrained fit is never scored with its predecessor's draws."""
     if path.exists():
         loaded = np.load(path)
-        return {key: loaded[key] for key in loaded.files}
+        saved_by = str(loaded[CACHE_KEY]) if CACHE_KEY in loaded.files else None
+        if made_by is None or saved_by == made_by:
+            return {key: loaded[key] for key in loaded.files if key != CACHE_KEY}
+        logger.info("%s was computed from another fit; computing it again", path.name)
     out = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **out)
+            np.savez(handle, **out, **({CACHE_KEY: np.array(made_by)} if made_by is not None else {}))
     return out
 
 
@@ -442,7 +452,8 @@ def main(argv: list[str] | None = None) -> Path:
         for folder in folders[name]:
             model = load_model(folder)
             per_seed.append((model, cached(run_dir / "predictions" / f"{folder.name}-S{claim_s}.npz",
-                                           lambda: method_draws(model, sets, samples=claim_s, label=folder.name))))
+                                           lambda: method_draws(model, sets, samples=claim_s, label=folder.name),
+                                           made_by=draws_identity_sha256(folder))))
         pooled = spec["method"] == "lora-ensemble"
         if pooled:  # one folder; its draws are the members' predictions
             ensemble_model, members_draws = per_seed[0]
@@ -485,7 +496,8 @@ def main(argv: list[str] | None = None) -> Path:
         noise = json.loads((ensemble_folder / "members" / str(member) / "noise.json").read_text())["noise_std_ev"]
         laplace_runs.append(cached(run_dir / "predictions" / f"laplace-lora-member{member}.npz",
                                    lambda: laplace_predictions(ensemble_model, member, parts["train"], sets, noise_std_ev=noise,
-                                                               hessian_structure=profile["laplace"]["hessian_structure"])))
+                                                               hessian_structure=profile["laplace"]["hessian_structure"]),
+                                   made_by=draws_identity_sha256(ensemble_folder)))
     realised["laplace-lora"] = Realised(
         {s: study.MethodRuns("laplace-lora", np.stack([r[f"{s}_mean"] for r in laplace_runs]),
                              np.stack([r[f"{s}_std"] for r in laplace_runs]),
@@ -505,7 +517,8 @@ def main(argv: list[str] | None = None) -> Path:
         sweep_draws[name] = cached(
             run_dir / "predictions" / f"{folders[name][0].name}-sweep-S{max(sizes)}.npz",
             lambda: {"test": model.predict_draws(sets["test"], n_samples=max(sizes), seed=1, progress=True,
-                                                 progress_label=f"{folders[name][0].name} on test (claim 2)")})["test"]
+                                                 progress_label=f"{folders[name][0].name} on test (claim 2)")},
+            made_by=draws_identity_sha256(folders[name][0]))["test"]
 
     # Step 4: scores. Every CI resamples seeds and structures (docs/method.md §12).
     rng = np.random.default_rng(profile["seed"])

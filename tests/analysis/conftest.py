@@ -1,5 +1,6 @@
 import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -7,9 +8,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_pipeline(name: str) -> ModuleType:
-    """``pipelines/<name>.py`` as a module (the pipelines are scripts, not a package)."""
+    """``pipelines/<name>.py`` as a module (the pipelines are scripts, not a package), registered
+    under its name as an import would (its dataclasses look their module up there)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

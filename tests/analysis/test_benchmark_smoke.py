@@ -162,10 +162,12 @@ def test_every_method_used_the_reported_split(report_dir):
 def test_rerun_reuses_finished_runs(report_dir):
     _, results, command = report_dir
     stamp_before = {p: p.stat().st_mtime_ns for p in (results / "runs" / "smoke" / "methods").glob("*/model.json")}
+    draws_before = {p: p.stat().st_mtime_ns for p in (results / "runs" / "smoke" / "predictions").glob("*.npz")}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "reusing finished run" in done.stderr
     assert {p: p.stat().st_mtime_ns for p in stamp_before} == stamp_before
+    assert len(draws_before) > 5 and {p: p.stat().st_mtime_ns for p in draws_before} == draws_before  # same fits' draws
 
 
 def test_rerender_changes_no_number_and_names_its_commit(report_dir, tmp_path):

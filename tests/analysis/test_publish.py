@@ -1,27 +1,16 @@
 """Publishing a study report: docs/results/<profile>/ and the README's generated sections."""
 
-import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _pipeline(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bandgap_benchmark", ROOT / "pipelines" / "bandgap_benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bandgap_benchmark", module)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import ROOT, load_pipeline
 
 
 def test_publish_keeps_one_readme_section_per_profile(tmp_path, monkeypatch):
     """cpu-large gets its own generated README section, put before the cpu one once and replaced in
     place after; the cpu section and the rest of the README stay as they were. The committed cpu
     report stands in for a cpu-large one."""
-    pipeline = _pipeline(monkeypatch)
+    pipeline = load_pipeline("bandgap_benchmark")
     report = tmp_path / "run"
     shutil.copytree(ROOT / "docs" / "results", report)
     (report / "predictions").mkdir()
@@ -48,7 +37,7 @@ def test_publish_keeps_one_readme_section_per_profile(tmp_path, monkeypatch):
 
 
 def test_other_profiles_leave_the_readme_alone(tmp_path, monkeypatch):
-    pipeline = _pipeline(monkeypatch)
+    pipeline = load_pipeline("bandgap_benchmark")
     metrics = json.loads((ROOT / "docs" / "results" / "metrics.json").read_text())
     metrics["setup"]["profile"] = "gpu"
     (tmp_path / "README.md").write_text("untouched\n")
