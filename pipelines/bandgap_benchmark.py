@@ -10,9 +10,9 @@ over seeds and test structures; decide the claims by the rules in ``mofbalora.an
     python pipelines/bandgap_benchmark.py --profile cpu|cpu-large|gpu|smoke [--fresh] [--data PATH]
 
 Method runs and predictions live in results/runs/<profile>/ and are reused by a rerun (a fit's
-draws only while its weights are the ones that made them; --fresh redoes everything); each run writes its report to results/<timestamp>-<profile>/.
-The cpu profile's report is published to docs/results/ and the README, other profiles' (with
---publish) to docs/results/<profile>/.
+draws only while its weights are the ones that made them; --fresh redoes everything); each run
+writes its report to results/<timestamp>-<profile>/. The cpu profile's report is published to
+docs/results/ and the README, other profiles' (with --publish) to docs/results/<profile>/.
 """
 
 from __future__ import annotations
