@@ -254,14 +254,12 @@ def draws_identity_sha256(folder: str | os.PathLike) -> str:
     digest = hashlib.sha256(json.dumps({key: meta.get(key) for key in
                                         ("method", "backbone", "members", "member_seeds", "normaliser")},
                                        sort_keys=True, default=str).encode())
-    files = [folder / meta["base_weights"]] if meta.get("base_weights") else []
-    for member in meta["members"]:
-        files += [path for path in sorted((folder / member).rglob("*"))
-                  if path.is_file() and "checkpoints" not in path.parts and "logs" not in path.parts
-                  and (path.suffix == ".safetensors" or path.name == "adapter_config.json")]
-    for path in files:
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(sha256_file(path).encode())
+    base = [Path(meta["base_weights"])] if meta.get("base_weights") else []
+    for relative in prediction_files(folder):
+        in_member = any(relative.is_relative_to(member) for member in meta["members"])
+        if relative in base or (in_member and (relative.suffix == ".safetensors" or relative.name == "adapter_config.json")):
+            digest.update(relative.as_posix().encode())
+            digest.update(sha256_file(folder / relative).encode())
     return digest.hexdigest()
 
 

@@ -441,6 +441,8 @@ def main(argv: list[str] | None = None) -> Path:
                                     base_config(profile, spec["method"], head=head, seed=seed, **extra),
                                     data=args.data, run_dir=run_dir, split=split, progress=True)
                          for seed in spec.get("seeds", [profile["seed"]])]
+    # which weights made each fit's draws: keys the cached draws below
+    made_by = {folder: draws_identity_sha256(folder) for runs in folders.values() for folder in runs}
 
     # Step 2: predictions on every set, drawn once and cached.
     claim_s, sizes = profile["claim_samples"], profile["sample_sizes"]
@@ -453,7 +455,7 @@ def main(argv: list[str] | None = None) -> Path:
             model = load_model(folder)
             per_seed.append((model, cached(run_dir / "predictions" / f"{folder.name}-S{claim_s}.npz",
                                            lambda: method_draws(model, sets, samples=claim_s, label=folder.name),
-                                           made_by=draws_identity_sha256(folder))))
+                                           made_by=made_by[folder])))
         pooled = spec["method"] == "lora-ensemble"
         if pooled:  # one folder; its draws are the members' predictions
             ensemble_model, members_draws = per_seed[0]
@@ -497,7 +499,7 @@ def main(argv: list[str] | None = None) -> Path:
         laplace_runs.append(cached(run_dir / "predictions" / f"laplace-lora-member{member}.npz",
                                    lambda: laplace_predictions(ensemble_model, member, parts["train"], sets, noise_std_ev=noise,
                                                                hessian_structure=profile["laplace"]["hessian_structure"]),
-                                   made_by=draws_identity_sha256(ensemble_folder)))
+                                   made_by=made_by[ensemble_folder]))
     realised["laplace-lora"] = Realised(
         {s: study.MethodRuns("laplace-lora", np.stack([r[f"{s}_mean"] for r in laplace_runs]),
                              np.stack([r[f"{s}_std"] for r in laplace_runs]),
@@ -518,7 +520,7 @@ def main(argv: list[str] | None = None) -> Path:
             run_dir / "predictions" / f"{folders[name][0].name}-sweep-S{max(sizes)}.npz",
             lambda: {"test": model.predict_draws(sets["test"], n_samples=max(sizes), seed=1, progress=True,
                                                  progress_label=f"{folders[name][0].name} on test (claim 2)")},
-            made_by=draws_identity_sha256(folders[name][0]))["test"]
+            made_by=made_by[folders[name][0]])["test"]
 
     # Step 4: scores. Every CI resamples seeds and structures (docs/method.md §12).
     rng = np.random.default_rng(profile["seed"])
