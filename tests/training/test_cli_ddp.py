@@ -295,8 +295,21 @@ def test_fit_shows_what_the_join_left_out_once_and_no_library_warnings(tmp_path,
     assert labels.iloc[0, 0] not in {*split.train, *split.val, *split.calibration, *split.test}
 
 
+SCREEN_ARGS = ["screen", "--gap", "1.0:3.0", "--samples", "8", "--chunk-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def whole_screen(tmp_path_factory, cli_model, tiny_dataset):
+    """The uninterrupted one-process screen both resume tests compare against (run once)."""
+    whole = tmp_path_factory.mktemp("whole") / "whole.csv"
+    done = subprocess.run(CLI + SCREEN_ARGS + ["--model", str(cli_model), str(tiny_dataset), "--out", str(whole)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return pd.read_csv(whole)
+
+
 @pytest.mark.parametrize("processes", [1, 2])
-def test_killed_screen_resumes_to_the_same_table(tmp_path, cli_model, tiny_dataset, processes):
+def test_killed_screen_resumes_to_the_same_table(tmp_path, cli_model, tiny_dataset, whole_screen, processes):
     """A screen killed midway (SIGKILL to every process, after some chunks were saved) and rerun gives
     the same final table as an uninterrupted one-process screen; the rerun does not redo or rewrite
     saved chunks, and no structure is saved twice. With 2 processes (Lightning DDP, gloo on CPU)
@@ -304,12 +317,8 @@ def test_killed_screen_resumes_to_the_same_table(tmp_path, cli_model, tiny_datas
     import signal
     import time
 
-    args = ["screen", "--model", str(cli_model), "--gap", "1.0:3.0", "--samples", "8", "--chunk-size", "8",
-            str(tiny_dataset)]
+    args = SCREEN_ARGS + ["--model", str(cli_model), str(tiny_dataset)]
     ddp = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"] if processes == 2 else []
-    whole = tmp_path / "whole.csv"
-    done = subprocess.run(CLI + args + ["--out", str(whole)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
     killed = tmp_path / "killed.csv"
     parts = tmp_path / "killed.csv.parts"
     process = subprocess.Popen(CLI + args + ddp + ["--out", str(killed)], stdout=subprocess.DEVNULL,
@@ -330,7 +339,7 @@ def test_killed_screen_resumes_to_the_same_table(tmp_path, cli_model, tiny_datas
         time.sleep(0.2)
     assert rerun.returncode == 0, rerun.stderr.read()[-2000:]
     assert not changed and not parts.exists()
-    resumed, reference = pd.read_csv(killed), pd.read_csv(whole)
+    resumed, reference = pd.read_csv(killed), whole_screen
     assert len(reference) == 100 and resumed["id"].is_unique
     pd.testing.assert_frame_equal(resumed, reference, check_exact=False, rtol=1e-5, atol=1e-6)
 
