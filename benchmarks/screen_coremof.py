@@ -7,6 +7,9 @@
    cache at the model's default S, then again with the features cached (the model's share).
 2. The screen: every CIF (or the first ``--n``), streamed in chunks with resume
    (``mofbalora.streaming``) through the default feature cache; rerun to continue after a kill.
+3. The cells the screen skipped for having more than the default ``max_atoms`` atoms, screened
+   again apart with ``--large-cells-max-atoms`` (all flagged out of distribution, as larger than
+   every training cell) and merged into the table; 0 leaves them skipped.
 Writes benchmarks/screen_coremof.md (summary, throughput, top of the ranking), the ranked
 benchmarks/screen_coremof.csv and benchmarks/screen_coremof.png (predicted gap vs calibrated 95%
 interval width, OOD flagged apart).
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.run import machine_info  # noqa: E402
 from mofbalora.analysis.figures import screen_gap_vs_width  # noqa: E402
 from mofbalora.data.coremof import extract_coremof  # noqa: E402
+from mofbalora.data.structures import DEFAULT_MAX_ATOMS, InvalidReason, unique_structure_ids  # noqa: E402
 from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E402
 from mofbalora.model_folder import model_json_sha256  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
@@ -62,6 +67,39 @@ def largest_difference(one_call: Any, streamed: Any) -> float:
     return float(max((joined[c] - joined[f"{c}_streamed"]).abs().max() for c in columns))
 
 
+def screen_large_cells(model, cifs: list[Path], table: pd.DataFrame, streamed: Path, max_atoms: int, *,
+                       samples: int, window_ev: tuple[float, float], fresh: bool) -> tuple[pd.DataFrame, list[str]]:
+    """Screen again, with ``max_atoms``, the inputs ``table`` skipped for their size, and put their
+    rows in its place (same order); returns the merged table and the ids screened again."""
+    too_large = table[(table["status"] == "skipped")
+                      & table["reason"].fillna("").str.startswith(InvalidReason.TOO_MANY_ATOMS.value)]
+    if max_atoms <= 0 or too_large.empty:
+        return table, []
+    by_id = dict(zip(unique_structure_ids(cifs), cifs))
+    path = streamed.with_name(f"{streamed.stem}-large-cells-max{max_atoms}{streamed.suffix}")
+    if path.exists() and not fresh:
+        large = read_predictions(path)
+    else:
+        large = stream_predictions(model, [by_id[i] for i in too_large["id"]], path, samples=samples,
+                                   window_ev=window_ev, resume=True, max_atoms=max_atoms)
+    if set(large["id"]) != set(too_large["id"]):  # the subset's ids must be the whole screen's
+        raise RuntimeError(f"{path}: ids differ from the screen's size-skipped ones; rerun with --fresh")
+    merged = pd.concat([table[~table["id"].isin(large["id"])], large], ignore_index=True)
+    return merged.set_index("id").loc[table["id"]].reset_index(), large["id"].tolist()
+
+
+def large_cells_line(ranked: pd.DataFrame, large_ids: list[str], max_atoms: int) -> str:
+    """The report's line on the cells screened again for their size."""
+    if not large_ids:
+        return f"- Cells with more than {DEFAULT_MAX_ATOMS} atoms: not screened again (`--large-cells-max-atoms 0`)."
+    large = ranked[ranked["id"].isin(large_ids)]
+    ok = large[large["status"] == "ok"]
+    return (f"- Cells with more than {DEFAULT_MAX_ATOMS} atoms: {len(large)} skipped by the screen, screened again "
+            f"with `max_atoms` {max_atoms} and counted above; {len(ok)} predicted, of them "
+            f"{int(ok['out_of_distribution'].sum())} flagged out of distribution, {int((ok['p_in_window'] >= 0.9).sum())} "
+            f"at P ≥ 0.9; {len(large) - len(ok)} still skipped.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="shipped model name or folder (default: qmof-pbe)")
@@ -70,6 +108,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="default: the model's calibration S")
     parser.add_argument("--throughput-n", type=int, default=200)
     parser.add_argument("--fresh", action="store_true", help="redo a finished screen instead of summarising it")
+    parser.add_argument("--large-cells-max-atoms", type=int, default=12000,
+                        help=f"screen the cells skipped for more than {DEFAULT_MAX_ATOMS} atoms again with this "
+                             "limit (0: leave them skipped)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "screen_coremof"))
     args = parser.parse_args()
     low, high = (float(x) for x in args.gap.split(":"))
@@ -88,6 +129,8 @@ def main() -> None:
     else:
         table = stream_predictions(model, cifs, streamed, samples=samples, window_ev=(low, high), resume=True)
         screen_s = time.perf_counter() - start
+    table, large_ids = screen_large_cells(model, cifs, table, streamed, args.large_cells_max_atoms, samples=samples,
+                                        window_ev=(low, high), fresh=args.fresh)
     ranked = rank_by_window(table, low, high)
     write_table_atomic(ranked, args.out + ".csv")
     # same numbers whether a CIF was predicted in one call or streamed in chunks (and resumed)
@@ -122,6 +165,7 @@ def main() -> None:
         "",
         "## Results",
         f"- Skipped by reason: {skipped}.",
+        large_cells_line(ranked, large_ids, args.large_cells_max_atoms),
         f"- Calibrated P(in window), counts per bin of 0.1 from 0 to 1: {counts.tolist()}; P ≥ 0.9: "
         f"{int((ok['p_in_window'] >= 0.9).sum())} MOFs; share ≥ 0.99: "
         f"{float((ok['p_in_window'] >= 0.99).mean()):.3f}; max {ok['p_in_window'].max():.3f}.",
@@ -143,7 +187,9 @@ def main() -> None:
     ])
     write_text_atomic(args.out + ".md", header + "\n" + screening_summary(ranked, low, high, top=20))
     write_text_atomic(args.out + ".json", json.dumps({"throughput": speed, "screen_s": screen_s, "samples": samples, "machine": machine,
-                                                      "n_inputs": len(cifs), "n_predicted": len(ok)}, indent=1))
+                                                      "n_inputs": len(cifs), "n_predicted": len(ok),
+                                                      "large_cells_max_atoms": args.large_cells_max_atoms,
+                                                      "n_large_cells_screened_again": len(large_ids)}, indent=1))
     print(header)
 
 
