@@ -68,36 +68,40 @@ def largest_difference(one_call: Any, streamed: Any) -> float:
 
 
 def screen_large_cells(model, cifs: list[Path], table: pd.DataFrame, streamed: Path, max_atoms: int, *,
-                       samples: int, window_ev: tuple[float, float], fresh: bool) -> tuple[pd.DataFrame, list[str]]:
+                       samples: int, window_ev: tuple[float, float], fresh: bool) -> tuple[pd.DataFrame, list[str], float | None]:
     """Screen again, with ``max_atoms``, the inputs ``table`` skipped for their size, and put their
-    rows in its place (same order); returns the merged table and the ids screened again."""
+    rows in its place (same order); returns the merged table, the ids screened again and the
+    seconds this call spent predicting them (None when a saved pass was read)."""
     too_large = table[(table["status"] == "skipped")
                       & table["reason"].fillna("").str.startswith(InvalidReason.TOO_MANY_ATOMS.value)]
     if max_atoms <= 0 or too_large.empty:
-        return table, []
+        return table, [], None
     by_id = dict(zip(unique_structure_ids(cifs), cifs))
     path = streamed.with_name(f"{streamed.stem}-large-cells-max{max_atoms}{streamed.suffix}")
+    start, seconds = time.perf_counter(), None
     if path.exists() and not fresh:
         large = read_predictions(path)
     else:
         large = stream_predictions(model, [by_id[i] for i in too_large["id"]], path, samples=samples,
                                    window_ev=window_ev, resume=True, max_atoms=max_atoms)
+        seconds = time.perf_counter() - start
     if set(large["id"]) != set(too_large["id"]):  # the subset's ids must be the whole screen's
         raise RuntimeError(f"{path}: ids differ from the screen's size-skipped ones; rerun with --fresh")
     merged = pd.concat([table[~table["id"].isin(large["id"])], large], ignore_index=True)
-    return merged.set_index("id").loc[table["id"]].reset_index(), large["id"].tolist()
+    return merged.set_index("id").loc[table["id"]].reset_index(), large["id"].tolist(), seconds
 
 
-def large_cells_line(ranked: pd.DataFrame, large_ids: list[str], max_atoms: int) -> str:
+def large_cells_line(ranked: pd.DataFrame, large_ids: list[str], max_atoms: int, seconds: float | None) -> str:
     """The report's line on the cells screened again for their size."""
     if not large_ids:
         return f"- Cells with more than {DEFAULT_MAX_ATOMS} atoms: not screened again (`--large-cells-max-atoms 0`)."
     large = ranked[ranked["id"].isin(large_ids)]
     ok = large[large["status"] == "ok"]
     return (f"- Cells with more than {DEFAULT_MAX_ATOMS} atoms: {len(large)} skipped by the screen, screened again "
-            f"with `max_atoms` {max_atoms} and counted above; {len(ok)} predicted, of them "
-            f"{int(ok['out_of_distribution'].sum())} flagged out of distribution, {int((ok['p_in_window'] >= 0.9).sum())} "
-            f"at P ≥ 0.9; {len(large) - len(ok)} still skipped.")
+            f"apart with `max_atoms` {max_atoms} (`--large-cells-max-atoms`) and counted in every figure here; "
+            f"{len(ok)} predicted, of them {int(ok['out_of_distribution'].sum())} flagged out of distribution, "
+            f"{int((ok['p_in_window'] >= 0.9).sum())} at P ≥ 0.9; {len(large) - len(ok)} skipped for another reason"
+            + (f"; {seconds / 60:.1f} min." if seconds is not None else " (a saved pass, summarised again)."))
 
 
 def main() -> None:
@@ -129,7 +133,7 @@ def main() -> None:
     else:
         table = stream_predictions(model, cifs, streamed, samples=samples, window_ev=(low, high), resume=True)
         screen_s = time.perf_counter() - start
-    table, large_ids = screen_large_cells(model, cifs, table, streamed, args.large_cells_max_atoms, samples=samples,
+    table, large_ids, large_s = screen_large_cells(model, cifs, table, streamed, args.large_cells_max_atoms, samples=samples,
                                         window_ev=(low, high), fresh=args.fresh)
     ranked = rank_by_window(table, low, high)
     write_table_atomic(ranked, args.out + ".csv")
@@ -165,7 +169,7 @@ def main() -> None:
         "",
         "## Results",
         f"- Skipped by reason: {skipped}.",
-        large_cells_line(ranked, large_ids, args.large_cells_max_atoms),
+        large_cells_line(ranked, large_ids, args.large_cells_max_atoms, large_s),
         f"- Calibrated P(in window), counts per bin of 0.1 from 0 to 1: {counts.tolist()}; P ≥ 0.9: "
         f"{int((ok['p_in_window'] >= 0.9).sum())} MOFs; share ≥ 0.99: "
         f"{float((ok['p_in_window'] >= 0.99).mean()):.3f}; max {ok['p_in_window'].max():.3f}.",
@@ -189,7 +193,8 @@ def main() -> None:
     write_text_atomic(args.out + ".json", json.dumps({"throughput": speed, "screen_s": screen_s, "samples": samples, "machine": machine,
                                                       "n_inputs": len(cifs), "n_predicted": len(ok),
                                                       "large_cells_max_atoms": args.large_cells_max_atoms,
-                                                      "n_large_cells_screened_again": len(large_ids)}, indent=1))
+                                                      "n_large_cells_screened_again": len(large_ids), "large_cells_s": large_s},
+                                                     indent=1))
     print(header)
 
 

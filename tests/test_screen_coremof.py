@@ -43,7 +43,7 @@ def test_size_skipped_cells_are_screened_again_in_place(tmp_path, coremof_paths)
 
     redo_limit = atoms[-1] - 1  # all but the largest valid cell come back
     assert low_limit <= redo_limit < 1000  # not the default limit, which the pass must not fall back to
-    merged, again = screen.screen_large_cells(model, coremof_paths, table, tmp_path / "screen.csv", redo_limit,
+    merged, again, seconds = screen.screen_large_cells(model, coremof_paths, table, tmp_path / "screen.csv", redo_limit,
                                               samples=4, window_ev=window, fresh=False)
     assert sorted(again) == sorted(too_large["id"]) and merged["id"].tolist() == table["id"].tolist()
     kept = ~merged["id"].isin(again)
@@ -60,10 +60,10 @@ def test_size_skipped_cells_are_screened_again_in_place(tmp_path, coremof_paths)
 
     saved = tmp_path / f"screen-large-cells-max{redo_limit}.csv"
     stamp = saved.stat().st_mtime_ns
-    rerun, _ = screen.screen_large_cells(model, coremof_paths, table, tmp_path / "screen.csv", redo_limit,
+    rerun, _, no_seconds = screen.screen_large_cells(model, coremof_paths, table, tmp_path / "screen.csv", redo_limit,
                                          samples=4, window_ev=window, fresh=False)
-    assert saved.stat().st_mtime_ns == stamp
+    assert saved.stat().st_mtime_ns == stamp and seconds > 0 and no_seconds is None
     pd.testing.assert_frame_equal(rerun, merged)
-    unchanged, none = screen.screen_large_cells(model, coremof_paths, table, tmp_path / "screen.csv", 0,
+    unchanged, none, _ = screen.screen_large_cells(model, coremof_paths, table, tmp_path / "screen.csv", 0,
                                                 samples=4, window_ev=window, fresh=False)
     assert none == [] and unchanged is table
