@@ -159,8 +159,9 @@ def main() -> None:
         "## Throughput",
         f"- End to end from CIF, cold feature cache, first {speed['n']} CIFs: **{speed['cold_mofs_per_s']:.1f} MOFs/s** "
         f"({speed['cold_s']:.0f} s); with the features cached: {speed['cached_mofs_per_s']:.1f} MOFs/s. Reading and "
-        f"featurising (2 worker processes) account for {speed['featurise_share']:+.0%} of the cold time; repeat "
-        "timings differ by a few %, so the model's S passes are nearly all of it.",
+        f"featurising (2 worker processes) account for {speed['featurise_share']:+.0%} of the cold time. "
+        "One timing each, on a machine whose speed varies between runs by tens of %; `make bench` gives "
+        "medians of repeats (benchmarks/results.json).",
         (f"- The screen (features cached beforehand by `mofbalora featurise`): {screen_s / 60:.1f} min for the part "
          "run in the last invocation (it resumes)." if screen_s is not None else
          f"- The screen itself was run earlier (`{streamed.relative_to(ROOT)}`) and is summarised here."),
