@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.run import machine_info  # noqa: E402
 from mofbalora.analysis.figures import screen_gap_vs_width  # noqa: E402
 from mofbalora.data.coremof import extract_coremof  # noqa: E402
-from mofbalora.data.structures import DEFAULT_MAX_ATOMS, InvalidReason, unique_structure_ids  # noqa: E402
 from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E402
+from mofbalora.data.structures import DEFAULT_MAX_ATOMS, InvalidReason, unique_structure_ids  # noqa: E402
 from mofbalora.model_folder import model_json_sha256  # noqa: E402
 from mofbalora.predict import load_model  # noqa: E402
 from mofbalora.pretrained import resolve_model  # noqa: E402
@@ -68,7 +68,8 @@ def largest_difference(one_call: Any, streamed: Any) -> float:
 
 
 def screen_large_cells(model, cifs: list[Path], table: pd.DataFrame, streamed: Path, max_atoms: int, *,
-                       samples: int, window_ev: tuple[float, float], fresh: bool) -> tuple[pd.DataFrame, list[str], float | None]:
+                       samples: int, window_ev: tuple[float, float],
+                       fresh: bool) -> tuple[pd.DataFrame, list[str], float | None]:
     """Screen again, with ``max_atoms``, the inputs ``table`` skipped for their size, and put their
     rows in its place (same order); returns the merged table, the ids screened again and the
     seconds this call spent predicting them (None when a saved pass was read)."""
@@ -94,7 +95,8 @@ def screen_large_cells(model, cifs: list[Path], table: pd.DataFrame, streamed: P
 def large_cells_line(ranked: pd.DataFrame, large_ids: list[str], max_atoms: int, seconds: float | None) -> str:
     """The report's line on the cells screened again for their size."""
     if not large_ids:
-        return f"- Cells with more than {DEFAULT_MAX_ATOMS} atoms: not screened again (`--large-cells-max-atoms 0`)."
+        return (f"- Cells with more than {DEFAULT_MAX_ATOMS} atoms: "
+                + ("not screened again (`--large-cells-max-atoms 0`)." if max_atoms <= 0 else "none skipped."))
     large = ranked[ranked["id"].isin(large_ids)]
     ok = large[large["status"] == "ok"]
     return (f"- Cells with more than {DEFAULT_MAX_ATOMS} atoms: {len(large)} skipped by the screen, screened again "
@@ -133,8 +135,8 @@ def main() -> None:
     else:
         table = stream_predictions(model, cifs, streamed, samples=samples, window_ev=(low, high), resume=True)
         screen_s = time.perf_counter() - start
-    table, large_ids, large_s = screen_large_cells(model, cifs, table, streamed, args.large_cells_max_atoms, samples=samples,
-                                        window_ev=(low, high), fresh=args.fresh)
+    table, large_ids, large_s = screen_large_cells(model, cifs, table, streamed, args.large_cells_max_atoms,
+                                                   samples=samples, window_ev=(low, high), fresh=args.fresh)
     ranked = rank_by_window(table, low, high)
     write_table_atomic(ranked, args.out + ".csv")
     # same numbers whether a CIF was predicted in one call or streamed in chunks (and resumed)
@@ -191,11 +193,10 @@ def main() -> None:
         "",
     ])
     write_text_atomic(args.out + ".md", header + "\n" + screening_summary(ranked, low, high, top=20))
-    write_text_atomic(args.out + ".json", json.dumps({"throughput": speed, "screen_s": screen_s, "samples": samples, "machine": machine,
-                                                      "n_inputs": len(cifs), "n_predicted": len(ok),
-                                                      "large_cells_max_atoms": args.large_cells_max_atoms,
-                                                      "n_large_cells_screened_again": len(large_ids), "large_cells_s": large_s},
-                                                     indent=1))
+    record = {"throughput": speed, "screen_s": screen_s, "samples": samples, "machine": machine,
+              "n_inputs": len(cifs), "n_predicted": len(ok), "large_cells_max_atoms": args.large_cells_max_atoms,
+              "n_large_cells_screened_again": len(large_ids), "large_cells_s": large_s}
+    write_text_atomic(args.out + ".json", json.dumps(record, indent=1))
     print(header)
 
 
