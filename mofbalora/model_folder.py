@@ -19,6 +19,7 @@ Layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -237,8 +238,6 @@ def write_model_json(folder: Path, meta: dict[str, Any]) -> None:
 def model_json_sha256(folder: str | os.PathLike) -> str:
     """sha256 of the folder's model.json: which model (weights' identity, calibration, noise head)
     a result came from, whatever the folder is called."""
-    import hashlib
-
     return hashlib.sha256((Path(folder) / MODEL_FILE).read_bytes()).hexdigest()
 
 
@@ -247,8 +246,6 @@ def draws_identity_sha256(folder: str | os.PathLike) -> str:
     normaliser and every weight file (the members' and ``base_weights``). Retraining changes it;
     refitting the noise head or the calibration (which rewrite model.json) does not. Keys the
     studies' cached draws, so a retrained fit is never scored with another fit's predictions."""
-    import hashlib
-
     folder = Path(folder)
     meta = read_model_json(folder)
     digest = hashlib.sha256(json.dumps({key: meta.get(key) for key in
@@ -347,8 +344,6 @@ def copy_for_prediction(source: str | os.PathLike, destination: str | os.PathLik
 
 
 def weights_checksum(model: nn.Module) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for name, param in sorted(model.named_parameters()):
         if param.requires_grad:

@@ -1,18 +1,8 @@
 """benchmarks/screen_coremof.py: the cells a screen skipped for their size, screened again apart."""
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _screen_module():
-    spec = importlib.util.spec_from_file_location("screen_coremof", ROOT / "benchmarks" / "screen_coremof.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .analysis.conftest import ROOT, load_script
 
 
 def test_size_skipped_cells_are_screened_again_in_place(tmp_path, coremof_paths):
@@ -25,7 +15,7 @@ def test_size_skipped_cells_are_screened_again_in_place(tmp_path, coremof_paths)
     from mofbalora.pretrained import resolve_model
     from mofbalora.streaming import stream_predictions
 
-    screen = _screen_module()
+    screen = load_script(ROOT / "benchmarks" / "screen_coremof.py")
     model = load_model(resolve_model(None))
     atoms = []
     for path in coremof_paths:

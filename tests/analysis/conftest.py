@@ -7,14 +7,19 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_pipeline(name: str) -> ModuleType:
-    """``pipelines/<name>.py`` as a module (the pipelines are scripts, not a package), registered
-    under its name as an import would (its dataclasses look their module up there)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
+def load_script(path: Path) -> ModuleType:
+    """A script (pipelines/, benchmarks/: not a package) as a module, registered under its file's
+    stem as an import would (its dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_pipeline(name: str) -> ModuleType:
+    """``pipelines/<name>.py`` as a module."""
+    return load_script(ROOT / "pipelines" / f"{name}.py")
 
 
 def run_make(*arguments: str, timeout: int = 900) -> None:

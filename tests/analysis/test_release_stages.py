@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .conftest import ROOT, load_pipeline
+from .conftest import ROOT, load_pipeline, load_script
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +137,7 @@ def test_the_shipped_model_card_command_seeds_a_rerun_without_any_training_folde
 
 def test_reproduction_report_lists_what_moved_beyond_the_tolerance():
     """benchmarks/reproduce_releases.py's comparison of a shipped and a reproduced release.json."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("reproduce_releases",
-                                                  ROOT / "benchmarks" / "reproduce_releases.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "benchmarks" / "reproduce_releases.py")
     shipped = {"mae_ev": {"value": 0.3, "ci_low": 0.28}, "n_test": 10, "bins": [{"n": 4, "cov": 0.9, "width": None}],
                "kind": "a", "lost": 2.0}
     reproduced = {"mae_ev": {"value": 0.3 + 1e-7, "ci_low": 0.29}, "n_test": 10,
