@@ -8,7 +8,7 @@ BENCHMARK_ARGS ?=
 ABLATION_ARGS ?=
 EXTRAS ?= dev,notebooks
 
-.PHONY: install test bandgap-benchmark balora-ablation release-pilot release-model bench data notebooks docs clean-cache
+.PHONY: install test bandgap-benchmark balora-ablation release-model bench data notebooks docs clean-cache
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +23,15 @@ $(STAMP): $(PY) pyproject.toml requirements-laplace.txt
 
 install: $(STAMP)
 
+# Two pytest workers, one module each at a time (module fixtures stay shared), one torch thread each.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bandgap-benchmark: $(STAMP)
-	$(PY) pipelines/bandgap_benchmark.py --profile $(PROFILE) $(BENCHMARK_ARGS)
+	$(PY) -m pipelines.bandgap_benchmark --profile $(PROFILE) $(BENCHMARK_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run
 
 data: $(STAMP)
 	$(VENV)/bin/mofbalora data download qmof
@@ -47,26 +48,19 @@ clean-cache:
 	rm -rf .cache "$${MOFBALORA_CACHE:-$$HOME/.cache/mofbalora}"
 
 balora-ablation: $(STAMP)
-	$(PY) pipelines/balora_ablation.py --profile $(PROFILE) $(ABLATION_ARGS)
-
-# The candidates for the next shipped model, on validation (pipelines/release_pilot.py; resumable).
-release-pilot: $(STAMP)
-	$(PY) pipelines/release_pilot.py $(PILOT_ARGS)
+	$(PY) -m pipelines.balora_ablation --profile $(PROFILE) $(ABLATION_ARGS)
 
 # The shipped model: all of QMOF, resumable (rerun to continue); see pipelines/release_model.py.
 # By default v2's fit first (release_qmof.yaml), then its warm restarts: v2.1 (release_qmof_v2.1.yaml)
-# and v2.2 (release_qmof_v2.2.yaml), whose fit the shipped v2.4 has (v2.3 differs from v2.2 in its
-# noise head only, v2.4 from v2.3 in where its intervals leave their 5%; run folder
-# results/release/qmof-pbe-cgcnn-balora-v2.4). From v2.3's package alone, v2.4 is
-# python pipelines/release_model.py --from-package mofbalora/pretrained/qmof-pbe-cgcnn-balora-v2.3
-#   --current-settings --run-dir results/release/qmof-pbe-cgcnn-balora-v2.4
-#   --package-dir mofbalora/pretrained/qmof-pbe-cgcnn-balora
+# and v2.2 (release_qmof_v2.2.yaml), whose fit the shipped v2.4 has, then its noise head,
+# calibration, test scores and package. From the shipped package alone:
+# python -m pipelines.release_model --from-package mofbalora/pretrained/qmof-pbe-cgcnn-balora
 RELEASE_ARGS ?=
 release-model: $(STAMP)
 ifeq ($(strip $(RELEASE_ARGS)),)
-	$(PY) pipelines/release_model.py --config pipelines/configs/release_qmof.yaml \
+	$(PY) -m pipelines.release_model --config pipelines/configs/release_qmof.yaml \
 		--run-dir results/release/qmof-pbe-cgcnn-balora --stop-after fit
-	$(PY) pipelines/release_model.py --config pipelines/configs/release_qmof_v2.1.yaml \
+	$(PY) -m pipelines.release_model --config pipelines/configs/release_qmof_v2.1.yaml \
 		--run-dir results/release/qmof-pbe-cgcnn-balora-v2.1 --stop-after fit
 endif
-	$(PY) pipelines/release_model.py $(RELEASE_ARGS)
+	$(PY) -m pipelines.release_model $(RELEASE_ARGS)

@@ -3,7 +3,7 @@
 Each figure group runs in its own process (clean timings and peak memory). Every figure is the
 median of several repeats after a warm-up; ratios are computed within one run.
 
-    python benchmarks/run.py [--backbones cgcnn,chgnet] [--only-screening]
+    python -m benchmarks.run [--backbones cgcnn,chgnet] [--only-screening]
 
 The screening figures are the shipped default model (qmof-pbe) at its default S: end to end from
 CIF with a cold feature cache on the first 1,000 CoRE-MOF 2019 CIFs, the time per MOF split into
@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results.json"
+from mofbalora.data.io import write_text_atomic
+from pipelines.analysis.report import write_generated_block
 
-from mofbalora.analysis.report import write_generated_block  # noqa: E402
-from mofbalora.data.io import write_text_atomic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results.json"
 REPEATS = 5
 
 
@@ -122,10 +121,9 @@ def _train_step_timer(model: Any, batch: Any, target: Any) -> Callable[[], None]
 def group_train(backbone_name: str, batch_size: int, max_atoms: int) -> dict[str, Any]:
     import torch
 
+    from mofbalora.backbones import get_backbone
     from mofbalora.backbones.batching import compute_frozen_embeddings
     from mofbalora.model_folder import build_member
-
-    from mofbalora.backbones import get_backbone
 
     paths = qmof_paths(batch_size, max_atoms=max_atoms, seed=1)
     target = torch.randn(batch_size)
@@ -398,7 +396,7 @@ def publish_readme(results: dict[str, Any]) -> None:
     if processes:
         seconds, rate = processes["seconds"], processes["mofs_per_s"]
         write_generated_block(
-            readme, "processes",
+            ROOT / "docs" / "scaling.md", "processes",
             f"Measured by `make bench` on this {machine['cores']}-core machine, `mofbalora screen` on "
             f"{processes['n_inputs']} CoRE-MOF CIFs with cached features: 1 process {seconds['1_process']:.0f} s "
             f"({rate['1_process']:.2f} MOFs/s), 2 DDP processes {seconds['2_processes']:.0f} s "

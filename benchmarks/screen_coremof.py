@@ -1,6 +1,6 @@
 """Screen all of CoRE-MOF 2019 (from the ``core-mof`` package) with a shipped or fitted model.
 
-    python benchmarks/screen_coremof.py [--model qmof-pbe] [--n N] [--gap 1.5:3.0] [--samples S]
+    python -m benchmarks.screen_coremof [--model qmof-pbe] [--n N] [--gap 1.5:3.0] [--samples S]
                                         [--throughput-n 200]
 
 1. Throughput: the first ``--throughput-n`` CIFs end to end from CIF with a cold (fresh) feature
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,19 +27,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.run import machine_info
+from mofbalora.data.coremof import extract_coremof
+from mofbalora.data.io import write_table_atomic, write_text_atomic
+from mofbalora.data.structures import DEFAULT_MAX_ATOMS, InvalidReason, unique_structure_ids
+from mofbalora.model_folder import model_json_sha256
+from mofbalora.predict import load_model
+from mofbalora.pretrained import resolve_model
+from mofbalora.streaming import read_predictions, stream_predictions
+from mofbalora.uncertainty.screening import rank_by_window, screening_summary
+from pipelines.analysis.figures import screen_gap_vs_width
 
-from benchmarks.run import machine_info  # noqa: E402
-from mofbalora.analysis.figures import screen_gap_vs_width  # noqa: E402
-from mofbalora.data.coremof import extract_coremof  # noqa: E402
-from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E402
-from mofbalora.data.structures import DEFAULT_MAX_ATOMS, InvalidReason, unique_structure_ids  # noqa: E402
-from mofbalora.model_folder import model_json_sha256  # noqa: E402
-from mofbalora.predict import load_model  # noqa: E402
-from mofbalora.pretrained import resolve_model  # noqa: E402
-from mofbalora.streaming import read_predictions, stream_predictions  # noqa: E402
-from mofbalora.uncertainty.screening import rank_by_window, screening_summary  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 WORK = ROOT / "results" / "coremof"
 
@@ -189,7 +187,7 @@ def main() -> None:
         f"- Flagged out of distribution: {int(ok['out_of_distribution'].sum())} of {len(ok)} ({json.dumps(reasons)}).",
         f"- Figure: [{figure.name}]({figure.name}); ranked table: [{Path(args.out).name}.csv]({Path(args.out).name}.csv).",
         "",
-        "Reproduce: `python benchmarks/screen_coremof.py` (needs only the installed package).",
+        "Reproduce: `python -m benchmarks.screen_coremof` (needs only the installed package).",
         "",
     ])
     write_text_atomic(args.out + ".md", header + "\n" + screening_summary(ranked, low, high, top=20))

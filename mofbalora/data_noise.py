@@ -5,7 +5,9 @@ takes the model's noise-off predictions and the bare backbone's embeddings z(x),
 variant of the config (``training.noise_head``). On the validation split it scores each by the NLL
 of the total predictive N(mean_S, σ_epi² + σ_n²) at the model's S, and keeps the lowest (the rule
 declared in ``pipelines/configs/uncertainty.yaml``). The head is saved in the folder, and the
-folder's calibration is cleared: it was fitted on the old total std.
+folder's calibration is cleared: it was fitted on the old total std. It stands apart from the fit
+(``training.noise_head``) because it reads and writes model folders and predicts with them, which the
+tensor-level fit must not depend on.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Layout::
 
     model.json           format version, method, backbone identity, normaliser, learned noise std,
                          config, data and split checksums, package versions, and ``calibration``
-                         (conformal residuals and OOD thresholds; written by mofbalora.calibrate)
+                         (conformal residuals and OOD thresholds; written by mofbalora.fit_calibrate)
     fit_identity.json    config, data and split a fit was started with (a rerun must match)
     split.json           the train/val/calibration/test id lists
     train_embeddings.safetensors  frozen crystal embeddings of the training structures (OOD)

@@ -3,7 +3,7 @@
 The predictive distribution of a structure has two parts (docs/method.md §7): the epistemic std
 (BaLoRA weight samples or ensemble spread) and the data-noise std, per structure when the folder
 has a noise head (§13; ``mofbalora.data_noise``). Their total is calibrated by the conformal
-calibrator fitted on the model's held-out calibration split (``mofbalora.calibrate``), which gives
+calibrator fitted on the model's held-out calibration split (``mofbalora.fit_calibrate``), which gives
 the intervals, window probabilities and ``p_metallic``, all censored at 0 eV. Predictions default
 to the number of samples S the model was calibrated with.
 """
@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mofbalora.adapters import forward_in_mode, set_adapter_mode
+from mofbalora.adapters.config import SAMPLING_METHODS
 from mofbalora.adapters.folding import fold_batchnorm
 from mofbalora.backbones.batching import Collate, GraphDataset, compute_frozen_embeddings
 from mofbalora.data.datasets import default_cache_dir
@@ -37,14 +38,16 @@ from mofbalora.data.structures import (
 )
 from mofbalora.data.targets import TargetNormaliser
 from mofbalora.featurise import featurise_paths
-from mofbalora.featurise.base import element_counts, sample_num_atoms
+from mofbalora.featurise.base import element_counts, metal_family, sample_num_atoms
 from mofbalora.model_folder import (
     TRAIN_EMBEDDINGS_FILE, bare_member, load_members, load_noise_head, load_train_embeddings, merge_if_adapted,
 )
-from mofbalora.training.config import SAMPLING_METHODS
 from mofbalora.uncertainty.conformal import ConformalCalibrator
-from mofbalora.uncertainty.intervals import check_window, gaussian_interval, window_probability
+from mofbalora.uncertainty.intervals import (
+    INTERVAL_TAILS, IntervalTails, check_window, gaussian_interval, window_probability,
+)
 from mofbalora.uncertainty.ood import EmbeddingDistance, ood_reasons
+from mofbalora.uncertainty.recalibration import StdRecalibrator
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -85,10 +88,13 @@ class Predictive:
         mean: predictive mean of the draws (may be below 0; the reported mean is not).
         std_epistemic: std of the draws (NaN for one draw: deterministic methods).
         std_aleatoric: the data-noise std σ_n(x) (constant without a noise head; NaN without any).
-        std_total_raw: sqrt(epistemic² + noise²) before calibration (NaN for a deterministic
-            method without a noise head).
+        std_total_raw: sqrt(epistemic² + noise²) before the conformal step, recalibrated where the
+            folder has a recalibration (NaN for a deterministic method without a noise head); the
+            std the conformal calibrator normalises by.
         embedding_distance: mean distance to the k nearest training embeddings.
         n_atoms: atoms per cell.
+        metal_family: atomic number of the cell's most frequent metal, 0 for none
+            (``featurise.base.metal_family``).
     """
 
     mean: np.ndarray
@@ -97,6 +103,7 @@ class Predictive:
     std_total_raw: np.ndarray
     embedding_distance: np.ndarray
     n_atoms: np.ndarray
+    metal_family: np.ndarray
 
 
 class BandgapModel:
@@ -107,17 +114,30 @@ class BandgapModel:
             (S draws), ``lora-ensemble`` uses its members, others are deterministic (epistemic std reported as NaN).
         meta: everything in ``model.json``.
         calibrator: the conformal calibrator, or None for a folder not yet calibrated.
+        interval_tails: where a 95% interval's 5% of misses go (``intervals=`` at load): ``calibrated``
+            (the split the calibration chose on validation; qmof-pbe leaves 1.5% below and 3.5% above) or
+            ``central`` (2.5% each side: sharper where the model is sure, fewer near-metals covered).
+            Means, stds and probabilities do not depend on it (docs/method.md §9).
     """
 
-    def __init__(self, folder: Path, meta: dict[str, Any], members: list[nn.Module]) -> None:
+    def __init__(self, folder: Path, meta: dict[str, Any], members: list[nn.Module], *,
+                 intervals: IntervalTails = "calibrated") -> None:
+        if intervals not in INTERVAL_TAILS:
+            raise ValueError(f"intervals must be one of {', '.join(INTERVAL_TAILS)}, got {intervals!r}")
         self.folder, self.meta, self.members = folder, meta, members
+        self.interval_tails: IntervalTails = intervals
         self.method: str = meta["method"]
         self.normaliser = TargetNormaliser(**meta["normaliser"])
         self.noise_std_ev: float | None = meta.get("noise_std_ev")
         calibration = meta.get("calibration") or {}
         self.calibrator = (ConformalCalibrator.from_dict(calibration["conformal"])
                            if calibration.get("conformal") else None)
+        if self.calibrator is not None and intervals == "central":
+            self.calibrator.lower_miss_share = 0.5
         self.ood_thresholds: dict[str, Any] = calibration.get("ood", {})
+        #: the std's recalibration before the conformal step (docs/method.md §9), or None
+        self.recalibrator = (StdRecalibrator.from_dict(calibration["recalibration"])
+                             if calibration.get("recalibration") else None)
         self.noise_head = load_noise_head(folder, meta["noise_head"]) if meta.get("noise_head") else None
         #: S the calibrator saw, the default of every prediction (a different S gives other stds)
         self.default_samples: int = int(calibration.get("samples") or meta["train_config"]["calibration_samples"])
@@ -219,9 +239,14 @@ class BandgapModel:
                                   element_counts=element_counts)
         return std.double().numpy() * self.normaliser.std_ev
 
+    @property
+    def head_reads_composition(self) -> bool:
+        """Whether the noise head reads the cell's element counts."""
+        return self.noise_head is not None and self.noise_head.needs_composition
+
     def head_element_counts(self, samples: Sequence[Any]) -> np.ndarray | None:
         """The element counts of ``samples`` when the noise head reads them, else None."""
-        return element_counts(samples) if self.noise_head is not None and self.noise_head.needs_composition else None
+        return element_counts(samples) if self.head_reads_composition else None
 
     def aleatoric_std_of(self, samples: Sequence[Any], mean_ev: np.ndarray) -> np.ndarray:
         """:meth:`aleatoric_std` of featurised ``samples`` with predicted means ``mean_ev`` (eV)."""
@@ -262,9 +287,14 @@ class BandgapModel:
             distance = np.full(len(samples), np.nan)
         else:
             distance = self.embedding_distance.score(frozen)
-        aleatoric = self.aleatoric_std(frozen, mean, self.head_element_counts(samples))
-        return Predictive(mean, std, aleatoric, self.total_std(std, aleatoric), distance,
-                          np.array([sample_num_atoms(s) for s in samples], dtype=int))
+        counts = element_counts(samples)
+        aleatoric = self.aleatoric_std(frozen, mean, counts if self.head_reads_composition else None)
+        family = metal_family(counts)
+        total = self.total_std(std, aleatoric)
+        if self.recalibrator is not None:
+            total = self.recalibrator.predict(total, family=family, distance=distance)
+        return Predictive(mean, std, aleatoric, total, distance,
+                          np.array([sample_num_atoms(s) for s in samples], dtype=int), family)
 
     def intervals(self, predictive: Predictive, *, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated interval (eV), leaving the calibrator's lower miss share of the rest below it
@@ -509,7 +539,10 @@ def resolve_inputs(inputs: Sequence[Any] | str | os.PathLike | Structure
     return slots, ids
 
 
-def load_model(path: str | os.PathLike) -> BandgapModel:
-    """Load a model folder written by ``mofbalora fit``; checks the backbone name and version."""
+def load_model(path: str | os.PathLike, *, intervals: IntervalTails = "calibrated") -> BandgapModel:
+    """Load a model folder written by ``mofbalora fit``; checks the backbone name and version.
+    ``intervals``: ``calibrated`` or ``central`` (:class:`BandgapModel`)."""
+    if intervals not in INTERVAL_TAILS:  # before the weights load
+        raise ValueError(f"intervals must be one of {', '.join(INTERVAL_TAILS)}, got {intervals!r}")
     meta, members = load_members(path)
-    return BandgapModel(Path(path), meta, members)
+    return BandgapModel(Path(path), meta, members, intervals=intervals)

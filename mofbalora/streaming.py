@@ -100,9 +100,10 @@ def stream_predictions(model: BandgapModel, inputs: Sequence[str | os.PathLike |
     samples = model.default_samples if samples is None else samples  # the S the calibrator saw
     slots, ids = resolve_inputs(inputs)
     folder = parts_folder(out)
-    # max_atoms recorded only when not the default, so a run begun before it existed still resumes
+    # max_atoms and intervals recorded only when not the default, so a run begun before they existed still resumes
     settings = _settings(model, ids, samples=samples, seed=seed, window_ev=list(window_ev) if window_ev else None,
-                         **({"max_atoms": max_atoms} if max_atoms != DEFAULT_MAX_ATOMS else {}))
+                         **({"max_atoms": max_atoms} if max_atoms != DEFAULT_MAX_ATOMS else {}),
+                         **({"intervals": model.interval_tails} if model.interval_tails != "calibrated" else {}))
     done = None
     if folder.exists() and resume:
         saved_path = folder / "settings.json"

@@ -7,7 +7,7 @@ winner comes from (the design study's metrics). Both arms train and predict exac
 does (the same run folders, reused by a later full study); the paired ρ difference uses the study's
 hierarchical bootstrap over seeds and structures, in distribution and on both shifted test sets.
 
-    python pipelines/alpha_adaptivity.py [--profile cpu-large] [--data PATH] [--results DIR] [--no-publish]
+    python -m pipelines.alpha_adaptivity [--profile cpu-large] [--data PATH] [--results DIR] [--no-publish]
 
 Runs and cached draws live in results/runs/<benchmark profile>/, so a rerun resumes; the report goes
 to results/<timestamp>-alpha-adaptivity-<profile>/ and is published as
@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,21 +28,30 @@ import numpy as np
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "pipelines"))
-
-from bandgap_benchmark import (  # noqa: E402
-    CONFIG_DIR, aleatoric_by_set, base_config, cached, frozen_by_set, git_commit, load_profile, method_draws,
-    pipeline_parser, quiet_logging, run_method, shift_sets, study_data, study_spread,
+from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_state
+from mofbalora.data.io import write_text_atomic
+from mofbalora.featurise.base import element_counts
+from mofbalora.model_folder import draws_identity_sha256, package_versions
+from mofbalora.predict import load_model
+from pipelines.analysis import ablation, study
+from pipelines.analysis.report import _ci, _table
+from pipelines.bandgap_benchmark import (
+    CONFIG_DIR,
+    aleatoric_by_set,
+    base_config,
+    cached,
+    frozen_by_set,
+    load_profile,
+    method_draws,
+    pipeline_parser,
+    run_method,
+    shift_sets,
+    study_data,
+    study_spread,
 )
-from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_state  # noqa: E402
-from mofbalora.analysis import ablation, study  # noqa: E402
-from mofbalora.analysis.report import _ci, _table  # noqa: E402
-from mofbalora.data.io import write_text_atomic  # noqa: E402
-from mofbalora.featurise.base import element_counts  # noqa: E402
-from mofbalora.model_folder import draws_identity_sha256, package_versions  # noqa: E402
-from mofbalora.predict import load_model  # noqa: E402
+from pipelines.provenance import git_commit, quiet_logging
+
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("alpha_adaptivity")
 SECTION_START, SECTION_END = "<!-- alpha-adaptivity: start -->", "<!-- alpha-adaptivity: end -->"
@@ -125,7 +133,7 @@ def render(results: dict[str, Any]) -> str:
         f"{setup['n_train']} training structures; S = {setup['samples']} draws per structure. CIs resample the "
         f"seeds, then the structures ({setup['bootstrap']} resamples; docs/method.md §12). Git "
         f"`{setup['git_commit']}`, finished {setup['finished']}, {setup['wall_s'] / 60:.0f} min. Reproduce: "
-        f"`python pipelines/alpha_adaptivity.py --profile {setup['profile']}`.", "",
+        f"`python -m pipelines.alpha_adaptivity --profile {setup['profile']}`.", "",
         "## Verdict (declared reading: the paired ρ(epistemic std, |error|) difference, adaptive − constant; "
         "CI above 0 helps, below 0 hurts)", "",
     ]

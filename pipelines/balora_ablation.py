@@ -7,7 +7,7 @@ variants and the selection rule before the run). Each is scored on validation at
 layer, std quantiles, size and gap confounds). The winner is chosen by the declared rule; the
 test split is never touched.
 
-    python pipelines/balora_ablation.py --profile cpu|smoke [--data PATH] [--results DIR] [--no-publish]
+    python -m pipelines.balora_ablation --profile cpu|smoke [--data PATH] [--results DIR] [--no-publish]
 
 Runs live in results/runs/<benchmark profile>/ (shared with the study, which reuses the winner's
 run) and per-variant scores in results/runs/<benchmark profile>/ablation_scores/, so a rerun
@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,27 +29,34 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from pymatgen.core import Element
+
+from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_state
+from mofbalora.data.datasets import default_cache_dir
+from mofbalora.data.io import write_text_atomic
+from mofbalora.data.splits import Split, check_disjoint
+from mofbalora.featurise import featurise_paths, get_featuriser
+from mofbalora.featurise.base import sample_num_atoms
+from mofbalora.model_folder import draws_identity_sha256, package_versions
+from mofbalora.predict import BandgapModel, load_model
+from mofbalora.pretrained import resolve_model
+from mofbalora.uncertainty import metrics as um
+from pipelines.analysis import ablation, figures
+from pipelines.bandgap_benchmark import (
+    CONFIG_DIR,
+    base_config,
+    element_sets,
+    epochs_run,
+    load_profile,
+    pipeline_parser,
+    run_method,
+    shift_sets,
+    stamp_rendering_commit,
+    study_data,
+)
+from pipelines.provenance import git_commit, quiet_logging
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "pipelines"))
-
-from bandgap_benchmark import (  # noqa: E402
-    CONFIG_DIR, base_config, element_sets, epochs_run, git_commit, load_profile, pipeline_parser, quiet_logging,
-    run_method, shift_sets, stamp_rendering_commit, study_data,
-)
-from pymatgen.core import Element  # noqa: E402
-from mofbalora.adapters.model import ALPHA_NET_NAME, adapter_state  # noqa: E402
-from mofbalora.analysis import ablation, figures  # noqa: E402
-from mofbalora.data.datasets import default_cache_dir  # noqa: E402
-from mofbalora.data.io import write_text_atomic  # noqa: E402
-from mofbalora.data.splits import Split, check_disjoint  # noqa: E402
-from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
-from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
-from mofbalora.pretrained import resolve_model  # noqa: E402
-from mofbalora.model_folder import draws_identity_sha256, package_versions  # noqa: E402
-from mofbalora.predict import BandgapModel, load_model  # noqa: E402
-from mofbalora.uncertainty import metrics as um  # noqa: E402
 
 logger = logging.getLogger("balora_ablation")
 

@@ -5,14 +5,14 @@ shifted test sets (larger cells; held-out metals).
 Steps (docs/method.md §12): fit every method with every seed the profile names (LoRA's seeds are
 the ensemble's members; Laplace-LoRA is fitted post hoc on each of them); calibrate each seed on
 the held-out calibration split; draw predictions on every set once; score every method with CIs
-over seeds and test structures; decide the claims by the rules in ``mofbalora.analysis.study``.
+over seeds and test structures; decide the claims by the rules in ``pipelines.analysis.study``.
 
-    python pipelines/bandgap_benchmark.py --profile cpu|cpu-large|gpu|smoke [--fresh] [--data PATH]
+    python -m pipelines.bandgap_benchmark --profile cpu|cpu-large|gpu|smoke [--fresh] [--data PATH]
 
 Method runs and predictions live in results/runs/<profile>/ and are reused by a rerun (a fit's
 draws only while its weights are the ones that made them; --fresh redoes everything); each run
 writes its report to results/<timestamp>-<profile>/. The cpu profile's report is published to
-docs/results/ and the README, other profiles' (with --publish) to docs/results/<profile>/.
+docs/results/ and docs/studies/bandgap_benchmark.md, other profiles' (with --publish) to docs/results/<profile>/.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,25 +33,26 @@ import yaml
 from scipy.stats import norm
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mofbalora.adapters.config import ADAPTER_METHODS, SAMPLING_METHODS
+from mofbalora.backbones.batching import compute_frozen_embeddings
+from mofbalora.fit_calibrate import complete_uncertainty_stages, fit_calibrated
+from mofbalora.data.datasets import default_cache_dir, load_labelled_dataset
+from mofbalora.data.io import atomic_path, write_text_atomic
+from mofbalora.data.splits import Split, make_split
+from mofbalora.featurise import featurise_paths, get_featuriser
+from mofbalora.featurise.base import element_counts, sample_num_atoms
+from mofbalora.model_folder import bare_member, draws_identity_sha256, member_adapter_config, package_versions
+from mofbalora.predict import BandgapModel, load_model
+from mofbalora.training.config import TrainConfig
+from mofbalora.training.fit import FolderMismatchError, epoch_history, prepare_data, select_subset
+from mofbalora.uncertainty import metrics as um
+from mofbalora.uncertainty.conformal import ConformalCalibrator
+from mofbalora.uncertainty.laplace import LastLayerLaplace
+from pipelines.analysis import figures, study
+from pipelines.analysis.report import readme_block, render_report, write_generated_block
+from pipelines.provenance import git_commit, quiet_logging
 
-from mofbalora.analysis import figures, study  # noqa: E402
-from mofbalora.analysis.report import readme_block, render_report, write_generated_block  # noqa: E402
-from mofbalora.calibrate import complete_uncertainty_stages, fit_calibrated  # noqa: E402
-from mofbalora.data.datasets import default_cache_dir, load_labelled_dataset  # noqa: E402
-from mofbalora.data.io import atomic_path, write_text_atomic  # noqa: E402
-from mofbalora.data.splits import Split, make_split  # noqa: E402
-from mofbalora.featurise import featurise_paths, get_featuriser  # noqa: E402
-from mofbalora.featurise.base import element_counts, sample_num_atoms  # noqa: E402
-from mofbalora.backbones.batching import compute_frozen_embeddings  # noqa: E402
-from mofbalora.model_folder import bare_member, draws_identity_sha256, member_adapter_config, package_versions  # noqa: E402
-from mofbalora.predict import BandgapModel, load_model  # noqa: E402
-from mofbalora.training.config import ADAPTER_METHODS, SAMPLING_METHODS, TrainConfig  # noqa: E402
-from mofbalora.training.fit import FolderMismatchError, epoch_history, prepare_data, select_subset  # noqa: E402
-from mofbalora.uncertainty import metrics as um  # noqa: E402
-from mofbalora.uncertainty.conformal import ConformalCalibrator  # noqa: E402
-from mofbalora.uncertainty.laplace import LastLayerLaplace  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("bandgap_benchmark")
 CONFIG_DIR = ROOT / "pipelines" / "configs"
@@ -292,14 +292,18 @@ def calibrated(realised: Realised, truth_by_set: dict[str, np.ndarray]) -> dict[
                 continue
             mean, sigma = runs.total().realisations()[k]
             truth = truth_by_set[name]
-            entry = out.setdefault(name, {"hit_68": [], "hit_95": [], "nll": [], "width_95_ev": []})
+            entry = out.setdefault(name, {"hit_68": [], "hit_95": [], "nll": [], "width_95_ev": [], "z2": [],
+                                          "mean_ev": [], "calibrated_std_ev": []})
             for level in (68, 95):
                 low, high = calibrator.interval(mean, sigma, confidence=level / 100, lower_bound_ev=None)
                 entry[f"hit_{level}"].append(((truth >= low) & (truth <= high)).astype(float))
                 if level == 95:
                     entry["width_95_ev"].append(high - low)
-            cal_sd = calibrator.calibrated_std(mean, sigma)
-            entry["nll"].append(-norm.logpdf(truth, loc=mean, scale=um.positive_std(cal_sd)))
+            cal_sd = um.positive_std(calibrator.calibrated_std(mean, sigma))
+            entry["nll"].append(-norm.logpdf(truth, loc=mean, scale=cal_sd))
+            entry["z2"].append(((truth - mean) / cal_sd) ** 2)
+            entry["mean_ev"].append(mean)
+            entry["calibrated_std_ev"].append(cal_sd)
     return {name: {key: np.array(values) for key, values in entry.items()} for name, entry in out.items()}
 
 
@@ -318,6 +322,9 @@ def method_table(runs: study.MethodRuns, hits: dict[str, np.ndarray], truth: np.
     for level in (68, 95):
         row[f"coverage_{level}"] = study.per_structure_score(hits[f"hit_{level}"], rng, n_boot)
     row["median_width_95_ev"] = float(np.median(hits["width_95_ev"]))
+    # is the calibrated std the size of the error (docs/method.md §9): ZMS, and ENCE over std deciles
+    row["zms"] = study.per_structure_score(hits["z2"], rng, n_boot)
+    row["ence"] = study.ence_score(hits["mean_ev"], hits["calibrated_std_ev"], truth, rng, n_boot)
     return row
 
 
@@ -335,35 +342,25 @@ def claim_1_non_inferiority(profile: dict[str, Any], versus_ensemble: dict[str, 
         "training_cost_ratio_balora_over_ensemble": table["balora"]["cost"]["train_wall_s_per_seed"] / ensemble_cost}}
 
 
-def git_commit() -> str:
-    """The commit of the code producing the report, '+dirty' when the tree has changes."""
-    import subprocess
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
-README_PROFILES = ("cpu", "cpu-large")  # the profiles whose results the README shows
+SUMMARY_PROFILES = ("cpu", "cpu-large")  # the profiles whose results the study's page shows
+STUDY_PAGE = Path("docs") / "studies" / "bandgap_benchmark.md"  # under ROOT
 
 
 def publish(report_dir: Path, metrics: dict[str, Any]) -> None:
     """Copy the report to docs/results/ (cpu) or docs/results/<profile>/ and, for the profiles in
-    README_PROFILES, refresh that profile's generated README section (added before the cpu one
-    when it is not there yet)."""
+    SUMMARY_PROFILES, refresh that profile's generated section of the study's page (added before the
+    cpu one when it is not there yet)."""
     profile = metrics["setup"]["profile"]
     relative = "docs/results" if profile == "cpu" else f"docs/results/{profile}"
     # docs/results also holds the design study's ablation.* files: overwrite, never wipe
     shutil.copytree(report_dir, ROOT / relative, ignore=shutil.ignore_patterns("predictions"), dirs_exist_ok=True)
-    readme = ROOT / "README.md"
-    if profile not in README_PROFILES or not readme.exists():
+    page = ROOT / STUDY_PAGE
+    if profile not in SUMMARY_PROFILES or not page.exists():
         return
     marker = "results" if profile == "cpu" else f"results-{profile}"
-    write_generated_block(readme, marker, readme_block(metrics, relative), generated_by="pipelines/bandgap_benchmark.py",
+    links = "../" + relative.removeprefix("docs/")  # from docs/studies/
+    write_generated_block(page, marker, readme_block(metrics, links), generated_by="pipelines/bandgap_benchmark.py",
                           before="<!-- results:start")
 
 
@@ -399,15 +396,10 @@ def pipeline_parser(doc: str, *, profiles: str, publish_to: str) -> argparse.Arg
     return parser
 
 
-def quiet_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
 
 def main(argv: list[str] | None = None) -> Path:
     parser = pipeline_parser(__doc__, profiles="cpu (default), cpu-large, gpu or smoke",
-                             publish_to="docs/results/ (cpu) or docs/results/<profile>/, and the README (cpu)")
+                             publish_to="docs/results/ (cpu) or docs/results/<profile>/, and docs/studies/bandgap_benchmark.md")
     parser.add_argument("--fresh", action="store_true", help="redo every method run and prediction")
     args = parser.parse_args(argv)
     if args.rerender:

@@ -5,7 +5,7 @@ checkpoint):
 1. fit: CGCNN + the chosen BaLoRA default on all of QMOF. The shipped v2.4 and v2.3 have the fit of v2.2
    (pipelines/configs/release_qmof_v2.2.yaml, the default), a warm restart of v2.1
    (release_qmof_v2.1.yaml), itself a warm restart of v2 (release_qmof.yaml); their fits must exist
-   first: ``python pipelines/release_model.py --config pipelines/configs/release_qmof.yaml
+   first: ``python -m pipelines.release_model --config pipelines/configs/release_qmof.yaml
    --run-dir results/release/qmof-pbe-cgcnn-balora --stop-after fit``, then the same with
    release_qmof_v2.1.yaml and ``--run-dir results/release/qmof-pbe-cgcnn-balora-v2.1``
    (``make release-model`` runs all three);
@@ -19,7 +19,7 @@ checkpoint):
 5. package: the files prediction needs, the split ids, release.json and MODEL_CARD.md into
    mofbalora/pretrained/qmof-pbe-cgcnn-balora/ (at most 5 MB; checked).
 
-    python pipelines/release_model.py [--data PATH] [--stop-after fit|noise|calibrate|test]
+    python -m pipelines.release_model [--data PATH] [--stop-after fit|noise|calibrate|test]
                                       [--from-package DIR] [--keep-calibration]
                                       [--config YAML --run-dir DIR --package-dir DIR]  (smoke tests)
 
@@ -44,7 +44,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,32 +53,38 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mofbalora.fit_calibrate import CalibrationSettings, calibrate
+from mofbalora.data.datasets import load_labelled_dataset
+from mofbalora.data.io import write_table_atomic, write_text_atomic
+from mofbalora.data.splits import Split
+from mofbalora.data_noise import fit_data_noise
+from mofbalora.featurise.base import sample_num_atoms
+from mofbalora.model_folder import (
+    NOISE_HEAD_FILE,
+    copy_for_prediction,
+    package_versions,
+    read_model_json,
+)
+from mofbalora.predict import load_model
+from mofbalora.pretrained import SHIPPED, ShippedModel
+from mofbalora.training.config import TrainConfig, load_train_config
+from mofbalora.training.fit import (
+    IDENTITY_FILE,
+    TIMING_FILE,
+    fit,
+    fit_identity,
+    prepare_data,
+    validation_curve,
+    warm_start_folder,
+)
+from mofbalora.training.noise_head import NoiseHeadConfig, load_uncertainty_config
+from mofbalora.uncertainty.conformal import ConformalCalibrator
+from pipelines.analysis.figures import learning_curve, rmse_vs_rmv, window_reliability
+from pipelines.analysis.release import WINDOW_EV, model_card, releases_table, test_scores
+from pipelines.analysis.report import write_generated_block
+from pipelines.provenance import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "pipelines"))
-
-from mofbalora.analysis.figures import learning_curve, window_reliability  # noqa: E402
-from mofbalora.analysis.release import WINDOW_EV, model_card, releases_table, test_scores  # noqa: E402
-from mofbalora.analysis.report import write_generated_block  # noqa: E402
-from mofbalora.calibrate import CalibrationSettings, calibrate  # noqa: E402
-from mofbalora.data_noise import fit_data_noise  # noqa: E402
-from mofbalora.data.datasets import load_labelled_dataset  # noqa: E402
-from mofbalora.data.io import write_table_atomic, write_text_atomic  # noqa: E402
-from mofbalora.featurise.base import sample_num_atoms  # noqa: E402
-from mofbalora.model_folder import (  # noqa: E402
-    NOISE_HEAD_FILE, copy_for_prediction, package_versions, read_model_json,
-)
-from mofbalora.predict import load_model  # noqa: E402
-from mofbalora.pretrained import SHIPPED, ShippedModel  # noqa: E402
-from mofbalora.training.config import TrainConfig, load_train_config  # noqa: E402
-from mofbalora.data.splits import Split  # noqa: E402
-from mofbalora.training.fit import (  # noqa: E402
-    IDENTITY_FILE, TIMING_FILE, fit, fit_identity, prepare_data, validation_curve, warm_start_folder,
-)
-from mofbalora.training.noise_head import NoiseHeadConfig, load_uncertainty_config  # noqa: E402
-from mofbalora.uncertainty.conformal import ConformalCalibrator  # noqa: E402
-
-from bandgap_benchmark import git_commit  # noqa: E402
 
 logger = logging.getLogger("release_model")
 CONFIG = ROOT / "pipelines" / "configs" / "release_qmof_v2.2.yaml"
@@ -277,6 +282,7 @@ def test_predictions(folder: Path, parts: dict[str, Any]) -> pd.DataFrame:
     table.insert(0, "id", ids)
     table.insert(1, "bandgap_true_ev", gaps)
     table["n_atoms"] = predictive.n_atoms
+    table["metal_family"] = predictive.metal_family
     # the calibrator's inputs, from which the calibrated distributions are drawn again
     table["bandgap_mean_uncensored_ev"], table["bandgap_std_total_raw_ev"] = predictive.mean, predictive.std_total_raw
     table["crps_ev"] = model.calibrator.crps(predictive.mean, predictive.std_total_raw, gaps)
@@ -319,12 +325,6 @@ def warm_start_record(folder: Path) -> dict[str, Any] | None:
     return out
 
 
-def shipped_for(package_dir: Path) -> ShippedModel:
-    """The shipped model a package folder holds (an archived release keeps its own name and
-    ``--model`` alias); any other folder (a smoke test's) is packaged as the release."""
-    return next((shipped for shipped in SHIPPED if shipped.folder_name == package_dir.name), RELEASE)
-
-
 def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], config_path: Path, *,
                    shipped: ShippedModel = RELEASE) -> dict[str, Any]:
     meta = read_model_json(folder)
@@ -357,12 +357,13 @@ def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], 
 
 def package(folder: Path, record: dict[str, Any], destination: Path) -> Path:
     """Copy the model into the package with its card; refuse more than 5 MB, and refuse to replace a
-    packaged model trained with another recipe (keep it under a versioned name first)."""
+    packaged model trained with another recipe (tag the release that ships it and remove it first:
+    one model ships per release, CHANGELOG.md)."""
     if (destination / "model.json").exists():
         shipped = read_model_json(destination)["train_config"]
         if not TrainConfig.from_dict(record["train_config"]).was_recorded_as(shipped):
-            raise SystemExit(f"{destination} holds a model trained with another config; move it to a versioned "
-                             "folder (and a SHIPPED entry in mofbalora/pretrained) before packaging this one")
+            raise SystemExit(f"{destination} holds a model trained with another config; tag the release that ships "
+                             "it (git tag vX.Y.Z, CHANGELOG.md) and remove the folder before packaging this one")
     card = model_card(record)
     # the shipped copy must not point at this machine's data
     meta_updates = {"data": {**read_model_json(folder)["data"], "source": "QMOF (CC BY 4.0), see MODEL_CARD.md"}}
@@ -435,12 +436,14 @@ def main(argv: list[str] | None = None) -> None:
                          lower_miss_share=read_model_json(folder)["calibration"].get("lower_miss_share", 0.5))
     # the release's figures are published; another run folder (a smoke test) keeps its own
     # its commit stamp before any file is written
-    record = release_record(folder, parts, scores, config_path, shipped=shipped_for(package_dir))
+    record = release_record(folder, parts, scores, config_path)
     figures = (Path(args.figures_dir) if args.figures_dir else
                FIGURES_DIR if package_dir.resolve() == PACKAGE_DIR.resolve() else run_dir / "figures")
     figures.mkdir(parents=True, exist_ok=True)
     window_reliability(scores["p_in_window_reliability"], figures / "reliability_p_in_window.png",
                        title=f"{RELEASE.alias}: P(gap in {WINDOW_EV[0]:g}–{WINDOW_EV[1]:g} eV), test split")
+    rmse_vs_rmv(scores["consistency"]["rmse_over_rmv_by_std_decile"], figures / "rmse_vs_rmv.png",
+                title=f"{RELEASE.alias}: is the std the size of the error? (test split)")
     learning_curve(record["training"]["val_mae_ev_by_epoch"], figures / "learning_curve.png",
                    title=f"{RELEASE.alias} ({record['config_file']}): validation MAE per epoch",
                    reference_ev=earlier_releases_val_mae(record))

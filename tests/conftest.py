@@ -11,7 +11,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 # Unpacked archives and features are reused across test runs, never committed (.gitignore).
 os.environ.setdefault("MOFBALORA_CACHE", str(ROOT / ".cache"))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# under pytest-xdist (make test) the workers share the cores: one torch thread each, and for the
+# pipelines and CLIs they start
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +83,10 @@ def chgnet_backbone_factory():
     from mofbalora.backbones import get_backbone
 
     return lambda: get_backbone("chgnet")
+
+
+def cli_message(output: str) -> str:
+    """A CLI's output as one line of words: Rich draws click's errors in a box wrapped at the
+    terminal's width, so a message about a long path breaks across lines wherever the width and
+    the temporary path's length put it."""
+    return " ".join(output.translate(str.maketrans("│╭╮╰╯─", "      ")).split())

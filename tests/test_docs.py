@@ -5,6 +5,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import pandas as pd
 from typer.testing import CliRunner
 
 from mofbalora.cli import app, render_cli_reference
@@ -17,33 +18,65 @@ def test_cli_reference_matches_help():
     assert (ROOT / "docs" / "cli.md").read_text() == render_cli_reference(), "run `make docs`"
 
 
-def quickstart_commands(marker: str = "quickstart"):
+def quickstart_block(marker: str, language: str = "bash") -> str:
     text = (ROOT / "README.md").read_text()
-    block = re.search(rf"<!-- {marker}:start -->\s*```bash\n(.*?)```", text, re.S).group(1)
-    return [shlex.split(line) for line in block.strip().splitlines()]
+    return re.search(rf"<!-- {marker}:start -->\s*```{language}\n(.*?)```", text, re.S).group(1)
 
 
-def test_readme_quickstart_runs(tmp_path, monkeypatch, smallest_qmof):
-    """Every quick-start command, as written, on real CIFs: first with the shipped model, then
-    fitting one's own (fit gets a small data override: 400 structures, so that its 10% calibration
-    split can give a finite 95% interval)."""
-    ids, paths, gaps = smallest_qmof(406)
-    data = copy_cifs(paths[:400], tmp_path / "data")
-    write_labels(data, ids[:400], gaps[:400])
-    copy_cifs(paths[400:406], tmp_path / "my_mofs")  # the quick start reads my_mofs/
+def quickstart_commands(marker: str = "quickstart"):
+    return [shlex.split(line) for line in quickstart_block(marker).strip().splitlines()]
+
+
+def test_readme_is_a_users_page():
+    """At most 200 lines, an install command, and a predicting command within the first 40 lines."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200
+    assert any(line.startswith("make install") or "pip install" in line for line in lines)
+    first = next(i for i, line in enumerate(lines) if line.startswith(("mofbalora predict", "mofbalora screen")))
+    assert first < 40
+    assert "make test" in "\n".join(lines)
+    assert "../shared" not in "\n".join(lines)  # no path of the development machine
+
+
+def test_readme_quickstart_runs(tmp_path, monkeypatch):
+    """Every quick-start command, as written, on the shipped example CIFs and with the shipped model,
+    in a copy of the repository's examples/ (the outputs land in a temporary folder)."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    shipped = quickstart_commands()
+    assert [c[1] for c in shipped] == ["validate", "predict", "screen", "models"]
+    for command in shipped:
+        assert command[0] == "mofbalora"
+        result = CliRunner().invoke(app, command[1:])
+        assert result.exit_code == 0, (command, result.output)
+    n_cifs = len(list((tmp_path / "examples" / "cifs").glob("*.cif")))
+    for name, status in (("validation.csv", "valid"), ("predictions.csv", "ok"), ("screen.csv", "ok")):
+        table = pd.read_csv(tmp_path / name)
+        assert len(table) == n_cifs and (table["status"] == status).all(), name
+    python = quickstart_block("python-quickstart", "python")
+    namespace: dict = {}
+    exec(compile(python, "README.md python quick start", "exec"), namespace)
+    assert list(namespace["ranked"]["rank"]) == list(range(1, n_cifs + 1))
+    assert namespace["table"]["status"].tolist() == ["ok"]
+
+
+def test_readme_fit_quickstart_runs(tmp_path, monkeypatch, smallest_qmof):
+    """Fitting one's own model as the README writes it, on 400 real QMOF structures for one epoch
+    (its 10% calibration split can then give a finite 95% interval), then screening the examples."""
+    ids, paths, gaps = smallest_qmof(400)
+    data = copy_cifs(paths, tmp_path / "my_dataset")
+    write_labels(data, ids, gaps)
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
     config = tmp_path / "pipelines" / "configs"
     config.mkdir(parents=True)
     shutil.copy(ROOT / "pipelines" / "configs" / "fit_cgcnn.yaml", config)
     monkeypatch.chdir(tmp_path)
-    shipped, own = quickstart_commands(), quickstart_commands("fit-quickstart")
-    assert [c[1] for c in shipped] == ["validate", "predict", "screen", "models"]
+    own = quickstart_commands("fit-quickstart")
     assert [c[1] for c in own] == ["fit", "screen"]
-    for command in shipped + own:
-        assert command[0] == "mofbalora"
+    for command in own:
         args = command[1:]
         if args[0] == "fit":  # same command, small data
-            args += ["--data", str(data), "--epochs", "1", "--max-structures", "400"]
+            args += ["--epochs", "1", "--max-structures", "400"]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, (command, result.output)
-    for name in ("validation.csv", "predictions.csv", "screen.csv", "screen_own.csv"):
-        assert (tmp_path / name).exists(), name
+    assert (tmp_path / "screen_own.csv").exists()

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from .analysis.conftest import ROOT, load_script
+from benchmarks import screen_coremof
 
 
 def test_size_skipped_cells_are_screened_again_in_place(tmp_path, coremof_paths):
@@ -15,7 +15,7 @@ def test_size_skipped_cells_are_screened_again_in_place(tmp_path, coremof_paths)
     from mofbalora.pretrained import resolve_model
     from mofbalora.streaming import stream_predictions
 
-    screen = load_script(ROOT / "benchmarks" / "screen_coremof.py")
+    screen = screen_coremof
     model = load_model(resolve_model(None))
     atoms = []
     for path in coremof_paths:

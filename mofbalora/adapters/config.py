@@ -21,6 +21,8 @@ ADAPTER_METHODS = ("lora", "balora", "lora-ensemble", "lora-mcdropout")
 #: the adapter kind each of them trains
 ADAPTER_KIND: dict[str, AdapterKind] = {"lora": "lora", "lora-ensemble": "lora", "balora": "balora",
                                         "lora-mcdropout": "mcdropout"}
+#: methods whose predictive draws are S stochastic forward passes of one model (docs/method.md §7)
+SAMPLING_METHODS = ("balora", "lora-mcdropout")
 
 
 def _check_choice(name: str, value: Any, kind: Any) -> None:

@@ -4,6 +4,10 @@
 ``residual``: the pretrained head plus a linear path from the crystal embedding, started at zero,
 so the model begins exactly at the pretrained one but its output cannot go flat when the head's
 softplus units saturate (the 0.65 eV floor; docs/method.md §8). **(ours)**, chosen on validation.
+
+The data-noise head's module (``DataNoiseHead``) lives here beside the other heads because
+inference builds it from a model folder; its fit (``training.noise_head``) and its stage on a folder
+(``data_noise``) stay out of this module so that predicting never imports training code.
 """
 
 from __future__ import annotations

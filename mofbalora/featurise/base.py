@@ -58,3 +58,21 @@ def element_counts(samples: Sequence[Any]) -> np.ndarray:
         return np.zeros((0, N_ELEMENT_COLUMNS), dtype=np.int64)
     return np.stack([np.bincount(np.asarray(sample.atomic_number, dtype=np.int64), minlength=N_ELEMENT_COLUMNS)
                      for sample in samples])
+
+
+def _metal_columns() -> np.ndarray:
+    from pymatgen.core.periodic_table import Element
+
+    return np.array([z >= 1 and Element.from_Z(z).is_metal for z in range(N_ELEMENT_COLUMNS)])
+
+
+def metal_family(counts: np.ndarray) -> np.ndarray:
+    """The metal family of each cell, [n] int: the atomic number of the metal (pymatgen's
+    ``Element.is_metal``) with the most atoms in the cell, the heavier one on a tie; 0 when the
+    cell has no metal. ``counts``: :func:`element_counts` [n, N_ELEMENT_COLUMNS]."""
+    counts = np.asarray(counts)
+    if counts.ndim != 2 or counts.shape[1] != N_ELEMENT_COLUMNS:
+        raise ValueError(f"counts must have shape [n, {N_ELEMENT_COLUMNS}], got {counts.shape}")
+    metals = np.where(_metal_columns()[None, :], counts, 0)
+    heaviest_of_most = N_ELEMENT_COLUMNS - 1 - np.argmax(metals[:, ::-1], axis=1)
+    return np.where(metals.max(axis=1) > 0, heaviest_of_most, 0)

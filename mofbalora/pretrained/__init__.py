@@ -1,7 +1,8 @@
 """Models that ship inside the package, and resolving a ``--model`` argument to a model folder.
 
 Each shipped model is a complete model folder (``mofbalora.model_folder``) under this package,
-with a ``MODEL_CARD.md``; ``pipelines/release_model.py`` writes it.
+with a ``MODEL_CARD.md``; ``python -m pipelines.release_model`` writes it. One model ships per
+release; earlier ones stay reproducible from their git tags (CHANGELOG.md).
 """
 
 from __future__ import annotations
@@ -27,29 +28,13 @@ class ShippedModel:
 
 SHIPPED = (
     ShippedModel("qmof-pbe", "qmof-pbe-cgcnn-balora",
-                 "v2.4: CGCNN + BaLoRA on all of QMOF (PBE band gaps, eV), v2.3's weights and composition-aware "
-                 "per-structure data-noise head, Mondrian-conformal intervals censored at 0 eV whose 5% misses "
-                 "are split between the ends as chosen on validation"),
-    # earlier releases stay, so that a screen made with one can be reproduced
-    ShippedModel("qmof-pbe-v2.3", "qmof-pbe-cgcnn-balora-v2.3",
-                 "the default before v2.4: v2.2's weights with a composition-aware per-structure data-noise head, "
-                 "central Mondrian-conformal intervals censored at 0 eV"),
-    ShippedModel("qmof-pbe-v2.2", "qmof-pbe-cgcnn-balora-v2.2",
-                 "the default before v2.3: v2 warm-restarted for a second and a third schedule, per-structure "
-                 "data noise from the neighbours in z, Mondrian-conformal intervals censored at 0 eV"),
-    ShippedModel("qmof-pbe-v2.1", "qmof-pbe-cgcnn-balora-v2.1",
-                 "the default before v2.2: v2 warm-restarted for a second schedule, per-structure data noise, "
-                 "Mondrian-conformal intervals censored at 0 eV"),
-    ShippedModel("qmof-pbe-v2", "qmof-pbe-cgcnn-balora-v2",
-                 "the default before v2.1: CGCNN + BaLoRA trained to convergence on all of QMOF, per-structure "
-                 "data noise, Mondrian-conformal intervals censored at 0 eV"),
-    ShippedModel("qmof-pbe-v1.1", "qmof-pbe-cgcnn-balora-v1.1",
-                 "the default before v2: the first release's weights with per-structure data noise and "
-                 "Mondrian-conformal intervals censored at 0 eV"),
-    # newer code clips its means at 0 eV
-    ShippedModel("qmof-pbe-v1", "qmof-pbe-cgcnn-balora-v1",
-                 "the first release (same weights as v1.1, one data-noise number, plain conformal intervals)"),
+                 "v2.4: CGCNN + BaLoRA on all of QMOF (PBE band gaps, eV), a composition-aware per-structure "
+                 "data-noise head, Mondrian-conformal intervals censored at 0 eV whose 5% misses are split between "
+                 "the ends as chosen on validation (--intervals central for 2.5% each side)"),
 )
+#: releases no longer in the wheel: the mofbalora version whose git tag still has each (CHANGELOG.md)
+RETIRED = {"qmof-pbe-v2.3": "0.1.0", "qmof-pbe-v2.2": "0.1.0", "qmof-pbe-v2.1": "0.1.0", "qmof-pbe-v2": "0.1.0",
+           "qmof-pbe-v1.1": "0.1.0", "qmof-pbe-v1": "0.1.0"}
 DEFAULT_MODEL = "qmof-pbe"
 
 
@@ -81,4 +66,9 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     if path.exists():
         return path
     names = ", ".join(m.alias for m in SHIPPED)
+    if name in RETIRED:
+        hint = " (its intervals are qmof-pbe's with --intervals central)" if name == "qmof-pbe-v2.3" else ""
+        raise FileNotFoundError(f"--model {name!r} is a retired release{hint}; it ships with mofbalora "
+                                f"{RETIRED[name]}: git checkout v{RETIRED[name]} && make install (CHANGELOG.md). "
+                                f"Shipped now: {names}")
     raise FileNotFoundError(f"--model {name!r}: no such model folder, and not a shipped model ({names})")

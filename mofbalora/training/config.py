@@ -14,8 +14,6 @@ Method = Literal["head", "full", "lora", "balora", "lora-ensemble", "lora-mcdrop
 Likelihood = Literal["mse", "gaussian"]
 NoiseStdFit = Literal["joint", "mean_mode"]
 Schedule = Literal["warmup_cosine", "onecycle"]
-#: methods whose predictive draws are S stochastic forward passes of one model (docs/method.md §7, §11)
-SAMPLING_METHODS = ("balora", "lora-mcdropout")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A rerun with the same config, data and split resumes: finished members are kept, an interrupted
 member continues from its last checkpoint, and ``model.json`` is written last. A folder that was
 started with anything different is refused, naming the difference, unless ``overwrite``.
-Calibration on the held-out calibration split is the next step (``mofbalora.calibrate``).
+Calibration on the held-out calibration split is the next step (``mofbalora.fit_calibrate``).
 """
 
 from __future__ import annotations

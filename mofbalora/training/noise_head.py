@@ -5,7 +5,9 @@ NLL on the training split's residuals, with early stopping on the validation spl
 is the limit of "warm up the mean before the variance trains": the variance head cannot hide hard
 structures to help the mean, which is what makes a jointly trained head unstable (Seitzer et al.
 2022). Inputs are tensors only (embeddings, predicted means and truths in standardised units); the
-folder-level stage that computes them is ``mofbalora.data_noise``.
+folder-level stage that computes them is ``mofbalora.data_noise``. It stands apart from the head's
+module (``backbones.heads``, which inference loads) because it trains, and from the stage because it
+knows nothing of model folders.
 """
 
 from __future__ import annotations

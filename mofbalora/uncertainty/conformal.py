@@ -47,7 +47,7 @@ class ConformalCalibrator:
         mean_rule: one of :data:`MEAN_RULES`.
         lower_miss_share: the share of an interval's misses (1 − confidence) left below it, in
             (0, 1): ½ is the central interval; less moves both ends down (docs/method.md §9,
-            chosen on validation by ``mofbalora.calibrate.choose_lower_miss_share``).
+            chosen on validation by ``mofbalora.fit_calibrate.choose_lower_miss_share``).
 
     Fitted attributes:
         residuals_: calibration residuals y − ŷ (eV), [n_cal].
@@ -129,7 +129,7 @@ class ConformalCalibrator:
                  lower_bound_ev: float | None = 0.0, lower_tail: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated interval (eV) holding ``confidence`` of the predictive distribution, with
         :attr:`lower_miss_share` of the rest below it (the interval every prediction reports), or
-        with ``lower_tail`` of the distribution below it (diagnostics, benchmarks/small_gap_check.py).
+        with ``lower_tail`` of the distribution below it (diagnostics; the small-gap check that used it is at tag v0.1.0, benchmarks/small_gap_check.py).
         The lower end is clipped at ``lower_bound_ev`` (gaps ≥ 0)."""
         if not 0 < confidence < 1:
             raise ValueError(f"confidence must lie in (0, 1), got {confidence}")

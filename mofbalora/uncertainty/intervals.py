@@ -7,11 +7,15 @@ probability is 1 inside the window and 0 outside.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 from scipy.stats import norm
 
 Z_95 = float(norm.ppf(0.975))
+#: where a calibrated interval leaves its misses: the share the calibration chose, or half each side
+IntervalTails = Literal["calibrated", "central"]
+INTERVAL_TAILS: tuple[str, ...] = get_args(IntervalTails)
 
 
 def gaussian_interval(mean_ev: np.ndarray, std_ev: np.ndarray, *, coverage: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -67,7 +67,7 @@ def spearman_std_error_if_true(y_pred: np.ndarray, y_std: np.ndarray, draws: np.
     """The Spearman ρ(std, |error|) a model's own predictive distribution promises: ρ(y_std, |y − y_pred|)
     with the truth y replaced by draws from that distribution, [K, n]; the mean over the K draws and
     their 2.5/97.5 percentiles. An observed ρ far below it means the stds rank worse than claimed; a
-    target above it cannot be met by a model whose distributions are this one (docs/method.md §13)."""
+    target above it cannot be met by a model whose distributions are this one (docs/studies/data_noise.md)."""
     y_pred, y_std = _check(y_pred, y_std)
     draws = np.asarray(draws, dtype=float)
     if draws.ndim != 2 or draws.shape[1] != len(y_pred):
@@ -259,3 +259,81 @@ def probability_reliability(p_predicted: np.ndarray, outcome: np.ndarray, *, n_b
     present = np.flatnonzero(counts)
     return pd.DataFrame({"bin_low": edges[present], "bin_high": edges[present + 1], "n": counts[present],
                          "mean_predicted": predicted, "observed_share": observed})
+
+
+def std_bin_index(y_std: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-count bin (0 … n_bins − 1) of each point by its std, ascending; ties keep input order."""
+    y_std = np.asarray(y_std, dtype=float)
+    if n_bins < 1 or n_bins > len(y_std):
+        raise ValueError(f"n_bins must lie in [1, {len(y_std)}], got {n_bins}")
+    index = np.empty(len(y_std), dtype=int)
+    index[np.argsort(y_std, kind="stable")] = np.arange(len(y_std)) * n_bins // len(y_std)
+    return index
+
+
+def rmse_rmv_by_std_bin(y_pred: np.ndarray, y_std: np.ndarray, y_true: np.ndarray, *,
+                        n_bins: int = 10) -> "pd.DataFrame":
+    """Error-based calibration (Levi et al. 2022): in equal-count bins of the std, the RMSE of the
+    errors against the RMV (root mean variance, eV) the stds claim; ``ratio`` = RMSE/RMV is 1 for a
+    consistent std, above 1 where it claims too little."""
+    import pandas as pd
+
+    y_pred, y_std, y_true = _check(y_pred, y_std, y_true)
+    bins, rmv, rmse_by_bin = _rmse_rmv(y_pred, y_std, y_true, n_bins)
+    return pd.DataFrame({"bin": np.arange(n_bins), "n": np.bincount(bins, minlength=n_bins),
+                         "std_low_ev": [float(y_std[bins == b].min()) for b in range(n_bins)],
+                         "std_high_ev": [float(y_std[bins == b].max()) for b in range(n_bins)],
+                         "rmv_ev": rmv, "rmse_ev": rmse_by_bin, "ratio": rmse_by_bin / rmv})
+
+
+def _rmse_rmv(y_pred: np.ndarray, y_std: np.ndarray, y_true: np.ndarray,
+              n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bin of each point, RMV per bin, RMSE per bin) over equal-count std bins."""
+    if (y_std <= 0).any():
+        raise ValueError("std must be positive")
+    bins = std_bin_index(y_std, n_bins)
+    counts = np.bincount(bins, minlength=n_bins)
+    rmv = np.sqrt(np.bincount(bins, weights=y_std ** 2, minlength=n_bins) / counts)
+    rmse_by_bin = np.sqrt(np.bincount(bins, weights=(y_pred - y_true) ** 2, minlength=n_bins) / counts)
+    return bins, rmv, rmse_by_bin
+
+
+def ence(y_pred: np.ndarray, y_std: np.ndarray, y_true: np.ndarray, *, n_bins: int = 10) -> float:
+    """Expected normalised calibration error (Levi et al. 2022): mean over equal-count std bins of
+    |RMV − RMSE| / RMV. 0 for a consistent std; it does not vanish with sampling noise in small bins."""
+    y_pred, y_std, y_true = _check(y_pred, y_std, y_true)
+    _, rmv, rmse_by_bin = _rmse_rmv(y_pred, y_std, y_true, n_bins)
+    return float(np.mean(np.abs(rmv - rmse_by_bin) / rmv))
+
+
+def zms(y_pred: np.ndarray, y_std: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean squared z-score (Pernot 2024), mean(((y − ŷ)/σ)²): 1 when the std is right on average,
+    above 1 where it is too small."""
+    y_pred, y_std, y_true = _check(y_pred, y_std, y_true)
+    if (y_std <= 0).any():
+        raise ValueError("std must be positive")
+    return float(np.mean(((y_true - y_pred) / y_std) ** 2))
+
+
+def zms_by_group(y_pred: np.ndarray, y_std: np.ndarray, y_true: np.ndarray, groups: np.ndarray, *,
+                 min_size: int = 2, seed: int = 0, n_resamples: int = 2000) -> "pd.DataFrame":
+    """ZMS per group with at least ``min_size`` points (a metal family, a cell-size bin, the OOD
+    flag…), with its BCa CI over the group's points and the Spearman ρ(std, |error|) inside it."""
+    import pandas as pd
+
+    y_pred, y_std, y_true = _check(y_pred, y_std, y_true)
+    groups = np.asarray(groups)
+    if groups.shape != y_pred.shape:
+        raise ValueError("groups must have one label per point")
+    rows = []
+    for label in pd.unique(groups):
+        inside = groups == label
+        if inside.sum() < max(min_size, 2):
+            continue
+        args = (y_pred[inside], y_std[inside], y_true[inside])
+        row = {"group": label, "n": int(inside.sum()),
+               **{f"zms_{k}": v for k, v in bca_interval(zms, *args, seed=seed, n_resamples=n_resamples).items()},
+               "spearman_std_abs_error": spearman_std_error(*args)}
+        rows.append(row)
+    columns = ["group", "n", "zms_value", "zms_ci_low", "zms_ci_high", "spearman_std_abs_error"]
+    return pd.DataFrame(rows, columns=columns).sort_values("n", ascending=False, kind="stable").reset_index(drop=True)

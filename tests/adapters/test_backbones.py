@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from mofbalora.adapters import (
-    AdapterConfig, adapter_kl_per_graph, inject_adapters, load_adapters, merge_adapters,
-    save_adapters, set_adapter_mode, unmerge_adapters,
+    AdapterConfig,
+    adapter_kl_per_graph,
+    inject_adapters,
+    load_adapters,
+    merge_adapters,
+    save_adapters,
+    set_adapter_mode,
+    unmerge_adapters,
 )
 from mofbalora.data import read_structure
 

@@ -3,9 +3,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from tests.conftest import copy_cifs
-
 from mofbalora.data.datasets import load_labelled_dataset, resolve_data_dir, unpack_archive_once
+from tests.conftest import copy_cifs
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from mofbalora.data.io import atomic_path, write_table_atomic, write_text_atomic
+from tests.conftest import cli_message
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -67,11 +68,11 @@ def test_a_table_path_that_cannot_be_written_is_refused_before_the_work(tmp_path
     with pytest.raises(ValueError, match="plain is a file, not a folder"):
         check_table_path(tmp_path / "plain" / "t.csv")
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "none.cif"), "-o", str(tmp_path / "folder.csv")])
-    assert result.exit_code == 2 and "is a folder" in result.output
+    assert result.exit_code == 2 and "is a folder" in cli_message(result.output)
     # a folder that refuses new files (sysfs refuses even root): a traceback before, now refused up front
     assert not list(tmp_path.glob(".*.probe")) and not (tmp_path / "new").exists()  # the check leaves nothing
     with pytest.raises(ValueError, match="cannot write in /sys"):
         check_table_path("/sys/predictions.csv")
     for command in (["predict", str(tmp_path / "none.cif"), "-o", "/sys/p.csv"], ["validate", str(tmp_path), "-o", "/sys/v.csv"]):
         result = CliRunner().invoke(app, command)
-        assert result.exit_code == 2 and "cannot write in /sys" in result.output, result.output
+        assert result.exit_code == 2 and "cannot write in /sys" in cli_message(result.output), result.output

@@ -3,9 +3,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mofbalora.cli import app
-from tests.conftest import copy_cifs
 from mofbalora.data import InvalidReason, InvalidStructureError, read_structure, validate_inputs
 from mofbalora.data.structures import expand_inputs, structure_id, unique_structure_ids
+from tests.conftest import cli_message, copy_cifs
 
 CELL = """data_test
 _cell_length_a {a}
@@ -305,7 +305,7 @@ def test_an_empty_path_is_refused_not_read_as_the_working_folder(tmp_path, monke
         expand_inputs([""])
     for command in (["validate"], ["featurise"], ["predict", "-o", str(tmp_path / "p.csv")]):
         result = CliRunner().invoke(app, [*command, str(tmp_path / "here.cif"), ""])
-        assert result.exit_code == 2 and "empty path" in result.output, (command, result.output)
+        assert result.exit_code == 2 and "empty path" in cli_message(result.output), (command, result.output)
     assert not (tmp_path / "p.csv").exists()
     slots, ids = resolve_inputs([str(tmp_path / "here.cif").encode()])
     assert slots == [tmp_path / "here.cif"] and ids == ["here"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mofbalora.featurise import FeatureCache, featurise_paths, get_featuriser
+from tests.conftest import cli_message
 
 
 def test_cache_hit_on_rerun_and_corrupt_entry_rebuilt(tmp_path, small_qmof):
@@ -177,5 +178,5 @@ def test_an_unwritable_cache_costs_time_not_the_run(small_qmof, caplog, tmp_path
     warned = [r for r in caplog.records if "cannot be written" in r.getMessage()]
     assert len(warned) == 1  # once per process, not once per chunk
     result = CliRunner().invoke(app, ["featurise", str(paths[0]), "--cache-dir", unwritable])
-    assert result.exit_code == 2 and "cannot write there" in result.output
+    assert result.exit_code == 2 and "cannot write there" in cli_message(result.output)
 

@@ -1,8 +1,7 @@
 import pytest
 
-from tests.conftest import copy_cifs, write_labels
-
 from mofbalora.training.config import TrainConfig
+from tests.conftest import copy_cifs, write_labels
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from pymatgen.io.cif import CifWriter
+from typer.testing import CliRunner
 
 from mofbalora.cli import app
 from mofbalora.data import read_structure
 from mofbalora.data.splits import Split
+from tests.conftest import cli_message
 
 from .conftest import tiny_config
 
@@ -86,19 +86,19 @@ def test_bad_output_names_and_sample_counts_are_refused_before_any_work(tmp_path
     for command in (["predict"], ["screen", "--gap", "1:2"], ["validate"]):
         model = [] if command == ["validate"] else ["--model", str(cli_model)]
         result = CliRunner().invoke(app, [*command, *model, "--out", str(tmp_path / "t.xlsx"), cif])
-        assert result.exit_code == 2 and ".csv, .csv.gz or .parquet" in result.output, command
+        assert result.exit_code == 2 and ".csv, .csv.gz or .parquet" in cli_message(result.output), command
     for samples in ("0", "-1"):
         result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", samples,
                                           "--out", str(tmp_path / "p.csv"), cif])
-        assert result.exit_code == 2 and f"samples must be >= 1, got {samples}" in result.output
+        assert result.exit_code == 2 and f"samples must be >= 1, got {samples}" in cli_message(result.output)
     result = CliRunner().invoke(app, ["featurise", "--skipped", str(tmp_path / "s.xlsx"), cif])
-    assert result.exit_code == 2 and ".csv, .csv.gz or .parquet" in result.output
+    assert result.exit_code == 2 and ".csv, .csv.gz or .parquet" in cli_message(result.output)
     result = CliRunner().invoke(app, ["featurise", "--backbone", "alignn", cif])
-    assert result.exit_code == 2 and "unknown featuriser 'alignn'" in result.output
+    assert result.exit_code == 2 and "unknown featuriser 'alignn'" in cli_message(result.output)
     for command in (["featurise", "--workers", "-1"], ["validate", "--max-atoms", "0"],
                     ["screen", "--gap", "1:2", "--top", "-1"]):
         result = CliRunner().invoke(app, [*command, cif])
-        assert result.exit_code == 2 and "greater than or equal to" in result.output, command
+        assert result.exit_code == 2 and "greater than or equal to" in cli_message(result.output), command
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing started, nothing to resume
     result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--out", str(tmp_path / "p.csv.gz"), cif])
     assert result.exit_code == 0 and list(pd.read_csv(tmp_path / "p.csv.gz")["status"]) == ["ok"]
@@ -150,7 +150,7 @@ def test_fit_refuses_a_folder_with_another_config(tmp_path, config_file, cli_mod
     target = tmp_path / "model"
     shutil.copytree(cli_model, target)
     result = CliRunner().invoke(app, ["fit", str(other), "--data", str(tiny_dataset), "--out", str(target)])
-    assert result.exit_code == 2 and "train_config.lr" in result.output
+    assert result.exit_code == 2 and "train_config.lr" in cli_message(result.output)
 
 
 def test_larger_cells_than_training_are_flagged(tmp_path, cli_model, tiny_dataset):
@@ -200,7 +200,7 @@ def test_a_damaged_model_folder_is_named_file_by_file(tmp_path, cli_model, tiny_
         expected = f"{target}: not valid JSON"
     cif = str(next(tiny_dataset.rglob("*.cif")))
     result = CliRunner().invoke(app, ["predict", "--model", str(folder), "--out", str(tmp_path / "p.csv"), cif])
-    assert result.exit_code == 2 and f"cannot load model: {expected}" in result.output, result.output[-500:]
+    assert result.exit_code == 2 and f"cannot load model: {expected}" in cli_message(result.output), result.output[-500:]
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="Apple's MPS accelerator exists there")
@@ -211,7 +211,7 @@ def test_an_accelerator_or_device_count_the_machine_lacks_is_one_line(tmp_path, 
                             (["--devices", "two"], "'two': give a number of devices")):
         result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--out", str(tmp_path / "p.csv"),
                                           "--no-resume", *extra, cif])
-        assert result.exit_code == 2 and expected in result.output, result.output[-800:]
+        assert result.exit_code == 2 and expected in cli_message(result.output), result.output[-800:]
     fitted = CliRunner().invoke(app, ["fit", str(tmp_path / "none.yaml"), "--devices", "0,x"])
     assert fitted.exit_code == 2 and "give a number of devices" in fitted.output
 
@@ -351,7 +351,7 @@ def test_resume_refuses_other_settings(tmp_path, cli_model, tiny_dataset):
     (parts / "settings.json").write_text('{"samples": 4}')
     result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", "8", "--out", str(out),
                                       str(tiny_dataset / "missing.cif")])
-    assert result.exit_code == 2 and "unfinished run with other" in result.output
+    assert result.exit_code == 2 and "unfinished run with other" in cli_message(result.output)
     result = CliRunner().invoke(app, ["predict", "--model", str(cli_model), "--samples", "8", "--out", str(out),
                                       "--no-resume", str(tiny_dataset / "missing.cif")])
     assert result.exit_code == 1 and not parts.exists() and len(pd.read_csv(out)) == 1

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mofbalora.calibrate import fit_calibrated
 from mofbalora.data import read_structure
 from mofbalora.data.splits import Split, make_split
+from mofbalora.fit_calibrate import fit_calibrated
 from mofbalora.predict import PREDICTION_COLUMNS, load_model
 from mofbalora.training.fit import FolderMismatchError, epoch_history, fit
 

@@ -8,7 +8,6 @@ import torch
 
 from mofbalora.backbones.heads import DataNoiseHead
 from mofbalora.training.noise_head import NoiseHeadConfig, fit_noise_head, load_uncertainty_config
-
 from tests.conftest import ROOT
 
 from .conftest import tiny_config
@@ -141,7 +140,7 @@ def test_floor_and_bad_settings():
 
 def test_declared_config_is_what_the_defaults_are():
     """The CLI (no YAML) and the pipelines (the YAML) use the same declared rule."""
-    from mofbalora.calibrate import CalibrationSettings
+    from mofbalora.fit_calibrate import CalibrationSettings
 
     declared = load_uncertainty_config(ROOT / CONFIG_FILE)
     assert declared["noise_head"] == NoiseHeadConfig()
@@ -152,8 +151,8 @@ def test_declared_config_is_what_the_defaults_are():
 def test_noise_stage_on_real_qmof(tmp_path, tiny_dataset):
     """Smoke setting: fit a LoRA model, then the head stage chooses a variant on validation and
     predictions carry a per-structure aleatoric std at or above the floor."""
-    from mofbalora.calibrate import fit_calibrated
     from mofbalora.data.splits import Split
+    from mofbalora.fit_calibrate import fit_calibrated
     from mofbalora.predict import load_model
 
     config = NoiseHeadConfig(epochs=50, patience=10)
@@ -174,7 +173,7 @@ def test_noise_stage_on_real_qmof(tmp_path, tiny_dataset):
     assert (table["bandgap_mean_ev"] >= 0).all() and (table["lower_95_ev"] >= 0).all()
     assert table["p_metallic"].between(0, 1).all()
     # the composition-aware head through the whole path: stage, saved folder, predict on CIFs
-    from mofbalora.calibrate import complete_uncertainty_stages
+    from mofbalora.fit_calibrate import complete_uncertainty_stages
 
     complete_uncertainty_stages(folder, data=tiny_dataset, noise_head=NoiseHeadConfig(
         epochs=50, patience=10, variants=("neighbours+composition",)))

@@ -179,3 +179,28 @@ def test_promised_spearman_matches_a_truth_drawn_from_the_model():
     assert shuffled < wide["range_low"]
     with pytest.raises(ValueError, match="draws must have shape"):
         um.spearman_std_error_if_true(pred, std, np.zeros((5, 10)))
+
+
+def test_ence_and_zms_have_the_known_answer_of_a_std_off_by_a_factor():
+    """Errors of exactly ±c·σ: RMSE = c·RMV in every std bin, so ENCE = |1 − c| and ZMS = c²."""
+    std = np.repeat(np.linspace(0.1, 1.0, 20), 10)
+    for c in (1.0, 0.5, 2.0):
+        errors = c * std * np.tile([1.0, -1.0], 100)
+        truth, pred = errors, np.zeros_like(errors)
+        assert um.ence(pred, std, truth) == pytest.approx(abs(1 - c))
+        assert um.zms(pred, std, truth) == pytest.approx(c ** 2)
+        table = um.rmse_rmv_by_std_bin(pred, std, truth, n_bins=10)
+        np.testing.assert_allclose(table["ratio"], c)
+        assert list(table["n"]) == [20] * 10 and (np.diff(table["std_low_ev"]) > 0).all()
+
+
+def test_zms_by_group_finds_the_mis_scaled_group():
+    rng = np.random.default_rng(0)
+    std = rng.uniform(0.2, 0.5, 4000)
+    group = np.where(np.arange(4000) < 1000, "wide", "right")
+    truth = rng.normal(0.0, std * np.where(group == "wide", 0.5, 1.0))
+    table = um.zms_by_group(np.zeros(4000), std, truth, group, min_size=50, n_resamples=300).set_index("group")
+    assert table.loc["wide", "zms_value"] == pytest.approx(0.25, abs=0.03)
+    assert table.loc["right", "zms_ci_low"] < 1.0 < table.loc["right", "zms_ci_high"]
+    assert table.loc["wide", "zms_ci_high"] < 1.0
+    assert len(um.zms_by_group(np.zeros(4000), std, truth, group, min_size=1001, n_resamples=100)) == 1

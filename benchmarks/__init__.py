@@ -1,0 +1,1 @@
+"""Speed, memory and screening benchmarks: run as ``python -m benchmarks.<name>`` (``make bench``)."""
