@@ -417,6 +417,87 @@ def screen(
         raise typer.Exit(1)
 
 
+def _read_exclude(path: Optional[Path]) -> list[str]:
+    """The ids of an --exclude CSV (column ``id``, else the first column); a clear error otherwise."""
+    if path is None:
+        return []
+    from mofbalora.streaming import read_predictions
+
+    try:
+        table = read_predictions(path)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"{path}: cannot read the ids to exclude ({exc})") from exc
+    if table.empty and not len(table.columns):
+        raise typer.BadParameter(f"{path}: no column of ids")
+    column = "id" if "id" in table.columns else table.columns[0]
+    return [str(i) for i in table[column]]
+
+
+@app.command()
+def suggest(
+    inputs: List[str] = typer.Argument(..., help="The pool: " + INPUTS_HELP),
+    budget: int = typer.Option(..., "--budget", "-k", help="How many structures to compute next (K)."),
+    goal: str = typer.Option(..., "--goal", help="'learn' (the most uncertain) or 'window:LO:HI' (find gaps in "
+                                                 "LO-HI eV)."),
+    model: Optional[str] = MODEL,
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="CSV of ids already computed (column id)."),
+    samples: Optional[int] = SAMPLES,
+    seed: int = typer.Option(0, help="Sampling seed."),
+    out: Path = typer.Option(Path("suggestions.csv"), "--out", "-o", callback=_table_out,
+                             help="The K structures in the order to compute them (.csv, .csv.gz or .parquet); "
+                                  "the pool's predictions go to OUT.pool.csv."),
+    chunk_size: int = CHUNK_SIZE,
+    resume: bool = RESUME,
+    max_atoms: int = MAX_ATOMS,
+    accelerator: str = ACCELERATOR,
+    devices: str = DEVICES,
+    num_nodes: int = NUM_NODES,
+    strategy: str = STRATEGY,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Which structures of a pool to compute (DFT) next, one row each in the order to compute them.
+
+    Columns: rank, id, bandgap_mean_ev, bandgap_std_ev, p_in_window (window goal), acquisition,
+    reason. 'learn' picks the largest calibrated std; 'window:LO:HI' the upper confidence bound
+    P + sqrt(P(1 - P)) of a hit, P = p_in_window. Near-duplicates (close in the backbone's frozen
+    embedding) never share a batch. The pool is predicted as `screen` does (streamed, resumable, DDP).
+    """
+    from mofbalora.data.io import write_table_atomic
+    from mofbalora.predict import resolve_inputs
+    from mofbalora.suggest import check_budget, embeddings_of, parse_goal, predicted_pool, shortlist
+    from mofbalora.suggest import suggest_from_predictions
+
+    _setup_logging(verbose)
+    try:  # every bad input is refused before any structure is predicted
+        parsed = parse_goal(goal)
+        excluded = set(_read_exclude(exclude))
+        slots, ids = resolve_inputs(inputs)
+        check_budget(budget, len(set(ids) - excluded))
+    except (ValueError, TypeError) as exc:
+        typer.echo(f"cannot suggest: {exc}", err=True)
+        raise typer.Exit(2)
+    loaded, table = _predict_table(model, inputs, samples, seed,
+                                   _prediction_trainer_kwargs(accelerator, devices, num_nodes, strategy),
+                                   Path(str(out) + ".pool.csv"), chunk_size, resume,
+                                   window_ev=parsed.window_ev, max_atoms=max_atoms)
+    if not _is_global_zero():
+        return
+    pool = predicted_pool(table, sorted(excluded))
+    try:
+        check_budget(budget, len(pool))
+    except ValueError as exc:
+        typer.echo(f"cannot suggest: {exc} (structures that could not be predicted are in {out}.pool.csv)", err=True)
+        raise typer.Exit(2)
+    candidates = shortlist(pool, parsed, budget)
+    embeddings = embeddings_of(loaded, candidates, dict(zip(ids, slots)))
+    chosen = suggest_from_predictions(candidates, embeddings, budget=budget, goal=parsed)
+    write_table_atomic(chosen, out)
+    typer.echo(f"{len(chosen)} of {len(pool)} structures suggested for goal {parsed} -> {out}", err=True)
+    if len(chosen) < budget:
+        typer.echo(f"warning: only {len(chosen)} structures left once near-duplicates of the picks were removed",
+                   err=True)
+
+
 @app.command()
 def models() -> None:
     """List the models that ship with mofbalora (usable offline with `--model NAME`)."""

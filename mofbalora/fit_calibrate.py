@@ -68,7 +68,8 @@ class CalibrationSettings:
     mean_rules: tuple[str, ...] = MEAN_RULES
     lower_miss_shares: tuple[float, ...] = (0.5, 0.4, 0.3, 0.2)
     min_per_end: int = 30
-    recalibrations: tuple[str, ...] = ("none", "isotonic", "family", "isotonic+family", "isotonic+family+distance")
+    recalibrations: tuple[str, ...] = ("none", "isotonic", "family", "isotonic+family", "isotonic+family+distance",
+                                       "distance", "isotonic+distance")
     min_family_size: int = 20
     family_prior_n: float = 20.0
     min_family_validation: int = 30

@@ -392,7 +392,7 @@ class BandgapModel:
         if window_ev is not None:  # before the work, which a bad window would otherwise lose at the end
             window_ev = check_window(window_ev)
         check_samples(samples, seed)
-        feats, reasons = self._featurise_inputs(slots, ids, cache_dir=cache_dir, workers=workers, progress=progress,
+        feats, reasons = self.featurise_inputs(slots, ids, cache_dir=cache_dir, workers=workers, progress=progress,
                                                 max_atoms=max_atoms)
         ids = list(ids)
         valid = [i for i, f in enumerate(feats) if f is not None]
@@ -433,7 +433,7 @@ class BandgapModel:
             table["p_in_window"] = self.window_probability(predictive, *window_ev)
         return table
 
-    def _featurise_inputs(self, slots: Sequence[Path | Structure | Atoms], ids: Sequence[str], *,
+    def featurise_inputs(self, slots: Sequence[Path | Structure | Atoms], ids: Sequence[str], *,
                           cache_dir: str | os.PathLike | None, workers: int, progress: bool,
                           max_atoms: int = DEFAULT_MAX_ATOMS) -> tuple[list[Any], list[str]]:
         """(sample or None, skip reason) per input, in input order; paths, Structures and Atoms may mix."""

@@ -90,3 +90,14 @@ def cli_message(output: str) -> str:
     terminal's width, so a message about a long path breaks across lines wherever the width and
     the temporary path's length put it."""
     return " ".join(output.translate(str.maketrans("│╭╮╰╯─", "      ")).split())
+
+
+#: the slowest modules, started first so that two xdist workers (make test) finish together
+SLOW_MODULES_FIRST = ("test_benchmark_smoke.py", "test_ablation_smoke.py", "test_cli_ddp.py", "test_release_smoke.py",
+                      "test_fit_chgnet_config.py", "test_notebooks.py", "test_pretrained.py", "test_synthetic_alpha.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest modules first (the same order in every worker); within a module the order is kept."""
+    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

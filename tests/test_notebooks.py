@@ -12,6 +12,7 @@ SMALL = {
     "02_finetune_with_uncertainty.ipynb": "DATA = None\nN_STRUCTURES = 200\nEPOCHS = 1\nSAMPLES = 4\nOUT = '{tmp}'",
     "03_screen_candidates.ipynb": ("MODEL = 'qmof-pbe'\nN_CANDIDATES = 8\nGAP_LOW_EV, GAP_HIGH_EV = 1.5, 3.0\n"
                                    "SAMPLES = None\nOUT = '{tmp}'"),
+    "04_active_learning.ipynb": "MODEL = 'qmof-pbe'\nDATA = None\nN_POOL = 40\nBUDGET = 4\nWINDOW_EV = (0.0, 0.5)\nSEED = 0",
 }
 
 

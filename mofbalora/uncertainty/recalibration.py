@@ -27,7 +27,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 
-RecalibrationKind = Literal["none", "isotonic", "family", "isotonic+family", "isotonic+family+distance"]
+RecalibrationKind = Literal["none", "isotonic", "family", "isotonic+family", "isotonic+family+distance", "distance",
+                            "isotonic+distance"]
 RECALIBRATION_KINDS: tuple[str, ...] = get_args(RecalibrationKind)
 #: bounds on each fitted factor k: a few extreme residuals must not zero or explode a std
 FACTOR_BOUNDS = (0.25, 4.0)

@@ -23,7 +23,7 @@ def test_fit_chgnet_yaml_fits_and_predicts(tmp_path, smallest_qmof):
     config = yaml.safe_load((ROOT / "pipelines" / "configs" / "fit_chgnet.yaml").read_text())
     assert config["backbone"] == "chgnet" and config["method"] == "balora"
     config["split"]["fractions"] = [0.4, 0.1, 0.4, 0.1]
-    config["calibration_samples"] = 8
+    config["calibration_samples"] = 4
     config_path = tmp_path / "fit_chgnet.yaml"
     config_path.write_text(yaml.safe_dump(config))
     out = tmp_path / "chgnet-balora"
