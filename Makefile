@@ -23,9 +23,10 @@ $(STAMP): $(PY) pyproject.toml requirements-laplace.txt
 
 install: $(STAMP)
 
-# Two pytest workers, one module each at a time (module fixtures stay shared), one torch thread each.
+# Two pytest workers, one module each at a time (module fixtures stay shared), one torch thread each;
+# the slowest modules first (tests/conftest.py: SLOW_MODULES_FIRST), not reordered by xdist.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 bandgap-benchmark: $(STAMP)
 	$(PY) -m pipelines.bandgap_benchmark --profile $(PROFILE) $(BENCHMARK_ARGS)
