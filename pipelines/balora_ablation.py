@@ -48,6 +48,7 @@ from pipelines.bandgap_benchmark import (
     element_sets,
     epochs_run,
     load_profile,
+    noise_head_config,
     pipeline_parser,
     run_method,
     shift_sets,
@@ -138,7 +139,7 @@ class Study:
             train.update(level.get("train", {}))
         config = base_config(self.profile, "balora", adapter=adapter, head=self.design["head"], **train)
         folder = run_method(f"balora-{name}-head-{self.design['head']}", config, data=self.data,
-                            run_dir=self.run_dir, split=self.split)
+                            run_dir=self.run_dir, split=self.split, noise_head=noise_head_config(self.profile))
         cache = self.run_dir / "ablation_scores" / f"{folder.name}.json"
         key = {"samples": self.design["samples"], "sampling_seed": self.design["sampling_seed"],
                "bootstrap": self.design["bootstrap"], "split_sha256": self.split.fingerprint(),
@@ -228,7 +229,7 @@ def reference(study: Study, method: str) -> dict[str, Any]:
     """LoRA (or the LoRA ensemble) on the same split, head and settings: val MAE (and ρ)."""
     head = study.design["head"]
     folder = run_method(f"{method}-head-{head}", base_config(study.profile, method, head=head), data=study.data,
-                        run_dir=study.run_dir, split=study.split)
+                        run_dir=study.run_dir, split=study.split, noise_head=noise_head_config(study.profile))
     draws = load_model(folder).predict_draws(study.val_samples)
     mean = draws.mean(0)
     out: dict[str, Any] = {"label": f"`{folder.name}`", "folder": str(folder.relative_to(study.run_dir)),

@@ -35,16 +35,17 @@ from tqdm.auto import tqdm
 
 from mofbalora.adapters.config import ADAPTER_METHODS, SAMPLING_METHODS
 from mofbalora.backbones.batching import compute_frozen_embeddings
-from mofbalora.fit_calibrate import complete_uncertainty_stages, fit_calibrated
 from mofbalora.data.datasets import default_cache_dir, load_labelled_dataset
 from mofbalora.data.io import atomic_path, write_text_atomic
 from mofbalora.data.splits import Split, make_split
 from mofbalora.featurise import featurise_paths, get_featuriser
 from mofbalora.featurise.base import element_counts, sample_num_atoms
+from mofbalora.fit_calibrate import complete_uncertainty_stages, fit_calibrated
 from mofbalora.model_folder import bare_member, draws_identity_sha256, member_adapter_config, package_versions
 from mofbalora.predict import BandgapModel, load_model
 from mofbalora.training.config import TrainConfig
 from mofbalora.training.fit import FolderMismatchError, epoch_history, prepare_data, select_subset
+from mofbalora.training.noise_head import NoiseHeadConfig
 from mofbalora.uncertainty import metrics as um
 from mofbalora.uncertainty.conformal import ConformalCalibrator
 from mofbalora.uncertainty.laplace import LastLayerLaplace
@@ -163,11 +164,19 @@ def shift_sets(profile: dict[str, Any], dataset: Any, run_dir: Path) -> dict[str
     return out
 
 
+def noise_head_config(profile: dict[str, Any]) -> NoiseHeadConfig | None:
+    """The profile's ``noise_head`` settings over the declared ones (the smoke profile fits fewer
+    variants), or None for the declared ones (``pipelines/configs/uncertainty.yaml``)."""
+    if not profile.get("noise_head"):
+        return None
+    return NoiseHeadConfig.from_dict({**NoiseHeadConfig().to_dict(), **profile["noise_head"]})
+
+
 def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, split: Split,
-               progress: bool = False) -> Path:
+               progress: bool = False, noise_head: NoiseHeadConfig | None = None) -> Path:
     """Fit and calibrate one method unless a finished run with the same training config exists
     (under this name or another: the study reuses the design study's runs); record its training
-    wall time.
+    wall time. ``noise_head``: the data-noise stage's settings (default: the declared ones).
 
     Raises:
         FolderMismatchError: when ``name``'s folder holds a run with another config.
@@ -180,13 +189,13 @@ def run_method(name: str, config: TrainConfig, *, data: Any, run_dir: Path, spli
         if finished[folder] == wanted:
             logger.info("reusing finished run %s for %s", folder, name)
             # a run trained before the current noise head or calibration settings gets them now
-            return complete_uncertainty_stages(folder, data=data, progress=progress)
+            return complete_uncertainty_stages(folder, data=data, progress=progress, noise_head=noise_head)
     if out in finished:
         raise FolderMismatchError(f"{out}: holds a finished run with another training config; remove it or rename {name}")
     timing_path = out / "timing.json"
     logger.info("fitting %s", name)
     start = time.perf_counter()
-    result = fit_calibrated(config, data=data, out_dir=out, progress=progress, split=split)
+    result = fit_calibrated(config, data=data, out_dir=out, progress=progress, split=split, noise_head=noise_head)
     if result is None:
         raise RuntimeError(f"{name}: training did not finish")
     previous = json.loads(timing_path.read_text())["train_wall_s"] if timing_path.exists() else 0.0
@@ -431,7 +440,8 @@ def main(argv: list[str] | None = None) -> Path:
         extra = {key: value for key, value in spec.items() if key not in ("method", "seeds")}
         folders[name] = [run_method(f"{name}-seed{seed}" if spec["method"] != "lora-ensemble" else name,
                                     base_config(profile, spec["method"], head=head, seed=seed, **extra),
-                                    data=args.data, run_dir=run_dir, split=split, progress=True)
+                                    data=args.data, run_dir=run_dir, split=split, progress=True,
+                                    noise_head=noise_head_config(profile))
                          for seed in spec.get("seeds", [profile["seed"]])]
     # which weights made each fit's draws: keys the cached draws below
     made_by = {folder: draws_identity_sha256(folder) for runs in folders.values() for folder in runs}

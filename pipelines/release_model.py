@@ -53,12 +53,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mofbalora.fit_calibrate import CalibrationSettings, calibrate
 from mofbalora.data.datasets import load_labelled_dataset
 from mofbalora.data.io import write_table_atomic, write_text_atomic
 from mofbalora.data.splits import Split
 from mofbalora.data_noise import fit_data_noise
 from mofbalora.featurise.base import sample_num_atoms
+from mofbalora.fit_calibrate import CalibrationSettings, calibrate
 from mofbalora.model_folder import (
     NOISE_HEAD_FILE,
     copy_for_prediction,
