@@ -9,6 +9,8 @@ import yaml
 from pipelines.synthetic import fit_two_clusters
 
 ROOT = Path(__file__).resolve().parents[2]
+#: inputs per cluster: half the study's 512 (docs/studies/alpha_synthetic.md), the same verdicts (test time)
+N_PER_CLUSTER = 256
 OBJECTIVE_FIELDS = ("kl_scaling", "kl_weight", "prior_p", "prior", "kl_count")
 
 
@@ -19,13 +21,13 @@ def shipped_objective() -> dict:
 
 
 def test_default_objective_lets_alpha_follow_the_input():
-    result = fit_two_clusters(shipped_objective())
+    result = fit_two_clusters(shipped_objective(), n_per_cluster=N_PER_CLUSTER)
     assert result.separation >= 3.0, result.as_dict()
 
 
 def test_per_element_gaussian_kl_pins_alpha_at_c():
     """The first design study's objective (kept as the finding it is): its KL, counted over every
     noisy element, holds alpha at the prior's c in both clusters."""
-    result = fit_two_clusters({"kl_scaling": "datapoint", "kl_weight": 0.01, "prior_p": 0.5})
+    result = fit_two_clusters({"kl_scaling": "datapoint", "kl_weight": 0.01, "prior_p": 0.5}, n_per_cluster=N_PER_CLUSTER)
     assert result.separation < 1.5
     assert result.alpha_over_c_signal == pytest.approx(1.0, abs=0.1)
