@@ -8,7 +8,7 @@ BENCHMARK_ARGS ?=
 ABLATION_ARGS ?=
 EXTRAS ?= dev,notebooks
 
-.PHONY: install test bandgap-benchmark balora-ablation release-model bench data notebooks docs clean-cache
+.PHONY: install test bandgap-benchmark balora-ablation al-benchmark release-model bench data notebooks docs clean-cache
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ clean-cache:
 
 balora-ablation: $(STAMP)
 	$(PY) -m pipelines.balora_ablation --profile $(PROFILE) $(ABLATION_ARGS)
+
+# The simulated DFT campaign (issue 46; ~1.5 h on 2 cores, resumable): docs/studies/active_learning.md
+AL_ARGS ?=
+al-benchmark: $(STAMP)
+	$(PY) -m pipelines.active_learning --profile $(PROFILE) $(AL_ARGS)
 
 # The shipped model: all of QMOF, resumable (rerun to continue); see pipelines/release_model.py.
 # By default v2's fit first (release_qmof.yaml), then its warm restarts: v2.1 (release_qmof_v2.1.yaml)

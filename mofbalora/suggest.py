@@ -6,8 +6,8 @@ Two goals:
   is least sure of;
 - ``window:LO:HI`` (find MOFs with a gap in the window): an upper confidence bound on the hit,
   P + β·√(P(1 − P)) with P = ``p_in_window`` and β = 1: the expected hit plus one standard deviation
-  of it, so that a likely hit comes first but a candidate whose label would settle an open question
-  (P near ½) can pass a near-certain one that a label teaches little about.
+  of it. It rises with P up to P ≈ 0.85 and falls after, so below 0.85 it orders as P does; above,
+  a likely hit whose label still teaches something (P ≈ 0.85) passes a near-certain one (P ≈ 1).
 
 Either way the batch is built greedily and is batch-aware: once a structure is picked, every
 structure whose frozen crystal embedding lies within the near-duplicate radius of it leaves the
