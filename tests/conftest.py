@@ -85,6 +85,13 @@ def chgnet_backbone_factory():
     return lambda: get_backbone("chgnet")
 
 
+@pytest.fixture(scope="session")
+def sevennet_backbone_factory():
+    from mofbalora.backbones import get_backbone
+
+    return lambda: get_backbone("sevennet")
+
+
 def cli_message(output: str) -> str:
     """A CLI's output as one line of words: Rich draws click's errors in a box wrapped at the
     terminal's width, so a message about a long path breaks across lines wherever the width and

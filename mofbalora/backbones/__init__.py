@@ -21,6 +21,12 @@ def _chgnet(**kwargs: Any) -> GraphBackbone:
     return CHGNetBackbone(**kwargs)
 
 
+def _sevennet(**kwargs: Any) -> GraphBackbone:
+    from mofbalora.backbones.sevennet import SevenNetBackbone
+
+    return SevenNetBackbone(**kwargs)
+
+
 def register_backbone(name: str, factory: Callable[..., GraphBackbone]) -> None:
     """Make ``get_backbone(name)`` build ``factory(**kwargs)``."""
     _REGISTRY[name] = factory
@@ -28,6 +34,7 @@ def register_backbone(name: str, factory: Callable[..., GraphBackbone]) -> None:
 
 register_backbone("cgcnn", _cgcnn)
 register_backbone("chgnet", _chgnet)
+register_backbone("sevennet", _sevennet)
 
 
 def available_backbones() -> list[str]:

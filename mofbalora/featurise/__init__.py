@@ -17,8 +17,9 @@ def get_featuriser(name: str, **kwargs: Any) -> Featuriser:
     """
     from mofbalora.featurise.cgcnn import CGCNNFeaturiser
     from mofbalora.featurise.chgnet import CHGNetFeaturiser
+    from mofbalora.featurise.sevennet import SevenNetFeaturiser
 
-    registry = {"cgcnn": CGCNNFeaturiser, "chgnet": CHGNetFeaturiser}
+    registry = {"cgcnn": CGCNNFeaturiser, "chgnet": CHGNetFeaturiser, "sevennet": SevenNetFeaturiser}
     if name not in registry:
         raise ValueError(f"unknown featuriser {name!r}; choose from {sorted(registry)}")
     return registry[name](**kwargs)

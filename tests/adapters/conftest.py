@@ -5,11 +5,12 @@ from mofbalora.data import read_structure
 
 
 @pytest.fixture(scope="module")
-def backbone_batches(small_qmof, cgcnn_backbone_factory, chgnet_backbone_factory):
+def backbone_batches(small_qmof, cgcnn_backbone_factory, chgnet_backbone_factory, sevennet_backbone_factory):
     """Per backbone name: (factory, batch of 3 real small MOFs)."""
     _, paths, _ = small_qmof
     out = {}
-    for name, factory in [("cgcnn", cgcnn_backbone_factory), ("chgnet", chgnet_backbone_factory)]:
+    for name, factory in [("cgcnn", cgcnn_backbone_factory), ("chgnet", chgnet_backbone_factory),
+                          ("sevennet", sevennet_backbone_factory)]:
         backbone = factory()
         featuriser = backbone.make_featuriser()
         n = 3 if name == "cgcnn" else 2

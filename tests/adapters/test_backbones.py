@@ -1,4 +1,4 @@
-"""Adapters on the real CGCNN and CHGNet backbones, driven by a table of backbones x kinds."""
+"""Adapters on the real CGCNN, CHGNet and SevenNet-0 backbones, driven by a table of backbones x kinds."""
 
 import pytest
 import torch
@@ -17,8 +17,9 @@ from mofbalora.data import read_structure
 
 from .conftest import randomise_b
 
-CASES = [(b, k) for b in ("cgcnn", "chgnet") for k in ("lora", "balora", "mcdropout")]
-TARGETS = {"cgcnn": [r"^embedding$", r"fc_full", r"^head\."], "chgnet": [r"twoBody_atom", r"mlp_out", r"^head\."]}
+CASES = [(b, k) for b in ("cgcnn", "chgnet", "sevennet") for k in ("lora", "balora", "mcdropout")]
+TARGETS = {"cgcnn": [r"^embedding$", r"fc_full", r"^head\."], "chgnet": [r"twoBody_atom", r"mlp_out", r"^head\."],
+           "sevennet": [r"^head\.(hidden|out)$"]}
 
 
 def adapted(backbone_batches, backbone, kind, **overrides):
@@ -81,7 +82,7 @@ def test_gradients_reach_adapters_and_backbone_stays_frozen(backbone_batches, ba
             assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("backbone", ["cgcnn", "chgnet"])
+@pytest.mark.parametrize("backbone", ["cgcnn", "chgnet", "sevennet"])
 def test_one_weight_sample_per_structure_supercell(backbone_batches, small_qmof, backbone):
     """A 2x1x1 supercell with the same noise draws gives the same samples: the noise is per structure.
 
