@@ -56,6 +56,9 @@ class CalibrationSettings:
         min_per_end: structures needed at each end of the gap range (true gap below
             ``SMALL_GAP_EV``, above ``LARGE_GAP_EV``) on the two splits together to choose among
             the shares; with fewer, the first is kept.
+        min_small_gap_coverage: when set, a share must cover at least this much below
+            ``SMALL_GAP_EV`` (pooled over both splits) to be chosen: the near-metal coverage a release
+            promises is a constraint, not a tie-break (None: the worse-end rule alone, as before 2026-12-06).
         recalibrations: candidate recalibrations of the total std before the conformal step
             (``uncertainty.recalibration``), the first kept on a tie; :func:`choose_recalibration`
             keeps one. ``none`` (every model calibrated before 2026-12-06) is the identity.
@@ -68,6 +71,7 @@ class CalibrationSettings:
     mean_rules: tuple[str, ...] = MEAN_RULES
     lower_miss_shares: tuple[float, ...] = (0.5, 0.4, 0.3, 0.2)
     min_per_end: int = 30
+    min_small_gap_coverage: float | None = None
     recalibrations: tuple[str, ...] = ("none", "isotonic", "family", "isotonic+family", "isotonic+family+distance",
                                        "distance", "isotonic+distance")
     min_family_size: int = 20
@@ -83,6 +87,8 @@ class CalibrationSettings:
             raise ValueError("calibration.lower_miss_shares must hold at least one share")
         if self.min_per_end < 1:  # an end without structures has no coverage to compare
             raise ValueError(f"calibration.min_per_end must be at least 1, got {self.min_per_end}")
+        if self.min_small_gap_coverage is not None and not 0 < self.min_small_gap_coverage < 1:
+            raise ValueError(f"calibration.min_small_gap_coverage must lie in (0, 1), got {self.min_small_gap_coverage}")
         self.recalibrations = tuple(self.recalibrations)
         if not self.recalibrations or set(self.recalibrations) - set(RECALIBRATION_KINDS):
             raise ValueError(f"calibration.recalibrations must be a non-empty subset of {RECALIBRATION_KINDS}")
@@ -257,7 +263,8 @@ def choose_lower_miss_share(calibrator: ConformalCalibrator, calibration: tuple[
     on ``validation`` covers ``calibration``, so every interval is scored on a split its calibrator
     never saw. Pooled over both, the rule keeps the share whose worse-covered end of the gap range
     (true gap below ``SMALL_GAP_EV`` or above ``LARGE_GAP_EV``) is covered best; the first listed
-    wins a tie. With fewer than ``settings.min_per_end`` structures at an end, or a validation split
+    wins a tie. With ``settings.min_small_gap_coverage``, only shares covering at least that much
+    below ``SMALL_GAP_EV`` compete (if none does, the one covering most there is kept). With fewer than ``settings.min_per_end`` structures at an end, or a validation split
     too small to calibrate on, the first share is kept and the record says why.
 
     Returns:
@@ -295,7 +302,16 @@ def choose_lower_miss_share(calibrator: ConformalCalibrator, calibration: tuple[
         record["kept_first_because"] = (f"fewer than {settings.min_per_end} structures at an end "
                                         f"({n_small} below {SMALL_GAP_EV} eV, {n_large} above {LARGE_GAP_EV} eV)")
         return shares[0], record
-    best = max(candidates, key=lambda c: c["worse_end_coverage"])  # max keeps the first of equals
+    floor = settings.min_small_gap_coverage
+    eligible = candidates if floor is None else \
+        [c for c in candidates if c["small_covered_n"][0] / c["small_covered_n"][1] >= floor]
+    if floor is not None:
+        record["rule"] = f"pooled coverage below {SMALL_GAP_EV} eV >= {floor}, then " + record["rule"]
+    if not eligible:  # none keeps the promise: the one closest to it
+        record["no_share_meets_small_gap_coverage"] = floor
+        best = max(candidates, key=lambda c: c["small_covered_n"][0] / c["small_covered_n"][1])
+    else:
+        best = max(eligible, key=lambda c: c["worse_end_coverage"])  # max keeps the first of equals
     return best["lower_miss_share"], record
 
 

@@ -120,6 +120,35 @@ def test_the_lower_miss_share_rule_covers_the_worse_end_best(low_end):
         CalibrationSettings(min_per_end=0)
 
 
+def test_near_metal_coverage_floor_overrides_the_worse_end():
+    """Both ends skewed: near-metals lose 0.3·s of their coverage to a share s, wide-gap insulators
+    about 0.55·(1 − s). The worse-end rule keeps the central 0.5 (0.85 below 0.5 eV, ~0.72 above
+    4 eV); with a 0.90 floor below 0.5 eV only 0.2 (0.94) may be chosen."""
+    from mofbalora.fit_calibrate import CalibrationSettings, choose_lower_miss_share
+
+    def both_ends(rng, n=3000):
+        metals, insulators = rng.uniform(0.0, 1.2, n), rng.uniform(0.0, 1.1, n)
+        return np.repeat([1.5, 3.0], n), np.ones(2 * n), np.r_[1.5 - metals, 3.0 + insulators]
+
+    rng = np.random.default_rng(5)
+    calibration, validation = both_ends(rng), both_ends(rng)
+    calibrator = ConformalCalibrator(mondrian_min_per_bin=3000).fit(*calibration)
+    settings = dict(mondrian_min_per_bin=3000, lower_miss_shares=(0.5, 0.2))
+    share, _ = choose_lower_miss_share(calibrator, calibration, validation, CalibrationSettings(**settings))
+    assert share == 0.5
+    share, record = choose_lower_miss_share(calibrator, calibration, validation,
+                                            CalibrationSettings(**settings, min_small_gap_coverage=0.90))
+    assert share == 0.2 and ">= 0.9" in record["rule"]
+    small = {c["lower_miss_share"]: c["small_covered_n"][0] / c["small_covered_n"][1] for c in record["candidates"]}
+    assert small[0.5] == pytest.approx(0.85, abs=0.02) and small[0.2] == pytest.approx(0.94, abs=0.02)
+    # a floor no share reaches: the one covering most below 0.5 eV, and the record says so
+    share, record = choose_lower_miss_share(calibrator, calibration, validation,
+                                            CalibrationSettings(**settings, min_small_gap_coverage=0.99))
+    assert share == 0.2 and record["no_share_meets_small_gap_coverage"] == 0.99
+    with pytest.raises(ValueError, match="min_small_gap_coverage"):
+        CalibrationSettings(min_small_gap_coverage=1.5)
+
+
 def test_constant_width_for_deterministic_models(heteroscedastic):
     pred, _, truth = heteroscedastic
     calibrator = ConformalCalibrator().fit(pred[:2000], np.full(2000, np.nan), truth[:2000])
