@@ -259,6 +259,50 @@ def run_campaign(design: dict[str, Any], parts: dict[str, Part], *, setting: str
     return records
 
 
+COSTS_FILE = "costs.json"
+
+
+def measure_costs(design: dict[str, Any], parts: dict[str, Part], run_dir: Path, *, setting: str = "in-distribution",
+                  seed: int = 0, round_index: int | None = None) -> dict[str, dict[str, float]]:
+    """A quiet re-timing of one round per strategy (fit, pool prediction, selection; one thread):
+    the campaign's own wall times ran two at a time beside other work. Each strategy repeats its
+    round ``round_index`` (default the middle one) of ``seed`` from the saved labels and warm start,
+    in a scratch folder; ``costs.json`` in ``run_dir`` keeps the result."""
+    import tempfile
+
+    round_index = max(1, design["rounds"] // 2) if round_index is None else round_index  # round 0 has no warm start
+    pool = parts["pool"]
+    index = {structure_id: i for i, structure_id in enumerate(pool.ids)}
+    costs = {}
+    for name, strategy in design["strategies"].items():
+        folder = campaign_dir(run_dir, setting, name, seed)
+        records = [json.loads((folder / ROUND_FILE.format(r)).read_text()) for r in range(round_index)]
+        initial = initial_set(pool, size=design["initial_labels"], seed=seed,
+                              excluded_metals=design["settings"][setting]["initial_excludes_metals"])
+        normaliser = TargetNormaliser.fit(pool.gaps_ev[initial])
+        labelled = np.sort(np.concatenate([initial, [index[i] for r in records for i in r["queried"]]])).astype(int)
+        config = train_config(design, strategy["method"], seed)
+        with tempfile.TemporaryDirectory() as scratch:
+            started = time.perf_counter()
+            members = fit_members(config, pool.subset(labelled), parts["val"], normaliser=normaliser,
+                                  round_dir=Path(scratch), previous=folder / f"round{round_index - 1:02d}")
+            fitted = time.perf_counter()
+        candidates = np.setdiff1d(np.arange(len(pool.ids)), labelled)
+        mean, std = predict(members, config.method, pool.subset(candidates), samples=design["samples"],
+                            seed=seed + 1000 * (round_index + 1), normaliser=normaliser)
+        predicted = time.perf_counter()
+        acquire(strategy, pool, candidates, mean, std, budget=design["queries_per_round"],
+                rng=np.random.default_rng([seed, 46, round_index]))
+        costs[name] = {"fit_s": fitted - started, "predict_pool_s": predicted - fitted,
+                       "select_s": time.perf_counter() - predicted, "n_labels": int(len(labelled)),
+                       "n_pool": int(len(candidates))}
+        costs[name]["decision_s"] = costs[name]["fit_s"] + costs[name]["predict_pool_s"] + costs[name]["select_s"]
+        logger.info("cost of %s: %.1f s", name, costs[name]["decision_s"])
+    write_text_atomic(run_dir / COSTS_FILE, json.dumps({"setting": setting, "seed": seed, "round": round_index,
+                                                        "threads": torch.get_num_threads(), "strategies": costs}, indent=1))
+    return costs
+
+
 def campaign_dir(run_dir: Path, setting: str, strategy: str, seed: int) -> Path:
     return run_dir / setting / strategy / f"seed{seed}"
 
@@ -282,6 +326,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     parser = pipeline_parser(__doc__, profiles="cpu (default) or smoke", publish_to="docs/studies/active_learning.md")
     parser.add_argument("--workers", type=int, default=2, help="campaigns (seed x setting) run at once, one thread each")
+    parser.add_argument("--costs", action="store_true",
+                        help="after the campaigns, re-time one round per strategy alone on one thread (run it on a quiet machine)")
     args = parser.parse_args(argv)
     quiet_logging()
     design = load_design(args.profile)
@@ -300,6 +346,9 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         for task in tasks:
             _run_task(task)
+    if args.costs:
+        torch.set_num_threads(1)
+        measure_costs(design, parts, run_dir, setting=next(iter(design["settings"])), seed=design["seeds"][0])
     provenance = {"profile": args.profile, "design": design, "git_commit": code_commit, "packages": package_versions(),
                   "labels_sha256": labels_sha256, "sizes": {name: len(part.ids) for name, part in parts.items()},
                   "campaign_wall_s": time.perf_counter() - started,

@@ -18,6 +18,11 @@ def test_cli_reference_matches_help():
     assert (ROOT / "docs" / "cli.md").read_text() == render_cli_reference(), "run `make docs`"
 
 
+def test_method_page_stays_short():
+    """docs/method.md says what the code does today in at most 500 lines; dated logs go to docs/studies/."""
+    assert len((ROOT / "docs" / "method.md").read_text().splitlines()) <= 500
+
+
 def quickstart_block(marker: str, language: str = "bash") -> str:
     text = (ROOT / "README.md").read_text()
     return re.search(rf"<!-- {marker}:start -->\s*```{language}\n(.*?)```", text, re.S).group(1)

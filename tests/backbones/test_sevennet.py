@@ -70,11 +70,11 @@ def test_smoke_fit_on_real_qmof(small_qmof, tmp_path):
     from tests.training.conftest import tiny_config
 
     ids, paths, gaps = small_qmof
-    data = copy_cifs(paths[:30], tmp_path / "data")
-    write_labels(data, ids[:30], gaps[:30])
+    data = copy_cifs(paths[:14], tmp_path / "data")
+    write_labels(data, ids[:14], gaps[:14])
     config = tiny_config("balora", backbone="sevennet", epochs=3,
                          adapter={"rank": 4, "alpha": 8, "target_modules": [r"^head\.pretrained\.(hidden|out)$"]},
-                         split={"fractions": [0.6, 0.2, 0.0, 0.2], "method": "random", "seed": 0})
+                         split={"fractions": [0.5, 0.25, 0.0, 0.25], "method": "random", "seed": 0})
     folder = fit(config, data=data, out_dir=tmp_path / "model", progress=False)
     meta = json.loads((folder / "model.json").read_text())
     assert meta["backbone"]["name"] == "sevennet"

@@ -31,7 +31,7 @@ def test_cached_trunk_forward_equals_cgcnn(small_qmof):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, qmof_dataset):
     results = tmp_path_factory.mktemp("al")
-    report_dir = al.main(["--profile", "smoke", "--workers", "1", "--results", str(results), "--no-publish"])
+    report_dir = al.main(["--profile", "smoke", "--workers", "1", "--results", str(results), "--no-publish", "--costs"])
     return results, report_dir
 
 
@@ -58,6 +58,10 @@ def test_smoke_campaign_queries_new_structures_and_respects_the_shift(smoke_run)
     assert set(learning) == set(design["strategies"])
     assert learning["random"]["mean_mae_ratio_vs_random"]["value"] == pytest.approx(1.0)
     assert metrics["provenance"]["labels_sha256"] and metrics["provenance"]["design"] == design
+    costs = metrics["costs"]["strategies"]
+    assert set(costs) == set(design["strategies"]) and all(c["decision_s"] > 0 for c in costs.values())
+    assert all(c["n_labels"] == design["initial_labels"] + design["queries_per_round"] for c in costs.values())
+    assert metrics["settings"][setting]["equal_wall_time"]["from"] == "quiet costs"
     assert "## chemistry-shift" in (report_dir / "active_learning.md").read_text()
 
 
