@@ -226,6 +226,7 @@ def fit(
     epochs: Optional[int] = typer.Option(None, help="Override the config's epochs."),
     max_structures: Optional[int] = typer.Option(None, help="Override the config's data subset size."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Put the adapters on the weights of this finished full fine-tune (a `--method full` folder with the same split) instead of the pretrained backbone."),
+    warm_start_from: Optional[str] = typer.Option(None, "--warm-start-from", help="Start from this finished model's adapters, head and noise scale (a folder or a shipped name, e.g. qmof-pbe; same method, backbone, head and adapters as the config): a refit after new labels keeps its band-gap scale."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Stop at the end of the epoch that reaches this many optimiser steps (rerun to resume)."),
     target: Optional[str] = typer.Option(None, "--target", help="Label column of the dataset CSV (default: its second column; the first holds the ids)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fit in --out (same config, data and split)."),
@@ -253,7 +254,7 @@ def fit(
     try:
         train_config = load_train_config(config).with_overrides(
             method=method, epochs=epochs, max_structures=max_structures, target=target,
-            init_from=None if init_from is None else str(init_from))
+            init_from=None if init_from is None else str(init_from), warm_start_from=warm_start_from)
     except (OSError, ValueError) as exc:
         typer.echo(f"bad config: {exc}", err=True)
         raise typer.Exit(2)

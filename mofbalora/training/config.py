@@ -53,9 +53,11 @@ class TrainConfig:
             on a fully fine-tuned backbone instead of the frozen pretrained one. z(x), the input of
             BaLoRA's alpha(x) and of the OOD flag, still comes from the pretrained backbone.
         warm_start_from: a complete model folder (or shipped model name) of the same method,
-            backbone, head, adapters and training split whose trained adapters, head and noise scale
-            start this fit, which then runs its own schedule: a warm restart (Loshchilov & Hutter
-            2017) of a converged run. Its model.json's sha256 joins the fit's identity.
+            backbone, head and adapters whose trained adapters, head and noise scale start this
+            fit, which then runs its own schedule: a warm restart (Loshchilov & Hutter 2017) of a
+            converged run, or a refit after new labels (the data may differ: the fit keeps the
+            source's band-gap standardisation, so the weights keep their scale). Its model.json's
+            sha256 joins the fit's identity.
         calibration_samples: samples S used on the calibration split (conformal fit, OOD thresholds).
         ood_quantile: quantile on the calibration split of the epistemic std and of the embedding
             distance above which a prediction is flagged out of distribution.

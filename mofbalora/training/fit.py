@@ -332,6 +332,11 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     write_table_atomic(prepared.skipped, out_dir / "skipped.csv")
     _check_trainable(prepared.parts["train"][0], prepared.parts["val"][0], "usable (skipped.csv lists the rest)")
     normaliser = TargetNormaliser.fit(prepared.parts["train"][2])
+    if config.warm_start_from is not None:
+        # the source's scale, whatever labels were added since: its weights predict on it (the
+        # suggest -> compute -> refit loop, docs/method.md §15)
+        scale = read_model_json(warm_start_folder(config))["normaliser"]
+        normaliser = TargetNormaliser(float(scale["mean_ev"]), float(scale["std_ev"]))
     base_weights = None if config.init_from is None else full_fit_weights(
         config.init_from, backbone=config.backbone, head=config.head,
         normaliser={"mean_ev": normaliser.mean_ev, "std_ev": normaliser.std_ev})
