@@ -343,7 +343,8 @@ def release_record(folder: Path, parts: dict[str, Any], scores: dict[str, Any], 
         "calibration": {k: meta["calibration"][k] for k in ("samples", "seed", "n_calibration", "ood", "calibration_mae_ev",
                                                              "mean_rule", "val_mae_ev_by_mean_rule", "n_bins",
                                                              "validation_coverage_95", "lower_miss_share",
-                                                             "lower_miss_share_choice")
+                                                             "lower_miss_share_choice", "recalibration",
+                                                             "recalibration_choice")
                         if k in meta["calibration"]},
         "noise_head": {k: v for k, v in meta["noise_head"].items() if k != "file"} if meta.get("noise_head") else None,
         "training": training_record(folder),

@@ -368,6 +368,7 @@ def model_card(record: dict[str, Any]) -> str:
         f"batch {config['batch_size']}, lr {config['lr']}, {config.get('schedule', 'warmup_cosine')} schedule.",
         f"- Prediction: S = {calibration['samples']} weight samples (sampling seed {calibration['seed']}); "
         "the conformal calibrator was fitted with that S, so use the default S.",
+        *_recalibration_lines(calibration),
         *_interval_shape_lines(calibration),
         f"- Trained on {training['device']}: {_training_time(training)}; {_commits_text(record)}.",
         *_warm_start_lines(record.get("warm_start")),
@@ -424,6 +425,24 @@ def model_card(record: dict[str, Any]) -> str:
         f"`python -m pipelines.release_model --from-package mofbalora/pretrained/{record['name']}`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+#: what each std recalibration does, for the card (mofbalora.uncertainty.recalibration)
+RECALIBRATION_TEXT = {"none": "none", "distance": "an increasing map of the embedding distance to the training set",
+                      "isotonic": "a monotone map of the std", "family": "a factor per metal family"}
+
+
+def _recalibration_lines(calibration: dict[str, Any]) -> list[str]:
+    """The std's recalibration before the conformal step, and the candidates it was chosen from
+    (none for a release from before the stage existed)."""
+    choice = calibration.get("recalibration_choice") or {}
+    kind = (calibration.get("recalibration") or {}).get("kind", "none")
+    if not choice.get("candidates"):
+        return []
+    described = " × ".join(RECALIBRATION_TEXT.get(part, part) for part in kind.split("+"))
+    return [f"- The std: recalibrated before the conformal step by `{kind}` ({described}; docs/method.md §9). "
+            f"Chosen on the validation split ({choice['rule']}) from: "
+            + "; ".join(f"{c['kind']} {c['score']:.3f}" for c in choice["candidates"]) + "."]
 
 
 def _interval_shape_lines(calibration: dict[str, Any]) -> list[str]:
