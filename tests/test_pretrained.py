@@ -213,7 +213,7 @@ def test_no_negative_gap_where_the_raw_mean_is_below_zero(tmp_path, fresh_cache)
 
 
 def test_central_intervals_move_only_the_interval(coremof_cifs, fresh_cache, tmp_path):
-    """``--intervals central`` (v2.3's choice) leaves 2.5% on each side: the same means, stds and
+    """``--intervals central`` leaves 2.5% on each side: the same means, stds and
     probabilities, and intervals shifted up against the calibrated ones (these leave 1.5% below and
     3.5% above); the CLI and Python agree."""
     from mofbalora.predict import load_model

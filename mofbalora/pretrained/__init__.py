@@ -28,12 +28,13 @@ class ShippedModel:
 
 SHIPPED = (
     ShippedModel("qmof-pbe", "qmof-pbe-cgcnn-balora",
-                 "v2.4: CGCNN + BaLoRA on all of QMOF (PBE band gaps, eV), a composition-aware per-structure "
-                 "data-noise head, Mondrian-conformal intervals censored at 0 eV whose 5% misses are split between "
-                 "the ends as chosen on validation (--intervals central for 2.5% each side)"),
+                 "v2.5: CGCNN + BaLoRA on all of QMOF (PBE band gaps, eV), a composition-aware per-structure "
+                 "data-noise head, a std that grows with the distance to the training data, Mondrian-conformal "
+                 "intervals censored at 0 eV whose 5% misses are split between the ends as chosen on validation "
+                 "(--intervals central for 2.5% each side)"),
 )
 #: releases no longer in the wheel: the mofbalora version whose git tag still has each (CHANGELOG.md)
-RETIRED = {"qmof-pbe-v2.3": "0.1.0", "qmof-pbe-v2.2": "0.1.0", "qmof-pbe-v2.1": "0.1.0", "qmof-pbe-v2": "0.1.0",
+RETIRED = {"qmof-pbe-v2.4": "0.2.0", "qmof-pbe-v2.3": "0.1.0", "qmof-pbe-v2.2": "0.1.0", "qmof-pbe-v2.1": "0.1.0", "qmof-pbe-v2": "0.1.0",
            "qmof-pbe-v1.1": "0.1.0", "qmof-pbe-v1": "0.1.0"}
 DEFAULT_MODEL = "qmof-pbe"
 
@@ -67,7 +68,8 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         return path
     names = ", ".join(m.alias for m in SHIPPED)
     if name in RETIRED:
-        hint = " (its intervals are qmof-pbe's with --intervals central)" if name == "qmof-pbe-v2.3" else ""
+        # v2.3 differed from v2.4 only in its central intervals (CHANGELOG.md, 0.2.0)
+        hint = " (its intervals are v2.4's with --intervals central)" if name == "qmof-pbe-v2.3" else ""
         raise FileNotFoundError(f"--model {name!r} is a retired release{hint}; it ships with mofbalora "
                                 f"{RETIRED[name]}: git checkout v{RETIRED[name]} && make install (CHANGELOG.md). "
                                 f"Shipped now: {names}")
