@@ -101,7 +101,8 @@ def cli_message(output: str) -> str:
 
 #: the slowest modules, started first so that two xdist workers (make test) finish together
 SLOW_MODULES_FIRST = ("test_benchmark_smoke.py", "test_ablation_smoke.py", "test_cli_ddp.py", "test_release_smoke.py",
-                      "test_fit_chgnet_config.py", "test_notebooks.py", "test_pretrained.py", "test_synthetic_alpha.py")
+                      "test_fit_chgnet_config.py", "test_notebooks.py", "test_pretrained.py", "test_synthetic_alpha.py",
+                      "test_active_learning.py", "test_sevennet.py")
 
 
 def pytest_collection_modifyitems(config, items):
