@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     parser = pipeline_parser(__doc__, profiles="cpu (default) or smoke", publish_to="docs/studies/active_learning.md")
     parser.add_argument("--workers", type=int, default=2, help="campaigns (seed x setting) run at once, one thread each")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run no campaign: report the seeds whose campaigns are complete (a run stopped early)")
     parser.add_argument("--costs", action="store_true",
                         help="after the campaigns, re-time one round per strategy alone on one thread (run it on a quiet machine)")
     args = parser.parse_args(argv)
@@ -339,7 +341,9 @@ def main(argv: list[str] | None = None) -> Path:
     parts, labels_sha256 = campaign_parts(design, args.data, run_dir)  # featurise once, before the workers
     tasks = [(design, args.data, str(run_dir), setting, seed) for seed in design["seeds"] for setting in design["settings"]]
     started = time.perf_counter()
-    if args.workers > 1:
+    if args.report_only:
+        tasks = []
+    if args.workers > 1 and tasks:
         with ProcessPoolExecutor(max_workers=args.workers) as executor:
             for setting, _, seed, seconds in executor.map(_run_task, tasks):
                 logger.info("setting %s seed %d: %.0f s", setting, seed, seconds)
@@ -351,7 +355,7 @@ def main(argv: list[str] | None = None) -> Path:
         measure_costs(design, parts, run_dir, setting=next(iter(design["settings"])), seed=design["seeds"][0])
     provenance = {"profile": args.profile, "design": design, "git_commit": code_commit, "packages": package_versions(),
                   "labels_sha256": labels_sha256, "sizes": {name: len(part.ids) for name, part in parts.items()},
-                  "campaign_wall_s": time.perf_counter() - started,
+                  "campaign_wall_s": None if args.report_only else time.perf_counter() - started,
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     from pipelines.analysis import active_learning as report
 
