@@ -262,6 +262,23 @@ def _verdict_rows(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """The verdicts in a few lines, read off the tables below (nothing typed in)."""
+    lines = ["## In short", ""]
+    for setting, result in metrics["settings"].items():
+        learning = result["learning"]
+        by_verdict = {verdict: [f"`{s}`" for s, e in learning.items() if e["verdict_vs_random"] == verdict]
+                      for verdict in ("learns faster than random", "learns slower than random")}
+        lines.append(f"- **{setting}**, learning ({len(result['seeds'])} seeds): faster than random: "
+                     f"{', '.join(by_verdict['learns faster than random']) or 'none'}; slower than random: "
+                     f"{', '.join(by_verdict['learns slower than random']) or 'none'}; the rest unresolved.")
+        for name, window in result["windows"].items():
+            low, high = window["window_ev"]
+            best = max(window["strategies"].items(), key=lambda item: item[1]["enrichment"]["value"])
+            lines.append(f"  Window {low:g}–{high:g} eV: most hits `{best[0]}`, {_ci(best[1]['enrichment'], 2)}× random's.")
+    return lines + [""]
+
+
 def render(metrics: dict[str, Any]) -> str:
     provenance = metrics["provenance"]
     design = provenance["design"]
@@ -292,6 +309,7 @@ def render(metrics: dict[str, Any]) -> str:
         "the queries over random's, 95% CI over seeds.",
         "",
     ]
+    lines += summary_lines(metrics)
     for setting, result in metrics["settings"].items():
         lines += [f"## {setting} ({len(result['seeds'])} seeds: {result['seeds']})", "",
                   _table(["strategy", "final MAE (eV)", "mean-MAE ratio vs random [95% CI]", "verdict",
