@@ -58,7 +58,7 @@ class CalibrationSettings:
             the shares; with fewer, the first is kept.
         min_small_gap_coverage: when set, a share must cover at least this much below
             ``SMALL_GAP_EV`` (pooled over both splits) to be chosen: the near-metal coverage a release
-            promises is a constraint, not a tie-break (None: the worse-end rule alone, as before 2026-12-06).
+            promises is a constraint, not a tie-break (None: the worse-end rule alone, as until v2.4).
         recalibrations: candidate recalibrations of the total std before the conformal step
             (``uncertainty.recalibration``), the first kept on a tie; :func:`choose_recalibration`
             keeps one. ``none`` (every model calibrated before 2026-12-06) is the identity.
@@ -71,7 +71,7 @@ class CalibrationSettings:
     mean_rules: tuple[str, ...] = MEAN_RULES
     lower_miss_shares: tuple[float, ...] = (0.5, 0.4, 0.3, 0.2)
     min_per_end: int = 30
-    min_small_gap_coverage: float | None = None
+    min_small_gap_coverage: float | None = 0.90
     recalibrations: tuple[str, ...] = ("none", "isotonic", "family", "isotonic+family", "isotonic+family+distance",
                                        "distance", "isotonic+distance")
     min_family_size: int = 20
@@ -101,9 +101,10 @@ class CalibrationSettings:
     def from_record(cls, values: dict[str, Any]) -> "CalibrationSettings":
         """The settings a model.json records. One written before the lower miss share existed
         (2026-12-01) has none, and its intervals were central: it gets ``(0.5,)``, not today's
-        candidates; one written before the recalibration existed (2026-12-06) gets ``none``; so
-        that refitting it reproduces it."""
-        return cls.from_dict({"lower_miss_shares": [0.5], "recalibrations": ["none"], **values})
+        candidates; one written before the recalibration existed (2026-12-06) gets ``none``, and
+        one from before the near-metal floor no floor; so that refitting it reproduces it."""
+        return cls.from_dict({"lower_miss_shares": [0.5], "recalibrations": ["none"], "min_small_gap_coverage": None,
+                              **values})
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean_rules": list(self.mean_rules), "lower_miss_shares": list(self.lower_miss_shares),

@@ -134,7 +134,8 @@ def test_near_metal_coverage_floor_overrides_the_worse_end():
     calibration, validation = both_ends(rng), both_ends(rng)
     calibrator = ConformalCalibrator(mondrian_min_per_bin=3000).fit(*calibration)
     settings = dict(mondrian_min_per_bin=3000, lower_miss_shares=(0.5, 0.2))
-    share, _ = choose_lower_miss_share(calibrator, calibration, validation, CalibrationSettings(**settings))
+    share, _ = choose_lower_miss_share(calibrator, calibration, validation,
+                                       CalibrationSettings(**settings, min_small_gap_coverage=None))
     assert share == 0.5
     share, record = choose_lower_miss_share(calibrator, calibration, validation,
                                             CalibrationSettings(**settings, min_small_gap_coverage=0.90))
@@ -373,8 +374,10 @@ def test_settings_recorded_before_the_lower_miss_share_refit_central():
     from mofbalora.pretrained import resolve_model
 
     current = read_model_json(resolve_model("qmof-pbe"))["calibration"]["settings"]
-    old = {k: v for k, v in current.items() if k not in ("lower_miss_shares", "min_per_end")}  # as v2.3 recorded it
+    old = {k: v for k, v in current.items()
+           if k not in ("lower_miss_shares", "min_per_end", "recalibrations", "min_small_gap_coverage")}  # as v2.3 recorded it
     assert CalibrationSettings.from_record(old).lower_miss_shares == (0.5,)
     assert CalibrationSettings.from_record(old).to_dict() == {**CalibrationSettings.from_dict(old).to_dict(),
-                                                              "lower_miss_shares": [0.5], "recalibrations": ["none"]}
+                                                              "lower_miss_shares": [0.5], "recalibrations": ["none"],
+                                                              "min_small_gap_coverage": None}
     assert CalibrationSettings.from_record(current).lower_miss_shares == tuple(current["lower_miss_shares"])

@@ -90,12 +90,15 @@ def test_a_saved_recalibration_is_loaded_and_applied(tmp_path):
     again = StdRecalibrator.from_dict(json.loads(json.dumps(recalibrator.to_dict())))
     np.testing.assert_array_equal(again.predict(std, family=family), recalibrator.predict(std, family=family))
 
-    folder = tmp_path / "model"
-    shutil.copytree(resolve_model(None), folder)
+    # the shipped model without its own recalibration (v2.5's distance map), then with a family one
+    bare, folder = tmp_path / "bare", tmp_path / "model"
+    for copy in (bare, folder):
+        shutil.copytree(resolve_model(None), copy)
     meta = json.loads((folder / "model.json").read_text())
+    (bare / "model.json").write_text(json.dumps({**meta, "calibration": {**meta["calibration"], "recalibration": None}}))
     state = recalibrator.to_dict()
     paths = sorted((ROOT / "examples" / "cifs").glob("*.cif"))
-    shipped = load_model(resolve_model(None))
+    shipped = load_model(bare)
     featuriser = shipped.backbone.make_featuriser()
     samples = [featuriser.featurise(read_structure(p), p.stem) for p in paths]
     before = shipped.predictive(samples)
