@@ -8,6 +8,11 @@ the strategy's model (warm-started from the round before), scores it on the test
 unlabelled pool and queries the next batch with ``mofbalora.suggest``'s acquisitions.
 
     python -m pipelines.active_learning --profile cpu|smoke [--data PATH] [--results DIR] [--workers 2]
+                                        [--costs] [--report-only]
+
+``--costs`` re-times one round per strategy alone on one thread (the per-round cost the report
+uses); ``--report-only`` reports the seeds already complete without running more (a run stopped
+early: the design asks for at least 3 of its 4 seeds).
 
 Every finished round is saved (``results/runs/active-learning-<profile>/<setting>/<strategy>/seed<k>/``)
 and a rerun resumes from it; an interrupted fit resumes from its checkpoint. The report
@@ -307,7 +312,7 @@ def campaign_dir(run_dir: Path, setting: str, strategy: str, seed: int) -> Path:
     return run_dir / setting / strategy / f"seed{seed}"
 
 
-def _run_task(args: tuple[dict[str, Any], str | None, str, str, int]) -> tuple[str, str, int, float]:
+def _run_task(args: tuple[dict[str, Any], str | None, str, str, int]) -> tuple[str, int, float]:
     design, data, run_dir, setting, seed = args
     torch.set_num_threads(1)
     quiet_logging()
@@ -318,7 +323,7 @@ def _run_task(args: tuple[dict[str, Any], str | None, str, str, int]) -> tuple[s
         folder = campaign_dir(run_dir, setting, strategy, seed)
         run_campaign(design, parts, setting=setting, strategy_name=strategy, seed=seed, out_dir=folder)
         logger.info("%s / %s / seed %d done", setting, strategy, seed)
-    return setting, "all", seed, time.perf_counter() - started
+    return setting, seed, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -345,7 +350,7 @@ def main(argv: list[str] | None = None) -> Path:
         tasks = []
     if args.workers > 1 and tasks:
         with ProcessPoolExecutor(max_workers=args.workers) as executor:
-            for setting, _, seed, seconds in executor.map(_run_task, tasks):
+            for setting, seed, seconds in executor.map(_run_task, tasks):
                 logger.info("setting %s seed %d: %.0f s", setting, seed, seconds)
     else:
         for task in tasks:
