@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mofbalora.data.io import write_text_atomic  # noqa: E402
+from pipelines.analysis.figures import _save  # noqa: E402
 from pipelines.analysis.report import _ci, _table  # noqa: E402
 from pipelines.provenance import ROOT  # noqa: E402
 
@@ -225,10 +226,7 @@ def mae_figure(metrics: dict[str, Any], path: Path) -> Path:
         ax.set(xlabel="labelled structures (DFT calls incl. the initial set)", ylabel="test MAE (eV)",
                title=f"{setting}: {len(result['seeds'])} seeds, 95% CI bands")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def hits_figure(metrics: dict[str, Any], path: Path) -> Path:
@@ -246,10 +244,7 @@ def hits_figure(metrics: dict[str, Any], path: Path) -> Path:
         ax.set(xlabel="DFT calls after the initial set", ylabel="in-window MOFs found (mean over seeds)",
                title=f"{setting}: gap {low:g}-{high:g} eV")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _verdict_rows(result: dict[str, Any]) -> list[list[str]]:
