@@ -87,6 +87,11 @@ class Part:
         """Frozen crystal embeddings [n, 64], the near-duplicate metric of ``mofbalora suggest``."""
         return torch.stack([s.crystal for s in self.samples]).numpy()
 
+    @cached_property
+    def position(self) -> dict[str, int]:
+        """Each id's index in this part."""
+        return {structure_id: i for i, structure_id in enumerate(self.ids)}
+
     def subset(self, index: np.ndarray) -> "Part":
         return Part([self.ids[i] for i in index], [self.samples[i] for i in index], self.gaps_ev[index],
                     [self.elements[i] for i in index])
@@ -257,8 +262,7 @@ def run_campaign(design: dict[str, Any], parts: dict[str, Part], *, setting: str
             write_text_atomic(record_path, json.dumps(record, indent=1))
             errors.append(abs_errors)
         records.append(record)
-        index = {structure_id: i for i, structure_id in enumerate(pool.ids)}
-        labelled = np.sort(np.concatenate([labelled, [index[i] for i in record["queried"]]])).astype(int)
+        labelled = np.sort(np.concatenate([labelled, [pool.position[i] for i in record["queried"]]])).astype(int)
         previous = round_dir
     np.save(out_dir / ERRORS_FILE, np.stack(errors))
     return records
@@ -277,7 +281,6 @@ def measure_costs(design: dict[str, Any], parts: dict[str, Part], run_dir: Path,
 
     round_index = max(1, design["rounds"] // 2) if round_index is None else round_index  # round 0 has no warm start
     pool = parts["pool"]
-    index = {structure_id: i for i, structure_id in enumerate(pool.ids)}
     costs = {}
     for name, strategy in design["strategies"].items():
         folder = campaign_dir(run_dir, setting, name, seed)
@@ -285,7 +288,7 @@ def measure_costs(design: dict[str, Any], parts: dict[str, Part], run_dir: Path,
         initial = initial_set(pool, size=design["initial_labels"], seed=seed,
                               excluded_metals=design["settings"][setting]["initial_excludes_metals"])
         normaliser = TargetNormaliser.fit(pool.gaps_ev[initial])
-        labelled = np.sort(np.concatenate([initial, [index[i] for r in records for i in r["queried"]]])).astype(int)
+        labelled = np.sort(np.concatenate([initial, [pool.position[i] for r in records for i in r["queried"]]])).astype(int)
         config = train_config(design, strategy["method"], seed)
         with tempfile.TemporaryDirectory() as scratch:
             started = time.perf_counter()
