@@ -34,7 +34,7 @@ from torch import nn
 from mofbalora.adapters import AdapterConfig, inject_adapters, load_adapters, save_adapters
 from mofbalora.adapters.config import ADAPTER_KIND, ADAPTER_METHODS
 from mofbalora.adapters.model import ADAPTER_WEIGHTS_FILE, trainable_state_dict
-from mofbalora.backbones import get_backbone
+from mofbalora.backbones import SEEDED_HEADS, get_backbone
 from mofbalora.backbones.heads import NEIGHBOUR_INPUTS, DataNoiseHead, apply_head
 from mofbalora.data.io import atomic_path, load_tensors, read_versioned_json, sha256_file, write_text_atomic
 
@@ -65,7 +65,7 @@ def bare_member(*, backbone: str, head: str, seed: int, base_weights: dict[str, 
     """The pretrained backbone with the head variant ``head`` (backbones/heads.py), no adapters;
     with ``base_weights`` (every parameter, e.g. from :func:`full_fit_weights`) in place of the
     pretrained ones."""
-    kwargs = {"seed": seed} if backbone == "chgnet" else {}
+    kwargs = {"seed": seed} if backbone in SEEDED_HEADS else {}
     model = apply_head(get_backbone(backbone, **kwargs), head)
     if base_weights is not None:
         expected = {n for n, _ in model.named_parameters()}

@@ -269,14 +269,19 @@ def test_table_current(folder: Path) -> bool:
 
 
 def test_predictions(folder: Path, parts: dict[str, Any]) -> pd.DataFrame:
-    """The model's predictions on the test split (cached in the run folder), with each
-    structure's CRPS, predicted-gap bin and probability of the :data:`WINDOW_EV` window."""
-    path = folder / TEST_TABLE
+    """The model's predictions on the test split (cached in the run folder as :data:`TEST_TABLE`)."""
     if test_table_current(folder):
-        return pd.read_csv(path)
+        return pd.read_csv(folder / TEST_TABLE)
+    return part_predictions(folder, parts["test"], folder / TEST_TABLE)
+
+
+def part_predictions(folder: Path, part: tuple[list[str], list[Any], np.ndarray], path: Path) -> pd.DataFrame:
+    """The model's predictions on one part of its split (ids, samples, gaps), written to ``path``:
+    the calibrated summary, with each structure's true gap, cell size, metal family, CRPS,
+    predicted-gap bin and probability of the :data:`WINDOW_EV` window."""
     model = load_model(folder)
     calibration = model.meta["calibration"]
-    ids, samples, gaps = parts["test"]
+    ids, samples, gaps = part
     predictive = model.predictive(samples, n_samples=calibration["samples"], seed=calibration["seed"], progress=True)
     table = model.summarise(predictive, interval_levels=(68, 95), window_ev=WINDOW_EV)
     table.insert(0, "id", ids)

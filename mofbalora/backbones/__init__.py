@@ -27,6 +27,16 @@ def _sevennet(**kwargs: Any) -> GraphBackbone:
     return SevenNetBackbone(**kwargs)
 
 
+def _sevennet_early(**kwargs: Any) -> GraphBackbone:
+    from mofbalora.backbones.sevennet import SevenNetEarlyBackbone
+
+    return SevenNetEarlyBackbone(**kwargs)
+
+
+#: backbones whose head starts from a seeded random init (the seed is passed to the factory)
+SEEDED_HEADS = frozenset({"chgnet", "sevennet-early"})
+
+
 def register_backbone(name: str, factory: Callable[..., GraphBackbone]) -> None:
     """Make ``get_backbone(name)`` build ``factory(**kwargs)``."""
     _REGISTRY[name] = factory
@@ -35,6 +45,7 @@ def register_backbone(name: str, factory: Callable[..., GraphBackbone]) -> None:
 register_backbone("cgcnn", _cgcnn)
 register_backbone("chgnet", _chgnet)
 register_backbone("sevennet", _sevennet)
+register_backbone("sevennet-early", _sevennet_early)
 
 
 def available_backbones() -> list[str]:
@@ -52,4 +63,4 @@ def get_backbone(name: str, **kwargs: Any) -> GraphBackbone:
     return _REGISTRY[name](**kwargs)
 
 
-__all__ = ["GraphBackbone", "available_backbones", "get_backbone", "register_backbone"]
+__all__ = ["SEEDED_HEADS", "GraphBackbone", "available_backbones", "get_backbone", "register_backbone"]

@@ -124,3 +124,43 @@ class SevenNetBackbone(GraphBackbone):
     def embed(self, batch: Batch) -> torch.Tensor:
         atoms = batch.block_scalars[:, self.atom_blocks.index(self.read_block)]
         return mean_pool(atoms, batch.batch, self.num_graphs(batch))
+
+
+class AtomwiseMLPHead(nn.Module):
+    """A trainable MLP on every atom's invariant features, [N, 128] -> [N, 1] (hidden SiLU layer);
+    the backbone averages its outputs per structure. Seeded, so a member's start depends on its seed only."""
+
+    def __init__(self, n_in: int = N_SCALARS, hidden: int = 64, *, seed: int = 0) -> None:
+        super().__init__()
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.hidden, self.act, self.out = nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, 1)
+        torch.random.set_rng_state(generator_state)
+
+    def forward(self, atom_fea: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.hidden(atom_fea)))
+
+
+class SevenNetEarlyBackbone(SevenNetBackbone):
+    """Cached SevenNet-0 block-1 invariants read atom by atom by a trainable MLP, averaged per
+    structure (the accuracy pilot's candidate c-early; docs/method.md §16). The head starts from a
+    seeded random init, so it is trained first (method ``full``, which here trains only the head:
+    nothing upstream has parameters) and adapters go on that fit (``init_from``). Its rows are atoms,
+    so BaLoRA's per-structure noise reaches them through the atoms' structure index."""
+
+    name = "sevennet-early"
+    module_entities = {r"^head\.": "atom"}
+
+    def __init__(self, *, checkpoint: str = CHECKPOINT, read_block: int = 1, atom_blocks: tuple[int, ...] = (1, 4),
+                 hidden: int = 64, seed: int = 0) -> None:
+        super().__init__(checkpoint=checkpoint, read_block=read_block, atom_blocks=atom_blocks)
+        self.head = AtomwiseMLPHead(N_SCALARS, hidden, seed=seed)
+
+    @property
+    def version(self) -> str:
+        return f"{super().version}/atomwise-mlp"
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        atoms = batch.block_scalars[:, self.atom_blocks.index(self.read_block)]
+        # the head (also a residual one: linear per atom, then the mean) per atom, then the mean
+        return mean_pool(self.head(atoms), batch.batch, self.num_graphs(batch)).squeeze(-1)

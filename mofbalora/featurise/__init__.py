@@ -19,7 +19,9 @@ def get_featuriser(name: str, **kwargs: Any) -> Featuriser:
     from mofbalora.featurise.chgnet import CHGNetFeaturiser
     from mofbalora.featurise.sevennet import SevenNetFeaturiser
 
-    registry = {"cgcnn": CGCNNFeaturiser, "chgnet": CHGNetFeaturiser, "sevennet": SevenNetFeaturiser}
+    # a backbone variant reads the same cached features as its base backbone
+    registry = {"cgcnn": CGCNNFeaturiser, "chgnet": CHGNetFeaturiser, "sevennet": SevenNetFeaturiser,
+                "sevennet-early": SevenNetFeaturiser}
     if name not in registry:
         raise ValueError(f"unknown featuriser {name!r}; choose from {sorted(registry)}")
     return registry[name](**kwargs)

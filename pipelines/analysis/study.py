@@ -46,6 +46,8 @@ class MethodRuns:
         aleatoric: the per-structure data-noise std σ_n(x) [K, n] ([1, n] pooled), or None.
         with_noise: realisations give the total std sqrt(epistemic² + σ_n²) (a missing epistemic
             std counts as 0) instead of the epistemic one; see :meth:`total`.
+        std_factor: the recalibration's per-structure factor on the total std [K, n] ([1, n] pooled),
+            or None (docs/method.md §9); applied only to the total std.
     """
 
     name: str
@@ -54,12 +56,14 @@ class MethodRuns:
     pooled: bool = False
     aleatoric: np.ndarray | None = None
     with_noise: bool = False
+    std_factor: np.ndarray | None = None
 
-    def total(self) -> "MethodRuns":
-        """The same runs, whose realisations carry the total std (docs/method.md eq. 7)."""
+    def total(self, *, recalibrated: bool = True) -> "MethodRuns":
+        """The same runs, whose realisations carry the total std (docs/method.md eq. 7), times the
+        recalibration's factor when there is one and ``recalibrated``."""
         if self.aleatoric is None:
             raise ValueError(f"{self.name}: no per-structure data noise to add")
-        return replace(self, with_noise=True)
+        return replace(self, with_noise=True, std_factor=self.std_factor if recalibrated else None)
 
     @property
     def n_units(self) -> int:
@@ -76,7 +80,8 @@ class MethodRuns:
     def _with_noise(self, std: np.ndarray, unit: int) -> np.ndarray:
         if not self.with_noise:
             return std
-        return np.sqrt(np.nan_to_num(std) ** 2 + self.aleatoric[unit] ** 2)
+        total = np.sqrt(np.nan_to_num(std) ** 2 + self.aleatoric[unit] ** 2)
+        return total if self.std_factor is None else total * self.std_factor[unit]
 
     def first(self) -> MethodPredictions:
         """The first seed's predictions (all members for an ensemble), for figures."""

@@ -16,6 +16,10 @@ def backbone_batches(small_qmof, cgcnn_backbone_factory, chgnet_backbone_factory
         n = 3 if name == "cgcnn" else 2
         samples = [featuriser.featurise(read_structure(p), p.stem) for p in paths[:n]]
         out[name] = (factory, samples)
+    from mofbalora.backbones import get_backbone
+
+    # the early variant reads the same cached SevenNet features (its head's rows are atoms)
+    out["sevennet-early"] = (lambda: get_backbone("sevennet-early"), out["sevennet"][1])
     return out
 
 

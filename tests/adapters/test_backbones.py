@@ -17,9 +17,9 @@ from mofbalora.data import read_structure
 
 from .conftest import randomise_b
 
-CASES = [(b, k) for b in ("cgcnn", "chgnet", "sevennet") for k in ("lora", "balora", "mcdropout")]
+CASES = [(b, k) for b in ("cgcnn", "chgnet", "sevennet", "sevennet-early") for k in ("lora", "balora", "mcdropout")]
 TARGETS = {"cgcnn": [r"^embedding$", r"fc_full", r"^head\."], "chgnet": [r"twoBody_atom", r"mlp_out", r"^head\."],
-           "sevennet": [r"^head\.(hidden|out)$"]}
+           "sevennet": [r"^head\.(hidden|out)$"], "sevennet-early": [r"^head\.(hidden|out)$"]}
 
 
 def adapted(backbone_batches, backbone, kind, **overrides):
@@ -82,7 +82,7 @@ def test_gradients_reach_adapters_and_backbone_stays_frozen(backbone_batches, ba
             assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("backbone", ["cgcnn", "chgnet", "sevennet"])
+@pytest.mark.parametrize("backbone", ["cgcnn", "chgnet", "sevennet", "sevennet-early"])
 def test_one_weight_sample_per_structure_supercell(backbone_batches, small_qmof, backbone):
     """A 2x1x1 supercell with the same noise draws gives the same samples: the noise is per structure.
 

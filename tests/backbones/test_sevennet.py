@@ -79,3 +79,28 @@ def test_smoke_fit_on_real_qmof(small_qmof, tmp_path):
     meta = json.loads((folder / "model.json").read_text())
     assert meta["backbone"]["name"] == "sevennet"
     assert (folder / "members" / "0" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_early_head_trains_then_carries_adapters_on_real_qmof(small_qmof, tmp_path):
+    """The pilot's c-early: the atom-wise head is fitted (``full`` trains only it: nothing upstream has
+    parameters), then BaLoRA goes on that fit (``init_from``) and starts from its weights."""
+    from safetensors.torch import load_file
+
+    from mofbalora.backbones import get_backbone
+    from mofbalora.training.fit import fit
+    from tests.training.conftest import tiny_config
+
+    ids, paths, gaps = small_qmof
+    data = copy_cifs(paths[:14], tmp_path / "data")
+    write_labels(data, ids[:14], gaps[:14])
+    split = {"fractions": [0.5, 0.25, 0.0, 0.25], "method": "random", "seed": 0}
+    head = fit(tiny_config("full", backbone="sevennet-early", epochs=3, head="pretrained", lr=0.01, split=split),
+               data=data, out_dir=tmp_path / "head", progress=False)
+    trained = {k: v for k, v in load_file(next((head / "members" / "0").glob("*.safetensors"))).items()}
+    start = get_backbone("sevennet-early").state_dict()
+    assert set(trained) == set(start) and not torch.equal(trained["head.hidden.weight"], start["head.hidden.weight"])
+    folder = fit(tiny_config("balora", backbone="sevennet-early", epochs=2, head="pretrained", init_from=str(head),
+                             adapter={"rank": 4, "alpha": 8, "target_modules": [r"^head\.(hidden|out)$"]}, split=split),
+                 data=data, out_dir=tmp_path / "balora", progress=False)
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["backbone"]["name"] == "sevennet-early" and meta["train_config"]["init_from"] == str(head)

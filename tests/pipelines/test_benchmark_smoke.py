@@ -123,6 +123,11 @@ def test_shift_sets_have_their_own_scores_and_claim_1(report_dir):
     for name, shift in metrics["shift"].items():
         assert 0 < shift["n"] <= config[name]["n"]
         assert set(shift["table"]) == METHODS and set(shift["claim_1"]) == UNCERTAIN - {"balora"}
+        # the total std as released (recalibrated), against every other method, and before it
+        assert set(shift["claim_1_total"]) == METHODS - {"balora"}
+        for method, row in shift["table"].items():
+            assert math.isfinite(row["spearman_total_raw"]["value"]), method
+    assert "ρ (total, distance recalibration)" in (folder / "report.md").read_text()
     setup = metrics["setup"]
     assert len(setup["labels_sha256"]) == 64 and setup["versions"]["torch"].startswith("2.13")
     assert setup["git_commit"] and "finished" in setup

@@ -131,3 +131,40 @@ def test_non_inferiority_reading_of_a_difference():
     assert study.non_inferiority({"ci_low": -0.04, "ci_high": 0.1}, 0.05) == "holds"
     assert study.non_inferiority({"ci_low": -0.2, "ci_high": -0.06}, 0.05) == "does not hold"
     assert study.non_inferiority({"ci_low": -0.08, "ci_high": 0.01}, 0.05) == "inconclusive"
+
+
+def test_the_release_recalibration_fixes_a_std_too_narrow_far_from_training():
+    """Errors twice the std beyond a distance of 1, right below it: fitted on the calibration set,
+    the study's per-structure factor brings the far half's ZMS to 1 on another set, keeps the near
+    half's, and leaves the raw total std reachable; a pooled ensemble gets one factor row."""
+    from pipelines.bandgap_benchmark import Realised, recalibrated
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    sets = {}
+    for name in ("calibration", "test"):
+        distance = rng.uniform(0.0, 2.0, n)
+        sigma = rng.uniform(0.2, 0.6, n)
+        truth = rng.uniform(0.0, 4.0, n)
+        means = truth + rng.normal(0.0, sigma * np.where(distance > 1.0, 2.0, 1.0))
+        sets[name] = (truth, distance, sigma, means)
+    truth = {name: value[0] for name, value in sets.items()}
+    distance = {name: value[1] for name, value in sets.items()}
+    family = {name: np.zeros(n, dtype=int) for name in sets}
+    for pooled in (False, True):
+        k = 3 if pooled else 2
+        runs = {name: study.MethodRuns("m", np.stack([m] * k), np.full((k, n), np.nan), pooled=pooled,
+                                       aleatoric=np.stack([s] * (1 if pooled else k)))
+                for name, (_, _, s, m) in sets.items()}
+        fixed = recalibrated(Realised(runs, [0.1]), truth, family=family, distance=distance,
+                             settings={"kind": "distance"}).runs["test"]
+        assert fixed.std_factor.shape == (1 if pooled else k, n)
+        t, d, s, m = sets["test"]
+        mean, std = fixed.total().realisations()[0]
+        z2 = ((t - mean) / std) ** 2
+        assert np.mean(z2[d > 1.1]) == pytest.approx(1.0, abs=0.12)
+        assert np.mean(z2[d < 0.9]) == pytest.approx(1.0, abs=0.12)
+        _, raw = fixed.total(recalibrated=False).realisations()[0]
+        assert np.mean(((t - mean) / raw)[d > 1.1] ** 2) == pytest.approx(4.0, rel=0.15)
+    with pytest.raises(ValueError, match="isotonic"):
+        recalibrated(Realised(runs, [0.1]), truth, family=family, distance=distance, settings={"kind": "isotonic+distance"})

@@ -1,0 +1,36 @@
+"""The accuracy pilot's shared parts (issue 44): the screen subset and each candidate's steps."""
+
+from pathlib import Path
+
+import pytest
+
+from pipelines import accuracy_pilot as pilot
+
+
+def test_screen_subset_is_seeded_inside_the_training_part_and_never_touches_test():
+    design = pilot.load_design()
+    release = pilot.release_split(design)
+    parts = pilot.screen_parts(design, release)
+    assert len(parts["train"]) == design["screen_subset"]["train"] == len(set(parts["train"]))
+    assert set(parts["train"]) <= set(release.train) and parts["val"] == release.val
+    assert parts == pilot.screen_parts(design, release)  # the same subset every call
+    split = pilot.screen_split(design)
+    assert split.test == [] and not set(split.train) & (set(release.test) | set(release.val) | set(release.calibration))
+    other = pilot.screen_parts({**design, "screen_subset": {**design["screen_subset"], "seed": 1}}, release)
+    assert other["train"] != parts["train"]
+
+
+def test_each_candidate_resolves_to_its_steps(tmp_path):
+    design = pilot.load_design()
+    steps = pilot.step_configs(design, "c-sevennet-early", tmp_path)
+    (head_folder, head), (folder, balora) = steps
+    assert head.method == "full" and head.adapter == {} and head.backbone == "sevennet-early"
+    assert balora.init_from == str(head_folder) and folder == tmp_path / "c-sevennet-early" / "step1"
+    # the release recipe underneath, the recipe's adapter keys on top
+    assert balora.adapter["rank"] == 8 and balora.adapter["target_modules"] == [r"^head\.(hidden|out)$"]
+    (_, baseline), = pilot.step_configs(design, "a-baseline", tmp_path)
+    assert baseline == pilot.load_train_config(pilot.RELEASE_RECIPE)
+    with pytest.raises(ValueError, match="no recipe"):
+        pilot.step_configs(design, "z-unknown", tmp_path)
+    with pytest.raises(ValueError, match="previous"):
+        pilot.step_configs({"recipes": {"x": [{"init_from": "previous"}]}}, "x", Path(tmp_path))
