@@ -3,7 +3,7 @@
 Each figure group runs in its own process (clean timings and peak memory). Every figure is the
 median of several repeats after a warm-up; ratios are computed within one run.
 
-    python -m benchmarks.run [--backbones cgcnn,chgnet] [--only-screening]
+    python -m benchmarks.run [--backbones cgcnn,chgnet] [--only-screening]   # the latter: screening and sampling-bound groups
 
 The screening figures are the shipped default model (qmof-pbe) at its default S: end to end from
 CIF with a cold feature cache on the first 1,000 CoRE-MOF 2019 CIFs, the time per MOF split into
@@ -204,6 +204,55 @@ def group_infer(backbone_name: str, batch_size: int, max_atoms: int) -> dict[str
             "merged_over_bare": merged_s / bare_s, "s5_over_mean": s5_s / mean_s, "peak_rss_gb": peak_rss_gb()}
 
 
+def group_sampling_bound(n: int, batch_size: int = 16) -> dict[str, Any]:
+    """Every shipped model's S-sample cost against its bound (docs/method.md §6): S mean passes of
+    the adapted part plus one pass of the unadapted part. A shipped model's adapters start at its
+    backbone's input layer (CGCNN's ``embedding``), so the adapted part is the whole model (its merged
+    mean pass, ``batch_size`` structures a pass) and the unadapted part is the bare pass that gives
+    BaLoRA's α(x) its z(x). The S-sample cost is ``predict_draws`` as `predict` runs it (its own
+    batching), on ``n`` QMOF structures with cached features; per MOF, medians of repeats."""
+    import torch
+
+    from mofbalora.adapters import merge_adapters, set_adapter_mode, unmerge_adapters
+    from mofbalora.featurise import featurise_paths
+    from mofbalora.predict import load_model
+    from mofbalora.pretrained import shipped_models
+
+    torch.set_grad_enabled(False)
+    out: dict[str, Any] = {"n_structures": n, "mean_pass_batch_size": batch_size, "models": {}}
+    work = Path(tempfile.mkdtemp(prefix="mofbalora-bound-"))
+    try:
+        for shipped in shipped_models():
+            model = load_model(shipped.folder)
+            samples = featurise_paths(qmof_paths(n, seed=3), model.backbone.make_featuriser(), cache_dir=work,
+                                      progress=False).samples
+            batches = [model.backbone.collate(samples[i:i + batch_size]) for i in range(0, len(samples), batch_size)]
+            member = model.members[0]
+            merge_adapters(member)
+
+            def mean_passes() -> None:
+                with set_adapter_mode(member, "mean"):
+                    for batch in batches:
+                        member(batch)
+
+            mean_s = median_time(mean_passes) / len(samples)
+            unmerge_adapters(member)
+            bare_s = median_time(lambda: model.frozen_embeddings(samples)) / len(samples)
+            rows = {}
+            for size in sorted({model.default_samples, 32}):
+                sampled_s = median_time(lambda: model.predict_draws(samples, n_samples=size), repeats=3) / len(samples)
+                bound_s = size * mean_s + bare_s
+                rows[str(size)] = {"ms_per_mof": 1000 * sampled_s, "bound_ms_per_mof": 1000 * bound_s,
+                                   "over_bound": sampled_s / bound_s, "mean_passes": sampled_s / mean_s}
+            out["models"][shipped.alias] = {"backbone": model.meta["backbone"]["name"], "method": model.method,
+                                            "default_samples": model.default_samples,
+                                            "mean_pass_ms_per_mof": 1000 * mean_s, "bare_pass_ms_per_mof": 1000 * bare_s,
+                                            "samples": rows}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def group_screening(n: int, n_profiled: int = 150) -> dict[str, Any]:
     """The shipped default model at its default S, end to end from CIF with a cold feature cache,
     on the first ``n`` CoRE-MOF 2019 CIFs, as ``model.predict`` runs them (one process); then where
@@ -381,6 +430,9 @@ def performance_table(results: dict[str, Any]) -> str:
     if processes:
         rows_cgcnn_only.append((f"`screen` MOFs/s, 1 → 2 DDP processes ({processes['n_inputs']} CIFs, cached)",
                                 f"{processes['mofs_per_s']['1_process']:.2f} → {processes['mofs_per_s']['2_processes']:.2f}"))
+    for alias, entry in results.get("sampling_bound", {}).get("models", {}).items():
+        rows_cgcnn_only.append((f"S-sample cost / its bound, S mean passes + the z(x) pass ({alias}; target ≤ 1.2)",
+                                ", ".join(f"S={size}: {row['over_bound']:.2f}" for size, row in entry["samples"].items())))
     lines += [f"| {label} | {value} | – |" for label, value in rows_cgcnn_only] or ["| screening | – | – |"]
     return "\n".join(lines)
 
@@ -426,6 +478,8 @@ def main() -> None:
             result = group_screening(1000)
         elif kind == "screening_processes":
             result = group_screening_processes(200)
+        elif kind == "sampling_bound":
+            result = group_sampling_bound(64)
         else:
             raise SystemExit(f"unknown group {args.run_group}")
         print(json.dumps(result))
@@ -434,6 +488,7 @@ def main() -> None:
         results = json.loads(Path(args.out).read_text())
         results["screening"] = run_group("screening", [])
         results["screening_processes"] = run_group("screening_processes", [])
+        results["sampling_bound"] = run_group("sampling_bound", [])
         finish(results, Path(args.out))
         return
     started = time.perf_counter()
@@ -462,6 +517,7 @@ def main() -> None:
         results["ensemble5_over_balora_total_cost"][backbone] = ensemble / balora
     results["screening"] = run_group("screening", [])
     results["screening_processes"] = run_group("screening_processes", [])
+    results["sampling_bound"] = run_group("sampling_bound", [])
     results["wall_s"] = time.perf_counter() - started
     finish(results, Path(args.out))
 

@@ -168,3 +168,11 @@ def test_the_release_recalibration_fixes_a_std_too_narrow_far_from_training():
         assert np.mean(((t - mean) / raw)[d > 1.1] ** 2) == pytest.approx(4.0, rel=0.15)
     with pytest.raises(ValueError, match="isotonic"):
         recalibrated(Realised(runs, [0.1]), truth, family=family, distance=distance, settings={"kind": "isotonic+distance"})
+
+
+def test_family_rarity_grows_as_a_family_gets_rarer_in_training():
+    from pipelines.rarity_check import family_rarity
+
+    train = np.array([30] * 90 + [29] * 9 + [0])  # Zn common, Cu rare, one metal-free cell
+    rarity = family_rarity(np.array([30, 29, 0, 47]), train)  # Ag never seen in training
+    np.testing.assert_allclose(rarity, np.log(101 / np.array([91, 10, 2, 1])))
