@@ -83,8 +83,8 @@ def featurise(backbone: str, *, data: str | None, workers: int, skipped_csv: Pat
 def screen_split(design: dict) -> Split:
     """The pilot's split: the screen's training subset, the release's validation and calibration
     parts, and no test part (the test split is read once, for the winner, after the choice)."""
-    parts = screen_parts(design, release_split(design))
     release = release_split(design)
+    parts = screen_parts(design, release)
     return Split(train=parts["train"], val=parts["val"], calibration=parts["calibration"], test=[],
                  seed=release.seed, method=f"{release.method}; train: screen subset {design['screen_subset']}")
 
