@@ -27,6 +27,12 @@ def _sevennet(**kwargs: Any) -> GraphBackbone:
     return SevenNetBackbone(**kwargs)
 
 
+def _cgcnn_sevennet(**kwargs: Any) -> GraphBackbone:
+    from mofbalora.backbones.fusion import CGCNNSevenNetBackbone
+
+    return CGCNNSevenNetBackbone(**kwargs)
+
+
 def _sevennet_early(**kwargs: Any) -> GraphBackbone:
     from mofbalora.backbones.sevennet import SevenNetEarlyBackbone
 
@@ -46,6 +52,7 @@ register_backbone("cgcnn", _cgcnn)
 register_backbone("chgnet", _chgnet)
 register_backbone("sevennet", _sevennet)
 register_backbone("sevennet-early", _sevennet_early)
+register_backbone("cgcnn-sevennet", _cgcnn_sevennet)
 
 
 def available_backbones() -> list[str]:

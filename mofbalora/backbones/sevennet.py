@@ -84,11 +84,13 @@ class SevenNetBackbone(GraphBackbone):
     name = "sevennet"
     module_entities = {r"^head\.": "crystal"}
 
-    def __init__(self, *, checkpoint: str = CHECKPOINT, read_block: int = 4, atom_blocks: tuple[int, ...] = (1, 4)) -> None:
+    def __init__(self, *, checkpoint: str = CHECKPOINT, read_block: int = 4, atom_blocks: tuple[int, ...] = (1, 4),
+                 through_block: int | None = None) -> None:
         super().__init__()
         if read_block not in atom_blocks:
             raise ValueError(f"read_block {read_block} is not among the cached atom_blocks {atom_blocks}")
         self.checkpoint, self.read_block, self.atom_blocks = checkpoint, read_block, tuple(atom_blocks)
+        self.through_block = through_block
         self.head = pretrained_readout(checkpoint)
         self.eval()
 
@@ -101,7 +103,8 @@ class SevenNetBackbone(GraphBackbone):
         return N_SCALARS
 
     def make_featuriser(self) -> SevenNetFeaturiser:
-        return SevenNetFeaturiser(checkpoint=self.checkpoint, atom_blocks=self.atom_blocks)
+        return SevenNetFeaturiser(checkpoint=self.checkpoint, atom_blocks=self.atom_blocks,
+                                  through_block=self.through_block)
 
     def collate(self, samples: Sequence[object]) -> Batch:
         return Batch.from_data_list(list(samples), exclude_keys=["structure_id"])
@@ -142,8 +145,8 @@ class AtomwiseMLPHead(nn.Module):
 
 
 class SevenNetEarlyBackbone(SevenNetBackbone):
-    """Cached SevenNet-0 block-1 invariants read atom by atom by a trainable MLP, averaged per
-    structure (the accuracy pilot's candidate c-early; docs/method.md §16). The head starts from a
+    """Cached SevenNet-0 block-1 invariants (the network cut after block 1) read atom by atom by a
+    trainable MLP, averaged per structure (the accuracy pilot's candidate c-early; docs/method.md §16). The head starts from a
     seeded random init, so it is trained first (method ``full``, which here trains only the head:
     nothing upstream has parameters) and adapters go on that fit (``init_from``). Its rows are atoms,
     so BaLoRA's per-structure noise reaches them through the atoms' structure index."""
@@ -151,9 +154,10 @@ class SevenNetEarlyBackbone(SevenNetBackbone):
     name = "sevennet-early"
     module_entities = {r"^head\.": "atom"}
 
-    def __init__(self, *, checkpoint: str = CHECKPOINT, read_block: int = 1, atom_blocks: tuple[int, ...] = (1, 4),
-                 hidden: int = 64, seed: int = 0) -> None:
-        super().__init__(checkpoint=checkpoint, read_block=read_block, atom_blocks=atom_blocks)
+    def __init__(self, *, checkpoint: str = CHECKPOINT, read_block: int = 1, hidden: int = 64, seed: int = 0) -> None:
+        # the network is cut after the block the head reads: nothing later is run or cached
+        super().__init__(checkpoint=checkpoint, read_block=read_block, atom_blocks=(read_block,),
+                         through_block=read_block)
         self.head = AtomwiseMLPHead(N_SCALARS, hidden, seed=seed)
 
     @property

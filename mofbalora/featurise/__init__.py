@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from mofbalora.featurise.base import Featuriser
@@ -17,11 +18,13 @@ def get_featuriser(name: str, **kwargs: Any) -> Featuriser:
     """
     from mofbalora.featurise.cgcnn import CGCNNFeaturiser
     from mofbalora.featurise.chgnet import CHGNetFeaturiser
+    from mofbalora.featurise.fusion import CGCNNSevenNetFeaturiser
     from mofbalora.featurise.sevennet import SevenNetFeaturiser
 
-    # a backbone variant reads the same cached features as its base backbone
+    # sevennet-early reads block 1 only, so its featuriser cuts the network there
     registry = {"cgcnn": CGCNNFeaturiser, "chgnet": CHGNetFeaturiser, "sevennet": SevenNetFeaturiser,
-                "sevennet-early": SevenNetFeaturiser}
+                "sevennet-early": partial(SevenNetFeaturiser, atom_blocks=(1,), through_block=1),
+                "cgcnn-sevennet": CGCNNSevenNetFeaturiser}
     if name not in registry:
         raise ValueError(f"unknown featuriser {name!r}; choose from {sorted(registry)}")
     return registry[name](**kwargs)

@@ -9,8 +9,12 @@ by content. A sample holds, read with forward hooks on each interaction block's 
 - ``block_scalars`` [n_atoms, len(atom_blocks), 128]: the invariant per-atom features of the blocks
   in ``atom_blocks`` (default the second and the last: an early block, where a frozen-feature probe
   found the most band-gap information, and the one SevenNet's own readout reads);
-- ``pooled`` [5, 256]: mean and max over atoms of every block's invariant features;
-- ``energy_per_atom_ev``: SevenNet-0's total energy per atom.
+- ``pooled`` [1, n_run, 256]: mean and max over atoms of the invariant features of every block run;
+- ``energy_per_atom_ev``: SevenNet-0's total energy per atom (only when the whole network runs).
+
+``through_block`` cuts the network after that block's gate: a head that reads an early block needs
+nothing after it, and a featuriser that stops at block 1 runs ~2/5 of the interaction blocks
+(the blocks it runs give the same features as the whole network's, tests/backbones/test_sevennet.py).
 
 Which block the trainable part reads, and how, is the accuracy pilot's choice (docs/method.md §16).
 """
@@ -34,12 +38,12 @@ N_SCALARS = 128  # the 0e channels that lead every block's node features
 
 
 #: per process: featuriser copies sent to worker processes load the model once, not once per structure
-_LOADED: dict[str, tuple[torch.nn.Module, float]] = {}
+_LOADED: dict[tuple[str, int | None], tuple[torch.nn.Module, float]] = {}
 
 
-def load_sevennet(checkpoint: str = CHECKPOINT) -> tuple[torch.nn.Module, float]:
+def load_sevennet(checkpoint: str = CHECKPOINT, through_block: int | None = None) -> tuple[torch.nn.Module, float]:
     """SevenNet's model (eval, on CPU, forces and stress off) and its cutoff (Å), from the weights
-    inside the ``sevenn`` wheel."""
+    inside the ``sevenn`` wheel; with ``through_block``, only the modules up to that block's gate."""
     import sevenn.util
 
     loaded = sevenn.util.load_checkpoint(checkpoint)
@@ -48,6 +52,10 @@ def load_sevennet(checkpoint: str = CHECKPOINT) -> tuple[torch.nn.Module, float]
     # energy only: the force/stress module differentiates through positions, which a frozen
     # featuriser does not need
     model.delete_module_by_key("force_output")
+    if through_block is not None:
+        keys = list(model._modules)
+        for key in keys[keys.index(f"{through_block}_equivariant_gate") + 1:]:
+            model.delete_module_by_key(key)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -58,23 +66,30 @@ class SevenNetFeaturiser(Featuriser):
     name = "sevennet"
     upstream_packages = ("sevenn", "e3nn", "pymatgen")
 
-    def __init__(self, *, checkpoint: str = CHECKPOINT, atom_blocks: tuple[int, ...] = (1, 4)) -> None:
-        if not all(0 <= b < N_BLOCKS for b in atom_blocks):
-            raise ValueError(f"atom_blocks must lie in 0..{N_BLOCKS - 1}, got {atom_blocks}")
+    def __init__(self, *, checkpoint: str = CHECKPOINT, atom_blocks: tuple[int, ...] = (1, 4),
+                 through_block: int | None = None) -> None:
+        last = N_BLOCKS - 1 if through_block is None else through_block
+        if not all(0 <= b <= last for b in atom_blocks) or last >= N_BLOCKS:
+            raise ValueError(f"atom_blocks must lie in 0..{last} (through_block {through_block}), got {atom_blocks}")
         self.checkpoint = checkpoint
         self.atom_blocks = tuple(atom_blocks)
+        self.through_block = through_block
 
     def config(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "atom_blocks": list(self.atom_blocks)}
+        config = {"checkpoint": self.checkpoint, "atom_blocks": list(self.atom_blocks)}
+        # only when set, so the whole network's cached features keep their key
+        return config if self.through_block is None else {**config, "through_block": self.through_block}
 
     def _load(self) -> tuple[torch.nn.Module, float]:
-        if self.checkpoint not in _LOADED:
-            _LOADED[self.checkpoint] = load_sevennet(self.checkpoint)
-        return _LOADED[self.checkpoint]
+        key = (self.checkpoint, self.through_block)
+        if key not in _LOADED:
+            _LOADED[key] = load_sevennet(self.checkpoint, self.through_block)
+        return _LOADED[key]
 
     @torch.no_grad()
-    def run(self, structure: Structure) -> tuple[list[torch.Tensor], float]:
-        """Every block's invariant per-atom features [n_atoms, 128] and the energy per atom (eV)."""
+    def run(self, structure: Structure) -> tuple[list[torch.Tensor], float | None]:
+        """The invariant per-atom features [n_atoms, 128] of every block run, and the energy per atom
+        (eV; None when the network is cut after ``through_block``)."""
         import sevenn._keys as KEY
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph
@@ -85,22 +100,26 @@ class SevenNetFeaturiser(Featuriser):
         blocks: list[torch.Tensor] = []
         hooks = [model._modules[f"{b}_equivariant_gate"].register_forward_hook(
             lambda _m, _i, out: blocks.append(out[KEY.NODE_FEATURE][:, :N_SCALARS].detach().clone()))
-            for b in range(N_BLOCKS)]
+            for b in range(N_BLOCKS if self.through_block is None else self.through_block + 1)]
         try:
             output = model(data)
         finally:
             for hook in hooks:
                 hook.remove()
+        if self.through_block is not None:
+            return blocks, None
         return blocks, float(output[KEY.PRED_TOTAL_ENERGY].reshape(-1)[0]) / len(structure)
 
     def featurise(self, structure: Structure, structure_id: str) -> Data:
         blocks, energy_per_atom = self.run(structure)
         pooled = torch.stack([torch.cat([b.mean(0), b.max(0).values]) for b in blocks])
+        energy = {} if energy_per_atom is None else {
+            "energy_per_atom_ev": torch.tensor([energy_per_atom], dtype=torch.float32)}
         return Data(
             atomic_number=torch.tensor(np.array([site.specie.Z for site in structure]), dtype=torch.long),
             block_scalars=torch.stack([blocks[b] for b in self.atom_blocks], dim=1).float(),
             pooled=pooled.float().unsqueeze(0),
-            energy_per_atom_ev=torch.tensor([energy_per_atom], dtype=torch.float32),
+            **energy,
             num_nodes=len(structure),
             structure_id=structure_id,
             content_key=structure_content_key(structure),

@@ -18,8 +18,11 @@ def backbone_batches(small_qmof, cgcnn_backbone_factory, chgnet_backbone_factory
         out[name] = (factory, samples)
     from mofbalora.backbones import get_backbone
 
-    # the early variant reads the same cached SevenNet features (its head's rows are atoms)
+    # the early variant reads block 1, which leads these samples' atom blocks too (its head's rows are atoms)
     out["sevennet-early"] = (lambda: get_backbone("sevennet-early"), out["sevennet"][1])
+    fused = get_backbone("cgcnn-sevennet").make_featuriser()
+    out["cgcnn-sevennet"] = (lambda: get_backbone("cgcnn-sevennet"),
+                             [fused.featurise(read_structure(p), p.stem) for p in paths[:3]])
     return out
 
 

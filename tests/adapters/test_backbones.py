@@ -17,8 +17,10 @@ from mofbalora.data import read_structure
 
 from .conftest import randomise_b
 
-CASES = [(b, k) for b in ("cgcnn", "chgnet", "sevennet", "sevennet-early") for k in ("lora", "balora", "mcdropout")]
-TARGETS = {"cgcnn": [r"^embedding$", r"fc_full", r"^head\."], "chgnet": [r"twoBody_atom", r"mlp_out", r"^head\."],
+CASES = [(b, k) for b in ("cgcnn", "chgnet", "sevennet", "sevennet-early", "cgcnn-sevennet")
+         for k in ("lora", "balora", "mcdropout")]
+TARGETS = {"cgcnn": [r"^embedding$", r"fc_full", r"^head\."], "cgcnn-sevennet": [r"^embedding$", r"fc_full", r"^head\."],
+           "chgnet": [r"twoBody_atom", r"mlp_out", r"^head\."],
            "sevennet": [r"^head\.(hidden|out)$"], "sevennet-early": [r"^head\.(hidden|out)$"]}
 
 

@@ -55,6 +55,21 @@ def test_cached_features_equal_the_uncached_forward(small_qmof, tmp_path):
         assert sample.block_scalars.shape == (len(structure), 2, 128) and sample.pooled.shape == (1, 5, 256)
 
 
+def test_network_cut_after_block_1_gives_the_whole_networks_block_1(small_qmof, tmp_path):
+    """sevennet-early's featuriser runs blocks 0-1 only; through the cache its features equal the
+    whole network's block 1 (and its pooled blocks 0-1) to 1e-5."""
+    _, paths, _ = small_qmof
+    whole, cut = get_featuriser("sevennet"), get_featuriser("sevennet-early")
+    assert "1_equivariant_gate" in cut._load()[0]._modules and "2_self_connection_intro" not in cut._load()[0]._modules
+    featurise_paths(paths[:3], cut, cache_dir=tmp_path, progress=False)
+    cached = featurise_paths(paths[:3], cut, cache_dir=tmp_path, progress=False)
+    assert cached.n_cache_hits == 3
+    for path, sample in zip(paths[:3], cached.samples):
+        reference = whole.featurise(read_structure(path), "reference")
+        torch.testing.assert_close(sample.block_scalars[:, 0], reference.block_scalars[:, 0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(sample.pooled[0], reference.pooled[0, :2], atol=1e-5, rtol=0)
+
+
 def test_only_scalar_maps_become_linear():
     model, _ = load_sevennet()
     linear = linear_from_e3nn(model._modules["reduce_input_to_hidden"])

@@ -34,3 +34,16 @@ def test_each_candidate_resolves_to_its_steps(tmp_path):
         pilot.step_configs(design, "z-unknown", tmp_path)
     with pytest.raises(ValueError, match="previous"):
         pilot.step_configs({"recipes": {"x": [{"init_from": "previous"}]}}, "x", Path(tmp_path))
+
+
+def test_the_rule_takes_the_most_accurate_fast_candidate_and_prefers_a_faster_near_tie():
+    import numpy as np
+    import pandas as pd
+
+    design = {"min_screen_mofs_per_s": 3.0, "tie_ev": 0.01}
+    table = pd.DataFrame({"mae_ev": [0.30, 0.20, 0.25, 0.255, np.nan],
+                          "mofs_per_s": [13.0, 1.0, 4.0, 9.0, 20.0]},
+                         index=["baseline", "slow-best", "fast-best", "faster-near-tie", "not-scored"])
+    assert pilot.choose(table, design) == "faster-near-tie"  # slow-best is under the floor
+    assert pilot.choose(table.drop(index="faster-near-tie"), design) == "fast-best"
+    assert pilot.choose(table.assign(mofs_per_s=1.0), design) is None
