@@ -146,7 +146,7 @@ def data_info(data: Optional[Path] = typer.Option(None, "--data", help="Dataset 
 @app.command()
 def featurise(
     paths: List[str] = typer.Argument(..., help=INPUTS_HELP),
-    backbone: str = typer.Option("cgcnn", help="cgcnn, chgnet or sevennet."),
+    backbone: str = typer.Option("cgcnn", help="cgcnn, chgnet, sevennet, sevennet-early or cgcnn-sevennet."),
     cache_dir: Optional[Path] = typer.Option(None, help="Feature cache (default $MOFBALORA_CACHE or ~/.cache/mofbalora)."),
     workers: int = typer.Option(0, min=0, help="Processes; 0 = all cores."),
     skipped: Optional[Path] = typer.Option(None, callback=_table_out,

@@ -131,7 +131,7 @@ def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.n
         model.recalibrator = recalibrator
         predictive, val = (None if p is None else replace(p, std_total_raw=recalibrator.predict(
             p.std_total_raw, family=p.metal_family, distance=p.embedding_distance)) for p in (predictive, val))
-    calibrator = _conformal(settings).fit(predictive.mean, predictive.std_total_raw, gaps_ev)
+    calibrator = conformal_calibrator(settings).fit(predictive.mean, predictive.std_total_raw, gaps_ev)
     val_mae_by_rule = {}
     if len(settings.mean_rules) > 1:
         for rule in settings.mean_rules:
@@ -176,7 +176,8 @@ def calibration_state(model: BandgapModel, samples: Sequence[Any], gaps_ev: np.n
 MIN_RECALIBRATION_VALIDATION = 100
 
 
-def _conformal(settings: CalibrationSettings) -> ConformalCalibrator:
+def conformal_calibrator(settings: CalibrationSettings) -> ConformalCalibrator:
+    """An unfitted conformal calibrator with the settings' Mondrian bins."""
     return ConformalCalibrator(mondrian_min_per_bin=settings.mondrian_min_per_bin,
                                mondrian_max_bins=settings.mondrian_max_bins)
 
@@ -231,7 +232,7 @@ def choose_recalibration(calibration: Predictive, gaps_ev: np.ndarray,
             cal_std = recalibrator.predict(cal_std, family=calibration.metal_family,
                                            distance=calibration.embedding_distance)
             val_std = recalibrator.predict(val_std, family=val.metal_family, distance=val.embedding_distance)
-        conformal = _conformal(settings).fit(calibration.mean, cal_std, gaps_ev)
+        conformal = conformal_calibrator(settings).fit(calibration.mean, cal_std, gaps_ev)
         score = recalibration_score(conformal.point_prediction(val.mean, val_std),
                                     conformal.calibrated_std(val.mean, val_std), val_gaps, val.metal_family,
                                     min_family=settings.min_family_validation)
@@ -276,7 +277,7 @@ def choose_lower_miss_share(calibrator: ConformalCalibrator, calibration: tuple[
     if len(shares) == 1:
         return shares[0], None
     try:
-        swapped = _conformal(settings).fit(*validation)
+        swapped = conformal_calibrator(settings).fit(*validation)
     except ValueError as error:  # too few validation structures for a 95% interval
         return shares[0], {"kept_first_because": str(error)}
     candidates = []

@@ -18,11 +18,11 @@ import json
 import numpy as np
 
 from mofbalora.featurise.base import element_counts, metal_family
-from mofbalora.fit_calibrate import CalibrationSettings, _conformal, recalibration_score
+from mofbalora.fit_calibrate import CalibrationSettings, conformal_calibrator, recalibration_score
 from mofbalora.predict import load_model
 from mofbalora.pretrained import resolve_model
 from mofbalora.training.fit import prepare_folder_data
-from mofbalora.uncertainty.recalibration import StdRecalibrator, _isotonic_knots
+from mofbalora.uncertainty.recalibration import StdRecalibrator, isotonic_knots
 
 
 def family_rarity(family: np.ndarray, train_family: np.ndarray) -> np.ndarray:
@@ -43,11 +43,11 @@ def scores(calibration, validation, train_family: np.ndarray, settings: Calibrat
             val_std = stage.predict(val_std, distance=val.embedding_distance)
         if "rarity" in kind:
             cal_r, val_r = (family_rarity(p.metal_family, train_family) for p in (cal, val))
-            knots, factors = _isotonic_knots(cal_r, ((cal_gaps - cal.mean) / cal_std) ** 2, increasing=True,
+            knots, factors = isotonic_knots(cal_r, ((cal_gaps - cal.mean) / cal_std) ** 2, increasing=True,
                                              min_bin_size=30)
             cal_std = cal_std * np.sqrt(np.interp(cal_r, knots, factors))
             val_std = val_std * np.sqrt(np.interp(val_r, knots, factors))
-        conformal = _conformal(settings).fit(cal.mean, cal_std, cal_gaps)
+        conformal = conformal_calibrator(settings).fit(cal.mean, cal_std, cal_gaps)
         out[kind] = recalibration_score(conformal.point_prediction(val.mean, val_std),
                                         conformal.calibrated_std(val.mean, val_std), val_gaps, val.metal_family,
                                         min_family=settings.min_family_validation)

@@ -83,7 +83,7 @@ class StdRecalibrator:
         if "distance" in self.stages:
             distance = self._check(distance, "distance", len(std_ev))
             finite = np.isfinite(distance)
-            self.distance_knots_, self.distance_factors_ = _isotonic_knots(distance[finite], z2[finite], increasing=True,
+            self.distance_knots_, self.distance_factors_ = isotonic_knots(distance[finite], z2[finite], increasing=True,
                                                                            min_bin_size=self.min_bin_size)
         return self
 
@@ -153,8 +153,8 @@ class StdRecalibrator:
         return recalibrator
 
 
-def _isotonic_knots(x: np.ndarray, z2: np.ndarray, *, increasing: bool | str,
-                    min_bin_size: int) -> tuple[np.ndarray, np.ndarray]:
+def isotonic_knots(x: np.ndarray, z2: np.ndarray, *, increasing: bool | str,
+                   min_bin_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(knots, factors): sklearn's isotonic fit of the mean z² of equal-count bins of x (at least
     ``min_bin_size`` points each, weighted by their counts) on the bins' mean x, clipped to
     :data:`FACTOR_BOUNDS`; interpolated linearly between knots, flat beyond."""
@@ -174,7 +174,7 @@ def _isotonic_knots(x: np.ndarray, z2: np.ndarray, *, increasing: bool | str,
 def _monotone_sigma_map(log_std: np.ndarray, z2: np.ndarray, min_bin_size: int) -> tuple[np.ndarray, np.ndarray]:
     """k_σ at knots in log σ, adjusted so that σ·√k_σ(σ) never decreases between or at knots (the
     running maximum of the map on a dense grid, expressed back as factors)."""
-    knots, factors = _isotonic_knots(log_std, z2, increasing="auto", min_bin_size=min_bin_size)
+    knots, factors = isotonic_knots(log_std, z2, increasing="auto", min_bin_size=min_bin_size)
     grid = np.linspace(knots[0], knots[-1], 512)
     mapped = np.maximum.accumulate(np.exp(grid) * np.sqrt(np.interp(grid, knots, factors)))
     return grid, np.clip((mapped / np.exp(grid)) ** 2, *FACTOR_BOUNDS)
