@@ -47,3 +47,10 @@ def test_the_rule_takes_the_most_accurate_fast_candidate_and_prefers_a_faster_ne
     assert pilot.choose(table, design) == "faster-near-tie"  # slow-best is under the floor
     assert pilot.choose(table.drop(index="faster-near-tie"), design) == "fast-best"
     assert pilot.choose(table.assign(mofs_per_s=1.0), design) is None
+
+
+def test_no_choice_is_written_while_a_declared_candidate_is_unscored(tmp_path):
+    out = tmp_path / "pilot.md"
+    assert pilot.write_report(tmp_path / "results", out) is None
+    text = out.read_text()
+    assert "No choice yet" in text and "`a-baseline`" in text and "| e-members | not run |" in text
