@@ -26,7 +26,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from mofbalora.backbones.base import GraphBackbone, mean_pool
-from mofbalora.featurise.sevennet import CHECKPOINT, N_SCALARS, SevenNetFeaturiser, load_sevennet
+from mofbalora.featurise.sevennet import CHECKPOINT, EARLY_BLOCK, N_SCALARS, SevenNetFeaturiser, load_sevennet
 
 
 def linear_from_e3nn(irreps_linear: nn.Module) -> nn.Linear:
@@ -146,15 +146,16 @@ class AtomwiseMLPHead(nn.Module):
 
 class SevenNetEarlyBackbone(SevenNetBackbone):
     """Cached SevenNet-0 block-1 invariants (the network cut after block 1) read atom by atom by a
-    trainable MLP, averaged per structure (the accuracy pilot's candidate c-early; docs/method.md §16). The head starts from a
-    seeded random init, so it is trained first (method ``full``, which here trains only the head:
+    trainable MLP, averaged per structure (the accuracy pilot's candidate c-early; docs/method.md
+    §16). The head starts from a seeded random init, so it is trained first (method ``full``, which here trains only the head:
     nothing upstream has parameters) and adapters go on that fit (``init_from``). Its rows are atoms,
     so BaLoRA's per-structure noise reaches them through the atoms' structure index."""
 
     name = "sevennet-early"
     module_entities = {r"^head\.": "atom"}
 
-    def __init__(self, *, checkpoint: str = CHECKPOINT, read_block: int = 1, hidden: int = 64, seed: int = 0) -> None:
+    def __init__(self, *, checkpoint: str = CHECKPOINT, read_block: int = EARLY_BLOCK, hidden: int = 64,
+                 seed: int = 0) -> None:
         # the network is cut after the block the head reads: nothing later is run or cached
         super().__init__(checkpoint=checkpoint, read_block=read_block, atom_blocks=(read_block,),
                          through_block=read_block)

@@ -19,11 +19,11 @@ def get_featuriser(name: str, **kwargs: Any) -> Featuriser:
     from mofbalora.featurise.cgcnn import CGCNNFeaturiser
     from mofbalora.featurise.chgnet import CHGNetFeaturiser
     from mofbalora.featurise.fusion import CGCNNSevenNetFeaturiser
-    from mofbalora.featurise.sevennet import SevenNetFeaturiser
+    from mofbalora.featurise.sevennet import EARLY_BLOCK, SevenNetFeaturiser
 
-    # sevennet-early reads block 1 only, so its featuriser cuts the network there
+    # sevennet-early reads one early block only, so its featuriser cuts the network there
     registry = {"cgcnn": CGCNNFeaturiser, "chgnet": CHGNetFeaturiser, "sevennet": SevenNetFeaturiser,
-                "sevennet-early": partial(SevenNetFeaturiser, atom_blocks=(1,), through_block=1),
+                "sevennet-early": partial(SevenNetFeaturiser, atom_blocks=(EARLY_BLOCK,), through_block=EARLY_BLOCK),
                 "cgcnn-sevennet": CGCNNSevenNetFeaturiser}
     if name not in registry:
         raise ValueError(f"unknown featuriser {name!r}; choose from {sorted(registry)}")

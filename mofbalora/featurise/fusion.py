@@ -14,10 +14,10 @@ from pymatgen.core import Structure
 
 from mofbalora.featurise.base import Featuriser
 from mofbalora.featurise.cgcnn import CGCNNFeaturiser, CGCNNGraph
-from mofbalora.featurise.sevennet import SevenNetFeaturiser
+from mofbalora.featurise.sevennet import EARLY_BLOCK, SevenNetFeaturiser
 
 #: the SevenNet-0 block whose pooled invariants are fused
-FUSED_BLOCK = 1
+FUSED_BLOCK = EARLY_BLOCK
 
 
 class CGCNNSevenNetFeaturiser(Featuriser):

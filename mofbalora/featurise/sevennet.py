@@ -35,6 +35,8 @@ from mofbalora.featurise.base import Featuriser
 CHECKPOINT = "7net-0"
 N_BLOCKS = 5
 N_SCALARS = 128  # the 0e channels that lead every block's node features
+#: the block a frozen-feature probe found the most band-gap information in (issue 44); early heads read it
+EARLY_BLOCK = 1
 
 
 #: per process: featuriser copies sent to worker processes load the model once, not once per structure
