@@ -144,11 +144,14 @@ def validation_curve(member_dir: Path) -> dict[str, Any]:
 def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool,
              overrides: dict[str, Any]) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping, Timer]:
     checkpoint = ModelCheckpoint(dirpath=member_dir / "checkpoints", filename="best", monitor="val_mae_ev",
-                                 mode="min", save_last=True)
+                                 mode="min")
+    # every epoch's end, for resuming: Lightning >= 2.5 writes ``save_last`` only when a new best is
+    # saved, so a run resumed from it lost (and repeated) every epoch since its best
+    last = ModelCheckpoint(dirpath=member_dir / "checkpoints", filename="last", enable_version_counter=False)
     early_stop = EarlyStopping(monitor="val_mae_ev", mode="min", patience=config.patience)
     timer = Timer()  # its elapsed time is checkpointed, so a resumed fit keeps counting
     kwargs = {"accelerator": "cpu", "devices": 1, **{k: v for k, v in overrides.items() if v is not None}}
-    trainer = L.Trainer(max_epochs=config.epochs, callbacks=[checkpoint, early_stop, timer],
+    trainer = L.Trainer(max_epochs=config.epochs, callbacks=[checkpoint, last, early_stop, timer],
                         logger=CSVLogger(member_dir, name=LOGS_DIR, version=_log_version(member_dir)),
                         enable_progress_bar=progress,
                         enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0,

@@ -224,6 +224,23 @@ def test_resume_after_interruption_is_reproducible(tmp_path, tiny_dataset):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
+def test_an_interrupted_run_resumes_from_its_last_epoch_not_its_best(tmp_path, tiny_dataset):
+    """With lr 0 no epoch improves on the first: the resume point is still the last epoch run
+    (Lightning's ``save_last`` alone kept epoch 0, so the rerun repeated epoch 1)."""
+    config = tiny_config("lora", epochs=3, lr=0.0)
+    folder = tmp_path / "m"
+    steps_per_epoch = int(np.ceil(0.3 * 100 / config.batch_size))  # the split's 30 training structures
+    assert fit(config, data=tiny_dataset, out_dir=folder, progress=False,
+               trainer_overrides={"max_steps": 2 * steps_per_epoch}) is None
+    checkpoints = folder / "members/0/checkpoints"
+    best, last = (torch.load(checkpoints / f"{name}.ckpt", weights_only=False) for name in ("best", "last"))
+    assert best["global_step"] == steps_per_epoch
+    assert (last["epoch"], last["global_step"]) == (1, 2 * steps_per_epoch)
+    assert fit(config, data=tiny_dataset, out_dir=folder, progress=False) == folder
+    history = epoch_history(folder / "members" / "0").dropna(subset=["val_mae_ev"])
+    assert list(history["epoch"]) == [0, 1, 2] and list(history["session"]) == [0, 0, 1]
+
+
 def test_a_max_steps_stop_inside_an_epoch_runs_to_its_end_and_resumes(tmp_path, tiny_dataset):
     """--max-steps smaller than an epoch: training runs to the epoch's end (stopped inside it, early
     stopping had no validation metric and raised), and the rerun trains every epoch."""
