@@ -261,20 +261,16 @@ def group_screening(n: int, n_profiled: int = 150) -> dict[str, Any]:
     import numpy as np
 
     from mofbalora.data import read_structure
-    from mofbalora.data.coremof import extract_coremof
     from mofbalora.featurise.base import sample_num_atoms
     from mofbalora.model_folder import model_json_sha256
     from mofbalora.predict import load_model
     from mofbalora.pretrained import DEFAULT_MODEL, resolve_model
+    from pipelines.screen_speed import coremof_screen_inputs, timed_predict
 
-    work = Path(tempfile.mkdtemp(prefix="mofbalora-screen-"))
-    try:
-        model = load_model(resolve_model(None))
-        samples = model.default_samples
-        cifs = extract_coremof(work / "cifs", limit=n)
-        start = time.perf_counter()
-        table = model.predict(cifs, samples=samples, cache_dir=work / "cache")
-        seconds = time.perf_counter() - start
+    model = load_model(resolve_model(None))
+    samples = model.default_samples
+    with coremof_screen_inputs(n) as (cifs, cache_dir):
+        table, seconds = timed_predict(model, cifs, cache_dir)
         featuriser = model.backbone.make_featuriser()
         read_s, featurise_s, featurised = 0.0, 0.0, []
         for path in cifs:
@@ -291,9 +287,7 @@ def group_screening(n: int, n_profiled: int = 150) -> dict[str, Any]:
             except Exception:  # noqa: BLE001
                 pass
             featurise_s += time.perf_counter() - middle
-        start = time.perf_counter()  # the same screen again, features now cached: the model's share
-        model.predict(cifs, samples=samples, cache_dir=work / "cache")
-        model_s = time.perf_counter() - start
+        model_s = timed_predict(model, cifs, cache_dir)[1]  # the same screen again, features now cached: the model's share
         rng = np.random.default_rng(0)
         profiled = [featurised[i] for i in sorted(rng.choice(len(featurised), min(n_profiled, len(featurised)),
                                                              replace=False))]
@@ -304,8 +298,6 @@ def group_screening(n: int, n_profiled: int = 150) -> dict[str, Any]:
             model.predictive([sample], n_samples=samples)
             per_mof.append(time.perf_counter() - start)
             atoms.append(sample_num_atoms(sample))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     atoms_arr, per_mof_arr = np.asarray(atoms, dtype=float), np.asarray(per_mof)
     slope, intercept = np.polyfit(atoms_arr, per_mof_arr, 1)
     exponent = float(np.polyfit(np.log(atoms_arr), np.log(per_mof_arr), 1)[0])
@@ -352,13 +344,12 @@ def group_screening_processes(n: int) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from mofbalora.data.coremof import extract_coremof
+    from pipelines.screen_speed import coremof_screen_inputs
 
-    work = Path(tempfile.mkdtemp(prefix="mofbalora-ddp-"))
-    try:
-        cifs = extract_coremof(work / "cifs", limit=n)
-        env = {**os.environ, "MOFBALORA_CACHE": str(work / "cache"), "PYTHONWARNINGS": "ignore"}
-        base = [sys.executable, "-m", "mofbalora.cli", "screen", "--gap", "1.5:3.0", str(work / "cifs")]
+    with coremof_screen_inputs(n) as (cifs, cache_dir):
+        work = cache_dir.parent
+        env = {**os.environ, "MOFBALORA_CACHE": str(cache_dir), "PYTHONWARNINGS": "ignore"}
+        base = [sys.executable, "-m", "mofbalora.cli", "screen", "--gap", "1.5:3.0", str(cifs[0].parent)]
         subprocess.run(base + ["--out", str(work / "warm.csv")], env=env, check=True, capture_output=True)  # fill the cache
         seconds = {}
         for label, extra in (("1_process", []), ("2_processes", ["--devices", "2", "--strategy", "ddp"])):
@@ -367,8 +358,6 @@ def group_screening_processes(n: int) -> dict[str, Any]:
             seconds[label] = time.perf_counter() - start
         one, two = (pd.read_csv(work / f"{label}.csv").set_index("id").sort_index() for label in seconds)
         agree = bool(np.allclose(one["bandgap_mean_ev"], two["bandgap_mean_ev"], atol=1e-5, equal_nan=True))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return {"n_inputs": len(cifs), "seconds": seconds, "speedup": seconds["1_process"] / seconds["2_processes"],
             "mofs_per_s": {label: len(cifs) / s for label, s in seconds.items()}, "tables_agree": agree}
 

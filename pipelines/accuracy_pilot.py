@@ -160,31 +160,24 @@ def screen_throughput(candidate: str, *, results: Path, n: int = 200) -> dict[st
     trained gets its featurisation alone timed the same way, an upper bound on its screening speed
     (``featurisation_only``): one under the floor cannot pass the rule, whatever its accuracy.
     Timed alone on the machine, or the figure means nothing."""
-    import shutil
-    import tempfile
-
-    from mofbalora.data.coremof import extract_coremof
     from mofbalora.model_folder import MODEL_FILE
     from mofbalora.predict import load_model
+    from pipelines.screen_speed import coremof_screen_inputs, timed_predict
 
     design = load_design()
     folder, config = step_configs(design, candidate, results / "pilot")[-1]
     trained = (folder / MODEL_FILE).exists()
-    work = Path(tempfile.mkdtemp(prefix="mofbalora-pilot-screen-"))
-    try:
-        cifs = extract_coremof(work / "cifs", limit=n)
+    with coremof_screen_inputs(n) as (cifs, cache_dir):
         if trained:
             model = load_model(folder)
             samples = model.default_samples
-            start = time.perf_counter()
-            n_ok = int((model.predict(cifs, samples=samples, cache_dir=work / "cache")["status"] == "ok").sum())
+            table, seconds = timed_predict(model, cifs, cache_dir)
+            n_ok = int((table["status"] == "ok").sum())
         else:
             samples = None
             start = time.perf_counter()
-            n_ok = len(featurise_paths(cifs, get_featuriser(config.backbone), cache_dir=work / "cache").samples)
-        seconds = time.perf_counter() - start
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            n_ok = len(featurise_paths(cifs, get_featuriser(config.backbone), cache_dir=cache_dir).samples)
+            seconds = time.perf_counter() - start
     figures = {"n_inputs": n, "n_predicted": n_ok, "samples": samples, "seconds": seconds, "mofs_per_s": n / seconds,
                "featurisation_only": not trained, "cores": os.cpu_count()}
     scores_path = results / "pilot" / candidate / "scores.json"
