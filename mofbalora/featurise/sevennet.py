@@ -70,12 +70,17 @@ class SevenNetFeaturiser(Featuriser):
 
     def __init__(self, *, checkpoint: str = CHECKPOINT, atom_blocks: tuple[int, ...] = (1, 4),
                  through_block: int | None = None) -> None:
-        last = N_BLOCKS - 1 if through_block is None else through_block
-        if not all(0 <= b <= last for b in atom_blocks) or last >= N_BLOCKS:
-            raise ValueError(f"atom_blocks must lie in 0..{last} (through_block {through_block}), got {atom_blocks}")
         self.checkpoint = checkpoint
         self.atom_blocks = tuple(atom_blocks)
         self.through_block = through_block
+        if not all(0 <= b <= self.last_block for b in atom_blocks) or self.last_block >= N_BLOCKS:
+            raise ValueError(f"atom_blocks must lie in 0..{self.last_block} (through_block {through_block}), "
+                             f"got {atom_blocks}")
+
+    @property
+    def last_block(self) -> int:
+        """The last interaction block this featuriser runs."""
+        return N_BLOCKS - 1 if self.through_block is None else self.through_block
 
     def config(self) -> dict[str, Any]:
         config = {"checkpoint": self.checkpoint, "atom_blocks": list(self.atom_blocks)}
@@ -102,7 +107,7 @@ class SevenNetFeaturiser(Featuriser):
         blocks: list[torch.Tensor] = []
         hooks = [model._modules[f"{b}_equivariant_gate"].register_forward_hook(
             lambda _m, _i, out: blocks.append(out[KEY.NODE_FEATURE][:, :N_SCALARS].detach().clone()))
-            for b in range(N_BLOCKS if self.through_block is None else self.through_block + 1)]
+            for b in range(self.last_block + 1)]
         try:
             output = model(data)
         finally:
