@@ -54,8 +54,10 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def member_seeds(method: str, seed: int, ensemble_size: int) -> list[int]:
-    return [seed + m for m in range(ensemble_size)] if method == "lora-ensemble" else [seed]
+def member_seeds(method: str, seed: int, ensemble_size: int, members: int = 1) -> list[int]:
+    """The seeds of a fit's independently trained members: ``ensemble_size`` of them for
+    ``lora-ensemble``, ``members`` (TrainConfig.members) for any other method."""
+    return [seed + m for m in range(ensemble_size if method == "lora-ensemble" else members)]
 
 
 BASE_WEIGHTS_FILE = "base_weights.safetensors"

@@ -62,6 +62,12 @@ PREDICTION_COLUMNS = ["id", "bandgap_mean_ev", "bandgap_std_ev", "bandgap_std_ep
 METALLIC_GAP_EV = 0.1
 
 
+def member_seed(seed: int, number: int) -> int:
+    """The sampling seed of member ``number``: ``seed`` itself for the first (a one-member model's
+    draws stay as they were), then ``seed + number`` wrapped into torch's generator range."""
+    return seed if number == 0 else (seed + number) % 2**64
+
+
 class _PredictionStep(L.LightningModule):
     """Per batch: input indices and draws (eV): BaLoRA weight samples, ensemble members, or one."""
 
@@ -72,12 +78,16 @@ class _PredictionStep(L.LightningModule):
 
     def predict_step(self, batch: tuple[Any, Any, torch.Tensor], batch_index: int) -> dict[str, torch.Tensor]:
         graphs, _, index = batch
-        if self.method in SAMPLING_METHODS:
-            with set_adapter_mode(self.members[0], "sample", samples=self.samples, seed=self.seed):
-                draws = self.members[0](graphs)  # [S, G]
+        if self.method in SAMPLING_METHODS:  # S draws of each member, each with its own seed: [M·S, G]
+            draws = torch.cat([self._sampled(member, graphs, member_seed(self.seed, number))
+                               for number, member in enumerate(self.members)])
         else:
             draws = torch.stack([forward_in_mode(member, graphs, "mean") for member in self.members])  # [M, G]
         return {"index": index, "draws": self.normaliser.to_ev(draws).T}  # [G, D] eV
+
+    def _sampled(self, member: nn.Module, graphs: Any, seed: int) -> torch.Tensor:
+        with set_adapter_mode(member, "sample", samples=self.samples, seed=seed):
+            return member(graphs)  # [S, G]
 
 
 @dataclass
@@ -176,7 +186,7 @@ class BandgapModel:
                       batch_size: int | None = None, progress: bool = False, progress_label: str | None = None,
                       trainer_kwargs: dict[str, Any] | None = None,
                       frozen_embeddings: torch.Tensor | None = None) -> np.ndarray:
-        """Draws [D, n] in eV, in input order: D = S samples (BaLoRA, MC dropout), M members, or 1.
+        """Draws [D, n] in eV, in input order: D = S samples of each member (BaLoRA, MC dropout), M members, or 1.
 
         With ``trainer_kwargs`` (e.g. ``{"devices": 2, "strategy": "ddp"}``) a Lightning Trainer runs
         the prediction, sharded across ranks and gathered back in input order; without, it runs in

@@ -155,7 +155,7 @@ def fit_members(config: TrainConfig, labelled: Part, val: Part, *, normaliser: T
                                            "calibration": empty, "test": empty},
                         skipped=pd.DataFrame(), labels_sha256="")
     members = []
-    for member_seed in member_seeds(config.method, config.seed, config.ensemble_size):
+    for member_seed in member_seeds(config.method, config.seed, config.ensemble_size, config.members):
         member_dir = round_dir / f"member{member_seed}"
         warm = None
         if previous is not None:

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
-from mofbalora.adapters.config import ADAPTER_KIND, ADAPTER_METHODS, AdapterConfig
+from mofbalora.adapters.config import ADAPTER_KIND, ADAPTER_METHODS, SAMPLING_METHODS, AdapterConfig
 from mofbalora.backbones.heads import HeadKind
 from mofbalora.config_schema import read_yaml_mapping, strict_from_dict
 
@@ -35,6 +35,9 @@ class TrainConfig:
             ``lora-mcdropout`` (LoRA with ``adapter.dropout``, sampled with dropout on).
         adapter: AdapterConfig fields (``kind`` is set from ``method``).
         ensemble_size: members of ``lora-ensemble``, seeds ``seed .. seed + M - 1``.
+        members: independently trained members of a sampling method (``balora``,
+            ``lora-mcdropout``), seeds ``seed .. seed + members - 1``; a prediction pools S draws
+            of each (members x S draws; docs/method.md §7).
         epochs, batch_size, lr, weight_decay: AdamW, peak learning rate ``lr``.
         schedule: ``warmup_cosine`` (linear warm-up over ``warmup_fraction`` of all steps, then
             cosine decay to 0) or ``onecycle`` (torch's OneCycleLR: 30% warm-up from lr/25, cosine
@@ -71,6 +74,7 @@ class TrainConfig:
     method: Method = "balora"
     adapter: dict[str, Any] = field(default_factory=dict)
     ensemble_size: int = 5
+    members: int = 1
     epochs: int = 15
     batch_size: int = 16
     lr: float = 3e-3
@@ -119,7 +123,10 @@ class TrainConfig:
             raise ValueError(f"warm_start_from continues trained adapters; method {self.method!r} has none")
         if self.alpha_net_lr_factor <= 0:
             raise ValueError(f"alpha_net_lr_factor must be > 0, got {self.alpha_net_lr_factor}")
-        for name in ("epochs", "batch_size", "ensemble_size", "calibration_samples", "ood_neighbours"):
+        if self.members != 1 and self.method not in SAMPLING_METHODS:
+            raise ValueError(f"members pools independently trained members of {SAMPLING_METHODS}; method "
+                             f"{self.method!r} " + ("has ensemble_size" if self.method == "lora-ensemble" else "samples nothing"))
+        for name in ("epochs", "batch_size", "ensemble_size", "members", "calibration_samples", "ood_neighbours"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.ood_quantile < 1:

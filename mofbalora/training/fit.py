@@ -351,7 +351,7 @@ def fit(config: TrainConfig, *, data: str | os.PathLike | None = None, out_dir: 
     # training embeddings also anchor the embedding-distance OOD flag (§9).
     parts = ("train", "val") if config.method == "balora" else ("train",)
     frozen = {part: compute_frozen_embeddings(bare, prepared.parts[part][1]) for part in parts}
-    seeds, noise_std_ev = member_seeds(config.method, config.seed, config.ensemble_size), []
+    seeds, noise_std_ev = member_seeds(config.method, config.seed, config.ensemble_size, config.members), []
     if warm_starts is not None and len(warm_starts) != len(seeds):
         raise ValueError(f"{config.warm_start_from}: {len(warm_starts)} members to warm-start {len(seeds)}")
     for number, seed in enumerate(seeds):

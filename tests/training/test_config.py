@@ -54,6 +54,10 @@ def test_numbers_pyyaml_reads_as_text_are_numbers(tmp_path):
     ("epochs: [\n", "not valid YAML at line 2, column 1"),
     ("epochs: 3\n  lr: 2\n", "not valid YAML at line 2, column 5: mapping values are not allowed here"),
     ("- a\n- b\n", "expected a mapping of training settings"),
+    ("method: lora\nmembers: 3\n", "members pools independently trained members of ('balora', 'lora-mcdropout'); "
+                                    "method 'lora' samples nothing"),
+    ("method: lora-ensemble\nmembers: 3\n", "method 'lora-ensemble' has ensemble_size"),
+    ("members: 0\n", "members must be >= 1, got 0"),
 ])
 def test_a_wrong_value_is_one_error_naming_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ValueError) as refused:

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from mofbalora.data import read_structure
 from mofbalora.data.splits import Split, make_split
+from mofbalora.featurise import featurise_paths
 from mofbalora.fit_calibrate import fit_calibrated
 from mofbalora.predict import PREDICTION_COLUMNS, load_model
 from mofbalora.training.fit import FolderMismatchError, epoch_history, fit
@@ -222,6 +223,22 @@ def test_resume_after_interruption_is_reproducible(tmp_path, tiny_dataset):
     b = load_file(resumed / "members/0/adapter/adapter_model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_balora_members_pool_each_members_draws(tmp_path, tiny_dataset):
+    """members: 2 trains two BaLoRA members (seeds 0, 1); a prediction is S draws of each. The first
+    member is the one-member fit, drawn with the same seed; the second draws with seed + 1."""
+    one, two = (fit(tiny_config("balora", epochs=1, members=m), data=tiny_dataset, out_dir=tmp_path / str(m),
+                    progress=False) for m in (1, 2))
+    assert json.loads((two / "model.json").read_text())["member_seeds"] == [0, 1]
+    alone, pooled = load_model(one), load_model(two)
+    samples = list(featurise_paths([tiny_dataset / f"{i}.cif" for i in Split.load(two / "split.json").test[:5]],
+                                   alone.backbone.make_featuriser(), cache_dir=None, progress=False).samples)
+    draws_one = alone.predict_draws(samples, n_samples=4, seed=7)
+    draws_two = pooled.predict_draws(samples, n_samples=4, seed=7)
+    assert draws_one.shape == (4, 5) and draws_two.shape == (8, 5)
+    np.testing.assert_allclose(draws_two[:4], draws_one, rtol=1e-5, atol=1e-6)
+    assert np.abs(draws_two[4:] - draws_one).min() > 0  # another member, and another seed
 
 
 def test_an_interrupted_run_resumes_from_its_last_epoch_not_its_best(tmp_path, tiny_dataset):
