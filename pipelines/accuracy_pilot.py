@@ -93,15 +93,32 @@ def screen_split(design: dict) -> Split:
                  seed=release.seed, method=f"{release.method}; train: screen subset {design['screen_subset']}")
 
 
+def single_candidates(design: dict) -> list[str]:
+    """The candidates the rule chooses among: those with a recipe of their own (a list of steps);
+    one built from the choice (``members_of_choice``) is not among them."""
+    return [name for name, recipe in design.get("recipes", {}).items() if isinstance(recipe, list)]
+
+
 def step_configs(design: dict, candidate: str, run_dir: Path) -> list[tuple[Path, TrainConfig]]:
     """(folder, config) of each training step of ``candidate``: its recipe's settings over the
     release recipe's (the adapter's merged key by key; a ``full`` step has none), a step with
-    ``init_from: previous`` starting from the step before it."""
-    if candidate not in design.get("recipes", {}):
+    ``init_from: previous`` starting from the step before it. A recipe ``{members_of_choice: M}``
+    is the chosen candidate's steps, its earlier folders shared, and its last step again in this
+    candidate's folder with ``members: M``."""
+    recipe = design.get("recipes", {}).get(candidate)
+    if recipe is None:
         raise ValueError(f"no recipe for {candidate!r}; recipes: {sorted(design.get('recipes', {}))}")
+    if isinstance(recipe, dict):
+        chosen = pilot_choice(design, run_dir.parent)[0]
+        if chosen is None:
+            raise ValueError(f"{candidate} is built from the pilot's choice, and there is none yet")
+        steps = step_configs(design, chosen, run_dir)
+        last = len(steps) - 1
+        return steps[:last] + [(run_dir / candidate / f"step{last}",
+                                TrainConfig.from_dict({**steps[last][1].to_dict(), "members": recipe["members_of_choice"]}))]
     base = load_train_config(RELEASE_RECIPE).to_dict()
     steps: list[tuple[Path, TrainConfig]] = []
-    for number, step in enumerate(design["recipes"][candidate]):
+    for number, step in enumerate(recipe):
         values = {**base, **{k: v for k, v in step.items() if k != "adapter"}}
         values["adapter"] = {} if values["method"] == "full" else {**base["adapter"], **step.get("adapter", {})}
         if values.get("init_from") == "previous":
@@ -186,10 +203,13 @@ def screen_throughput(candidate: str, *, results: Path, n: int = 200) -> dict[st
     return figures
 
 
-def pilot_table(design: dict, results: Path) -> pd.DataFrame:
-    """One row per declared candidate from its ``scores.json`` (NaN where it was not run or not timed)."""
+def pilot_table(design: dict, results: Path, names: list[str] | None = None) -> pd.DataFrame:
+    """One row per declared candidate (or per one of ``names``) from its ``scores.json`` (NaN where
+    it was not run or not timed)."""
     rows = []
     for candidate, spec in design["candidates"].items():
+        if names is not None and candidate not in names:
+            continue
         path = results / "pilot" / candidate / "scores.json"
         scores = json.loads(path.read_text()) if path.exists() else {}
         validation, speed = scores.get("validation"), scores.get("screen_throughput", {})
@@ -236,12 +256,36 @@ def choose(table: pd.DataFrame, design: dict) -> str | None:
     return str(near["mofs_per_s"].idxmax())
 
 
+def pilot_choice(design: dict, results: Path) -> tuple[str | None, str | None, list[str]]:
+    """(the choice, the rule's leader so far, the candidates still to score). The rule chooses
+    among every single candidate, so there is no choice while one is unscored; one whose
+    featurisation alone is under the speed floor cannot pass the rule and needs no score."""
+    table = pilot_table(design, results, single_candidates(design))
+    leader = choose(table, design)
+    scored = table["mae_ev"].notna() if "mae_ev" in table else pd.Series(False, index=table.index)
+    excluded = table["speed_bound_only"] & (table["mofs_per_s"] < design["min_screen_mofs_per_s"])
+    pending = [name for name in single_candidates(design)
+               if not scored.get(name, False) and not excluded.get(name, False)]
+    return (None if pending else leader), leader, pending
+
+
+def keep_members(table: pd.DataFrame, chosen: str, members: str, design: dict) -> bool | None:
+    """The declared rule for the members built from the choice: kept if their validation MAE is no
+    worse than the choice's, their ENCE lower, and they still screen at the speed floor; None while
+    they are unscored or untimed."""
+    row, base = table.loc[members], table.loc[chosen]
+    if pd.isna(row.get("mae_ev")) or pd.isna(row.get("mofs_per_s")):
+        return None
+    return bool(row["mae_ev"] <= base["mae_ev"] and row["ence"] < base["ence"]
+                and row["mofs_per_s"] >= design["min_screen_mofs_per_s"])
+
+
 def write_report(results: Path, out: Path = ROOT / "docs" / "results" / "accuracy_pilot.md") -> str | None:
     """The pilot's table and the rule's choice, as markdown (atomic); returns the choice (None while a
-    candidate with a recipe is unscored)."""
+    single candidate is unscored)."""
     design = load_design()
-    table = pilot_table(design, results)
-    winner = choose(table, design)
+    winner, leader, pending = pilot_choice(design, results)
+    table = pilot_table(design, results)  # a candidate built from the choice has scores only after it
 
     def cell(row: pd.Series, key: str, fmt: str) -> str:
         value = row.get(key)
@@ -278,17 +322,21 @@ def write_report(results: Path, out: Path = ROOT / "docs" / "results" / "accurac
                      f"| {row['coverage_95']:.3f} | {row['ence']:.3f} | {row['zms']:.2f} "
                      f"| {'–' if family is None else f'{family[0]:.2f}–{family[1]:.2f}'} | {row['epochs']} "
                      f"| {row['train_cost_full_data_h']:.2f} | {cell(row, 'mofs_per_s', '.2f')} |")
-    scored = table["mae_ev"].notna() if "mae_ev" in table else pd.Series(False, index=table.index)
-    # one whose featurisation alone is under the speed floor cannot pass the rule: it needs no score
-    excluded = table["speed_bound_only"] & (table["mofs_per_s"] < design["min_screen_mofs_per_s"])
-    pending = [name for name in design.get("recipes", {}) if not scored.get(name, False) and not excluded.get(name, False)]
-    if pending:  # the rule chooses among every declared candidate, so no choice while one is unscored
+    derived = [name for name in design.get("recipes", {}) if name not in single_candidates(design)]
+    if pending:
         lines += ["", f"**No choice yet:** {', '.join(f'`{n}`' for n in pending)} not scored; leader so far by the "
-                      f"rule: `{winner}`.", ""]
-        winner = None
+                      f"rule: `{leader}`. Built from the choice, so not yet run: "
+                      f"{', '.join(f'`{n}`' for n in derived) or 'none'}.", ""]
+    elif winner is None:
+        lines += ["", "**No choice:** no scored candidate has a screening speed at or above the floor.", ""]
     else:
-        lines += ["", f"**Choice: `{winner}`** (by the rule above)." if winner else
-                  "**No choice:** no scored candidate has a screening speed at or above the floor.", ""]
+        lines += ["", f"**Choice: `{winner}`** (by the rule above)."]
+        for name in derived:
+            kept = keep_members(table, winner, name, design) if name in table.index else None
+            verdict = {None: "not yet scored and timed", True: "kept (the rule for members holds)",
+                       False: "not kept (the rule for members fails)"}[kept]
+            lines.append(f"- `{name}`, built from `{winner}`: {verdict}.")
+        lines.append("")
     lines += [f"- `{name}`: {row['what']}" for name, row in table.iterrows()]
     write_text_atomic(out, "\n".join(lines) + "\n")
     return winner

@@ -54,3 +54,42 @@ def test_no_choice_is_written_while_a_declared_candidate_is_unscored(tmp_path):
     assert pilot.write_report(tmp_path / "results", out) is None
     text = out.read_text()
     assert "No choice yet" in text and "`a-baseline`" in text and "| e-members | not run |" in text
+
+
+def _scores(mae_ev: float, ence: float, mofs_per_s: float) -> dict:
+    """A candidate's scores.json as `run` and `throughput` write it (the figures the rule reads)."""
+    value = lambda v: {"value": v, "ci_low": v, "ci_high": v}  # noqa: E731
+    return {"validation": {"mae_ev": value(mae_ev), "spearman_std_abs_error": value(0.2), "coverage_95": 0.95,
+                           "consistency": {"ence": value(ence), "zms": value(1.0), "zms_by_metal_family": []}},
+            "train_cost_full_data_h_estimate": 1.0, "training": [{"epochs": 30}],
+            "screen_throughput": {"mofs_per_s": mofs_per_s, "featurisation_only": False}}
+
+
+def test_members_are_built_from_the_choice_and_kept_by_their_own_rule(tmp_path):
+    import json
+
+    design = {"candidates": {n: {"what": n} for n in ("x", "y", "e")}, "min_screen_mofs_per_s": 3.0, "tie_ev": 0.01,
+              "recipes": {"x": [{"lr": 0.01}], "y": [{"method": "full", "adapter": {}}, {"init_from": "previous"}],
+                          "e": {"members_of_choice": 3}}}
+    run_dir = tmp_path / "pilot"
+    with pytest.raises(ValueError, match="built from the pilot's choice, and there is none yet"):
+        pilot.step_configs(design, "e", run_dir)
+
+    def score(name: str, *figures: float) -> None:
+        (run_dir / name).mkdir(parents=True, exist_ok=True)
+        (run_dir / name / "scores.json").write_text(json.dumps(_scores(*figures)))
+
+    score("x", 0.30, 0.10, 7.0)
+    assert pilot.pilot_choice(design, tmp_path) == (None, "x", ["y"])  # y unscored: no choice
+    score("y", 0.28, 0.10, 7.0)
+    assert pilot.pilot_choice(design, tmp_path) == ("y", "y", [])
+    (full_folder, full), (folder, members) = pilot.step_configs(design, "e", run_dir)
+    (y_full_folder, _), (_, y_last) = pilot.step_configs(design, "y", run_dir)
+    assert full_folder == y_full_folder and folder == run_dir / "e" / "step1"  # the full fine-tune is shared
+    assert members.members == 3 and members.to_dict() == {**y_last.to_dict(), "members": 3}
+    score("e", 0.28, 0.08, 3.5)
+    table = pilot.pilot_table(design, tmp_path)
+    assert pilot.keep_members(table, "y", "e", design) is True
+    for worse in (table.assign(mae_ev=[0.30, 0.28, 0.281]), table.assign(ence=[0.1, 0.1, 0.1]),
+                  table.assign(mofs_per_s=[7.0, 7.0, 2.9])):
+        assert pilot.keep_members(worse, "y", "e", design) is False
