@@ -478,8 +478,9 @@ def main(argv: list[str] | None = None) -> Path:
     realised: dict[str, Realised] = {}
     cost: dict[str, dict[str, Any]] = {}
     n_train, n_test = len(parts["train"][2]), len(truth["test"])
+    draws_by_method: dict[str, list[tuple[Any, dict[str, np.ndarray]]]] = {}
     for name, spec in profile["methods"].items():
-        per_seed = []
+        per_seed = draws_by_method[name] = []
         for folder in folders[name]:
             model = load_model(folder)
             per_seed.append((model, cached(run_dir / "predictions" / f"{folder.name}-S{claim_s}.npz",
@@ -518,6 +519,19 @@ def main(argv: list[str] | None = None) -> Path:
                             "train_passes_per_seed": cost[name]["train_passes_per_seed"] // m,
                             "inference_wall_s_per_structure": cost[name]["inference_wall_s_per_structure"] / m,
                             "inference_passes_per_structure": 1}
+
+    # A sampling method's seeds pooled as one model's independently trained members (TrainConfig.members,
+    # docs/method.md §7; issue 45): S draws of each, the members' noise variances averaged; nothing trains anew.
+    for name, source in profile.get("pooled_members", {}).items():
+        per_seed = draws_by_method[source]
+        noise = [aleatoric_by_set(m, {s: d[s].mean(0) for s in sets}, frozen, counts) for m, d in per_seed]
+        realised[name] = Realised(
+            {s: study.MethodRuns(name, np.concatenate([d[s] for _, d in per_seed]),
+                                 np.full((sum(len(d[s]) for _, d in per_seed), len(truth[s])), np.nan), pooled=True,
+                                 aleatoric=np.sqrt(np.mean([n[s] ** 2 for n in noise], axis=0))[None]) for s in sets},
+            [float(np.sqrt(np.mean([m.noise_std_ev ** 2 for m, _ in per_seed])))])
+        m = len(per_seed)
+        cost[name] = {key: value * m for key, value in cost[source].items()}  # one model of m members
 
     # Laplace-LoRA: post hoc on each LoRA seed (an ensemble member).
     ensemble_folder = folders["lora-ensemble"][0]
@@ -561,7 +575,8 @@ def main(argv: list[str] | None = None) -> Path:
     # Step 4: scores. Every CI resamples seeds and structures (docs/method.md §12).
     rng = np.random.default_rng(profile["seed"])
     n_boot = profile["bootstrap"]
-    order = ["full", "lora", "lora-ensemble", "laplace-lora", "lora-mcdropout", "balora-constant-alpha", "balora"]
+    order = ["full", "lora", "lora-ensemble", "laplace-lora", "lora-mcdropout", "balora-constant-alpha",
+             *profile.get("pooled_members", {}), "balora"]
     order = [m for m in order if m in realised]
     uncertain = [m for m in order if realised[m].runs["test"].has_std]
     hits = {m: calibrated(realised[m], truth) for m in order}
@@ -610,6 +625,11 @@ def main(argv: list[str] | None = None) -> Path:
                                     [realised[m].runs[key].total() for m in order if m != "balora"], truth[key], rng, n_boot)
         metrics["shift"][name] = {"n": len(truth[key]), "table": shift_rows, "claim_1": shift_claim,
                                   "claim_1_total": total_claim}
+        # each pooled-members model's total std against the ensemble's (issue 45: does it close the gap?)
+        metrics["shift"][name]["members_total_vs_ensemble"] = {
+            members: study.claim_1(realised[members].runs[key].total(), [realised["lora-ensemble"].runs[key].total()],
+                                   truth[key], rng, n_boot)["lora-ensemble"]
+            for members in profile.get("pooled_members", {})}
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     metrics["setup"] = {

@@ -10,7 +10,8 @@ from typing import Any
 from mofbalora.data.io import write_text_atomic
 
 LABELS = {"full": "full fine-tuning", "lora": "LoRA", "lora-ensemble": "LoRA ensemble", "laplace-lora": "Laplace-LoRA",
-          "lora-mcdropout": "MC-dropout LoRA", "balora-constant-alpha": "BaLoRA, constant α", "balora": "BaLoRA"}
+          "lora-mcdropout": "MC-dropout LoRA", "balora-constant-alpha": "BaLoRA, constant α", "balora": "BaLoRA",
+          "balora-members": "BaLoRA, seeds pooled as members"}
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -154,6 +155,9 @@ def shift_section(metrics: dict[str, Any]) -> str:
         if shift.get("claim_1_total"):
             parts.append("The std a user gets (total" + (f", after the {kind} recalibration" if kind else "")
                          + "), BaLoRA's against each method's:\n\n" + peers_table(shift["claim_1_total"]))
+        for members, entry in shift.get("members_total_vs_ensemble", {}).items():
+            parts.append(f"{_label(members)}, total std against the LoRA ensemble's: ρ difference "
+                         f"{_ci(entry['spearman_difference'])} ({entry['verdict']}).")
     return "\n\n".join(parts)
 
 

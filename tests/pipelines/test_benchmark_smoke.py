@@ -13,7 +13,8 @@ from .conftest import run_smoke_target
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ["rho_vs_S.png", "parity_balora.png", "parity_lora-ensemble.png", "error_retention.png", "cost.png"]
 VERDICTS = {"holds", "does not hold", "inconclusive"}
-METHODS = {"full", "lora", "lora-ensemble", "laplace-lora", "lora-mcdropout", "balora-constant-alpha", "balora"}
+METHODS = {"full", "lora", "lora-ensemble", "laplace-lora", "lora-mcdropout", "balora-constant-alpha", "balora-members",
+           "balora"}
 UNCERTAIN = METHODS - {"full", "lora"}
 
 
@@ -131,6 +132,24 @@ def test_shift_sets_have_their_own_scores_and_claim_1(report_dir):
     setup = metrics["setup"]
     assert len(setup["labels_sha256"]) == 64 and setup["versions"]["torch"].startswith("2.13")
     assert setup["git_commit"] and "finished" in setup
+
+
+def test_balora_seeds_pooled_as_members_are_scored_as_one_model(report_dir):
+    """pooled_members: the BaLoRA seeds' cached draws as one model's members, at their summed cost,
+    and on each shift set its total std against the ensemble's."""
+    folder, _, _ = report_dir
+    metrics = json.loads((folder / "metrics.json").read_text())
+    table, setup = metrics["table"], metrics["setup"]
+    seeds = len(setup["seeds"]["balora"])
+    cost, per_seed = table["balora-members"]["cost"], table["balora"]["cost"]
+    assert cost["inference_passes_per_structure"] == seeds * setup["claim_samples"]
+    assert cost["train_passes_per_seed"] == seeds * per_seed["train_passes_per_seed"]
+    assert table["balora-members"]["mae_ev"]["value"] != table["balora"]["mae_ev"]["value"]
+    report = (folder / "report.md").read_text()
+    for shift in metrics["shift"].values():
+        entry = shift["members_total_vs_ensemble"]["balora-members"]
+        assert entry["verdict"] == _verdict_of(entry["spearman_difference"])
+    assert "BaLoRA, seeds pooled as members, total std against the LoRA ensemble's: ρ difference" in report
 
 
 def test_shift_sets_are_what_the_config_declares(report_dir, qmof_dataset):
