@@ -39,6 +39,9 @@ def _label(method: str) -> str:
 def _seeds(metrics: dict[str, Any], method: str) -> str:
     if method == "lora-ensemble":  # one ensemble; its CI resamples the members
         return f"M = {metrics['setup']['config']['ensemble_size']} members"
+    source = metrics["setup"]["config"].get("pooled_members", {}).get(method)
+    if source is not None:  # one model whose members are another method's seeds
+        return f"M = {len(metrics['setup']['seeds'][source])} members ({_label(source)}'s seeds)"
     row = metrics["table"][method]["mae_ev"]
     return str(len(row["per_seed"]))
 

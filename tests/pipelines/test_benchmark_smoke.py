@@ -150,6 +150,7 @@ def test_balora_seeds_pooled_as_members_are_scored_as_one_model(report_dir):
         entry = shift["members_total_vs_ensemble"]["balora-members"]
         assert entry["verdict"] == _verdict_of(entry["spearman_difference"])
     assert "BaLoRA, seeds pooled as members, total std against the LoRA ensemble's: ρ difference" in report
+    assert f"| M = {seeds} members (BaLoRA's seeds) |" in report
 
 
 def test_shift_sets_are_what_the_config_declares(report_dir, qmof_dataset):
