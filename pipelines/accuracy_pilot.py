@@ -256,15 +256,17 @@ def choose(table: pd.DataFrame, design: dict) -> str | None:
     return str(near["mofs_per_s"].idxmax())
 
 
-def pilot_choice(design: dict, results: Path) -> tuple[str | None, str | None, list[str]]:
-    """(the choice, the rule's leader so far, the candidates still to score). The rule chooses
-    among every single candidate, so there is no choice while one is unscored; one whose
-    featurisation alone is under the speed floor cannot pass the rule and needs no score."""
-    table = pilot_table(design, results, single_candidates(design))
+def pilot_choice(design: dict, results: Path, table: pd.DataFrame | None = None) -> tuple[str | None, str | None, list[str]]:
+    """(the choice, the rule's leader so far, the candidates still to score), from ``table`` (the
+    pilot's, read when not given). The rule chooses among every single candidate, so there is no
+    choice while one is unscored; one whose featurisation alone is under the speed floor cannot
+    pass the rule and needs no score."""
+    singles = single_candidates(design)
+    table = pilot_table(design, results, singles) if table is None else table[table.index.isin(singles)]
     leader = choose(table, design)
     scored = table["mae_ev"].notna() if "mae_ev" in table else pd.Series(False, index=table.index)
     excluded = table["speed_bound_only"] & (table["mofs_per_s"] < design["min_screen_mofs_per_s"])
-    pending = [name for name in single_candidates(design)
+    pending = [name for name in singles
                if not scored.get(name, False) and not excluded.get(name, False)]
     return (None if pending else leader), leader, pending
 
@@ -284,8 +286,8 @@ def write_report(results: Path, out: Path = ROOT / "docs" / "results" / "accurac
     """The pilot's table and the rule's choice, as markdown (atomic); returns the choice (None while a
     single candidate is unscored)."""
     design = load_design()
-    winner, leader, pending = pilot_choice(design, results)
     table = pilot_table(design, results)  # a candidate built from the choice has scores only after it
+    winner, leader, pending = pilot_choice(design, results, table)
 
     def cell(row: pd.Series, key: str, fmt: str) -> str:
         value = row.get(key)
