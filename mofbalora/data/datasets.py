@@ -169,13 +169,15 @@ class LabelledDataset:
         return LabelledDataset(table, self.target, self.report, self.labels_sha256, self.source)
 
 
-def _cif_index(folder: Path) -> tuple[dict[str, Path], list[str]]:
-    """The CIFs under ``folder`` by id (file name without its suffix), and the ids that name more
+def _cif_index(folder: Path) -> tuple[dict[str, str], list[str]]:
+    """The CIF paths under ``folder`` by id (file name without its suffix), and the ids that name more
     than one file (``a/x.cif`` and ``b/x.cif``), which are left out of the index."""
-    found: dict[str, list[Path]] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.name.lower().endswith(CIF_SUFFIXES) and not path.is_dir():
-            found.setdefault(structure_id(path), []).append(path)
+    found: dict[str, list[str]] = {}
+    # os.walk and plain strings: QMOF's 18k files took ~2 s through sorted Path.rglob, once per load
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name.lower().endswith(CIF_SUFFIXES):
+                found.setdefault(structure_id(name), []).append(os.path.join(root, name))
     index = {key: paths[0] for key, paths in found.items() if len(paths) == 1}
     return index, sorted(key for key, paths in found.items() if len(paths) > 1)
 
@@ -270,7 +272,7 @@ def load_labelled_dataset(
     labelled = set(frame["id"]) | set(report.nan_labels) | set(report.negative_labels) | set(report.duplicate_ids)
     report.cifs_without_label = sorted(set(cifs) - labelled)
     frame = frame[frame["id"].isin(cifs)].copy()
-    frame["path"] = frame["id"].map(lambda i: str(cifs[i]))
+    frame["path"] = frame["id"].map(cifs)
     frame = frame.sort_values("id").reset_index(drop=True)[["id", "path", target]]
     report.n_joined = len(frame)
     logger.info("%s: %s", source, report.summary())

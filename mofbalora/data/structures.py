@@ -306,7 +306,7 @@ def read_structure(path: str | os.PathLike, *, max_atoms: int = DEFAULT_MAX_ATOM
 
 def structure_id(path: str | os.PathLike) -> str:
     """The id of a structure file: its name without the .cif suffix (or .cif.gz, .cif.bz2, .cif.xz)."""
-    name = Path(path).name
+    name = os.path.basename(os.fspath(path))
     suffix = next((s for s in CIF_SUFFIXES if name.lower().endswith(s)), "")
     return name[: len(name) - len(suffix)]
 
