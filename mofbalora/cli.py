@@ -280,8 +280,8 @@ def fit(
             raise typer.Exit(1)
         typer.echo(f"model written to {result}")
     elif max_steps is not None:
-        typer.echo(f"stopped at the end of the epoch that reached {max_steps} steps; rerun without --max-steps to resume",
-                   err=True)
+        typer.echo(f"stopped at the end of the epoch that reached {max_steps} steps (or before it, if an earlier "
+                   "session got there); rerun with a larger --max-steps, or none, to go on", err=True)
 
 
 def _predict_table(model_name: Optional[str], inputs: List[str], samples: Optional[int], seed: int,

@@ -141,8 +141,24 @@ def validation_curve(member_dir: Path) -> dict[str, Any]:
             "sessions": int(history["session"].max()) + 1}
 
 
-def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool,
-             overrides: dict[str, Any]) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping, Timer]:
+class _StopAtStepCap(L.Callback):
+    """Ends training at the end of the epoch that reaches ``step_cap`` optimiser steps (``--max-steps``).
+
+    Lightning's own ``max_steps`` stop left its epoch counter one ahead in a session resumed from
+    such a stop: the next resume skipped an epoch, or declared the fit finished one epoch early.
+    Stopped this way, a session ends like an interrupted one, from whose last epoch a rerun resumes.
+    """
+
+    def __init__(self, step_cap: int) -> None:
+        self.step_cap = step_cap
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step >= self.step_cap:
+            trainer.should_stop = True
+
+
+def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool, overrides: dict[str, Any],
+             step_cap: int | None = None) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping, Timer]:
     checkpoint = ModelCheckpoint(dirpath=member_dir / "checkpoints", filename="best", monitor="val_mae_ev",
                                  mode="min")
     # every epoch's end, for resuming: Lightning >= 2.5 writes ``save_last`` only when a new best is
@@ -150,8 +166,9 @@ def _trainer(config: TrainConfig, member_dir: Path, *, progress: bool,
     last = ModelCheckpoint(dirpath=member_dir / "checkpoints", filename="last", enable_version_counter=False)
     early_stop = EarlyStopping(monitor="val_mae_ev", mode="min", patience=config.patience)
     timer = Timer()  # its elapsed time is checkpointed, so a resumed fit keeps counting
+    callbacks = [checkpoint, last, early_stop, timer] + ([] if step_cap is None else [_StopAtStepCap(step_cap)])
     kwargs = {"accelerator": "cpu", "devices": 1, **{k: v for k, v in overrides.items() if v is not None}}
-    trainer = L.Trainer(max_epochs=config.epochs, callbacks=[checkpoint, last, early_stop, timer],
+    trainer = L.Trainer(max_epochs=config.epochs, callbacks=callbacks,
                         logger=CSVLogger(member_dir, name=LOGS_DIR, version=_log_version(member_dir)),
                         enable_progress_bar=progress,
                         enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0,
@@ -181,19 +198,21 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
         val=GraphDataset(val_samples, normaliser.to_standard(val_gaps), frozen and frozen["val"]),
         backbone=model, batch_size=config.batch_size, seed=seed, num_workers=config.num_workers,
     )
-    trainer, checkpoint, early_stop, timer = _trainer(config, member_dir, progress=progress,
-                                                      overrides=trainer_overrides)
+    overrides = dict(trainer_overrides)
+    step_cap = overrides.pop("max_steps", None)
+    last = member_dir / "checkpoints" / "last.ckpt"
+    reached = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if last.exists() else 0
+    if step_cap is not None and reached >= step_cap:
+        logger.warning("%s: already at step %d, past the cap of %d steps; nothing trained", member_dir, reached, step_cap)
+        return model, False
+    trainer, checkpoint, early_stop, timer = _trainer(config, member_dir, progress=progress, overrides=overrides,
+                                                      step_cap=step_cap)
     steps_per_epoch = int(np.ceil(len(train_samples) / trainer.world_size / config.batch_size))
-    if trainer.max_steps > 0:  # a max_steps stop lands on an epoch end, from which a rerun resumes exactly
-        # (stopped inside an epoch, it had no validation metric for early stopping, which raised, and
-        # Lightning would count the partial epoch as done on resume)
-        trainer.fit_loop.epoch_loop.max_steps = int(np.ceil(trainer.max_steps / steps_per_epoch)) * steps_per_epoch
     module = BandgapRegressor(model, config=config, normaliser=normaliser, n_train=len(train_samples),
                               steps_per_epoch=steps_per_epoch)
     if warm_start is not None and warm_start[1] is not None and config.likelihood == "gaussian":
         with torch.no_grad():
             module.log_noise_std.fill_(float(np.log(warm_start[1] / normaliser.std_ev)))
-    last = member_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     finished = trainer.current_epoch >= config.epochs or early_stop.stopped_epoch > 0
     best = checkpoint.best_model_path

@@ -271,6 +271,27 @@ def test_a_max_steps_stop_inside_an_epoch_runs_to_its_end_and_resumes(tmp_path, 
     assert list(history["epoch"]) == [0, 1] and list(history["session"]) == [0, 1]
 
 
+def test_each_capped_session_trains_on_to_its_own_cap(tmp_path, tiny_dataset):
+    """Sessions that each pass --max-steps: a cap the checkpoint already reached trains nothing and
+    says so (Lightning raised "early stopping conditioned on val_mae_ev, not available"); a larger
+    cap trains on to it; an uncapped rerun finishes."""
+    config = tiny_config("lora", epochs=3)
+    folder = tmp_path / "m"
+    steps_per_epoch = int(np.ceil(0.3 * 100 / config.batch_size))
+    assert fit(config, data=tiny_dataset, out_dir=folder, progress=False,
+               trainer_overrides={"max_steps": steps_per_epoch}) is None
+    assert fit(config, data=tiny_dataset, out_dir=folder, progress=False,
+               trainer_overrides={"max_steps": steps_per_epoch}) is None
+    validated = lambda: list(epoch_history(folder / "members" / "0").dropna(subset=["val_mae_ev"])["epoch"])  # noqa: E731
+    assert validated() == [0]
+    assert fit(config, data=tiny_dataset, out_dir=folder, progress=False,
+               trainer_overrides={"max_steps": 2 * steps_per_epoch}) is None
+    assert validated() == [0, 1]
+    # Lightning's max_steps stop counted the resumed epoch twice: this rerun trained nothing
+    assert fit(config, data=tiny_dataset, out_dir=folder, progress=False) == folder
+    assert validated() == [0, 1, 2]
+
+
 def test_a_split_too_small_to_train_is_refused_before_anything_is_written(tmp_path, tiny_dataset):
     config = tiny_config("lora", epochs=1, max_structures=5,
                          split={"fractions": [0.8, 0.0, 0.1, 0.1], "method": "random", "seed": 0})
