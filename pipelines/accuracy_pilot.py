@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,10 @@ from mofbalora.data.io import write_text_atomic
 from mofbalora.data.splits import Split
 from mofbalora.featurise import featurise_paths, get_featuriser
 from mofbalora.fit_calibrate import fit_calibrated
-from mofbalora.model_folder import package_versions
+from mofbalora.model_folder import package_versions, read_model_json
 from mofbalora.pretrained import resolve_model
 from mofbalora.training.config import TrainConfig, load_train_config
-from mofbalora.training.fit import IDENTITY_FILE, TIMING_FILE, prepare_folder_data
+from mofbalora.training.fit import IDENTITY_FILE, TIMING_FILE, fit_identity, prepare_folder_data
 from mofbalora.uncertainty import metrics as um
 from pipelines.analysis.release import MIN_GROUP_SIZE, consistency_scores
 from pipelines.provenance import git_commit, quiet_logging
@@ -143,13 +144,35 @@ def validation_scores(folder: Path, *, data: str | None) -> dict[str, Any]:
             "consistency": consistency_scores(table)}
 
 
+def share_first_member(source: Path, folder: Path, config: TrainConfig, *, data: str | None, split: Split) -> bool:
+    """Start the members fit ``folder`` with the finished member 0 of ``source``, the same step
+    trained alone: member 0 of ``members: M`` has the one-member fit's seed, data and settings, so it is
+    the same training (``tests/training/test_fit.py::test_balora_members_pool_each_members_draws``),
+    copied rather than repeated. Only into a fit not yet started; True if copied."""
+    if (folder / IDENTITY_FILE).exists() or not (source / "members" / "0" / "done").exists():
+        return False
+    alone = TrainConfig.from_dict(read_model_json(source)["train_config"])
+    if alone.to_dict() != {**config.to_dict(), "members": 1}:
+        raise ValueError(f"{source} was trained with other settings than {folder}'s member 0")
+    dataset = load_labelled_dataset(data, target=config.target)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / "members" / "0", folder / "members" / "0")
+    write_text_atomic(folder / IDENTITY_FILE, json.dumps(fit_identity(config, dataset, split), indent=1))
+    return True
+
+
 def run_candidate(candidate: str, *, data: str | None, results: Path) -> dict[str, Any]:
     """Train (resumably) and calibrate every step of ``candidate``, score the last on validation,
-    and write ``scores.json`` (with the config, seed, versions and code) beside the steps."""
+    and write ``scores.json`` (with the config, seed, versions and code) beside the steps. Members
+    built from the choice start from its finished last step as member 0 (:func:`share_first_member`)."""
     design = load_design()
     split = screen_split(design)
     run_dir = results / "pilot"
     steps = step_configs(design, candidate, run_dir)
+    if isinstance(design["recipes"][candidate], dict):
+        chosen = pilot_choice(design, results)[0]
+        share_first_member(step_configs(design, chosen, run_dir)[-1][0], steps[-1][0], steps[-1][1],
+                           data=data, split=split)
     for folder, config in steps:
         resume = (folder / IDENTITY_FILE).exists()  # a step started before: go on from its checkpoint
         if fit_calibrated(config, data=data, out_dir=folder, split=split, resume=resume, progress=True) is None:

@@ -93,3 +93,40 @@ def test_members_are_built_from_the_choice_and_kept_by_their_own_rule(tmp_path):
     for worse in (table.assign(mae_ev=[0.30, 0.28, 0.281]), table.assign(ence=[0.1, 0.1, 0.1]),
                   table.assign(mofs_per_s=[7.0, 7.0, 2.9])):
         assert pilot.keep_members(worse, "y", "e", design) is False
+
+
+def test_members_start_from_the_choices_own_fit_as_member_0(tmp_path, small_qmof):
+    """e's member 0 is the choice's last step, copied, not retrained: the members fit trains only
+    members 1.., and its member 0 predicts as the one-member fit does."""
+    import numpy as np
+
+    from mofbalora.data.splits import Split
+    from mofbalora.featurise import featurise_paths
+    from mofbalora.predict import load_model
+    from mofbalora.training.config import TrainConfig
+    from mofbalora.training.fit import fit
+    from tests.conftest import copy_cifs, write_labels
+
+    ids, paths, gaps = small_qmof
+    data = copy_cifs(paths[:60], tmp_path / "data")
+    write_labels(data, ids[:60], gaps[:60])
+    alone = TrainConfig.from_dict({"backbone": "cgcnn", "method": "balora", "epochs": 1, "batch_size": 8,
+                                   "adapter": {"rank": 2, "alpha": 4, "target_modules": ["fc_full"]},
+                                   "split": {"fractions": [0.5, 0.2, 0.2, 0.1], "method": "random", "seed": 0}})
+    members = TrainConfig.from_dict({**alone.to_dict(), "members": 2})
+    source = fit(alone, data=str(data), out_dir=tmp_path / "alone", progress=False)
+    split = Split.load(source / "split.json")
+    assert pilot.share_first_member(source, tmp_path / "e", members, data=str(data), split=split)
+    copied = (tmp_path / "e" / "members" / "0" / "done").stat().st_mtime_ns
+    assert fit(members, data=str(data), out_dir=tmp_path / "e", progress=False, split=split, resume=True) == tmp_path / "e"
+    assert (tmp_path / "e" / "members" / "0" / "done").stat().st_mtime_ns == copied  # not retrained
+    assert (tmp_path / "e" / "members" / "1" / "done").exists()
+    assert not pilot.share_first_member(source, tmp_path / "e", members, data=str(data), split=split)  # started
+    cifs = [data / f"{i}.cif" for i in split.test]
+    one, two = load_model(source), load_model(tmp_path / "e")
+    samples = featurise_paths(cifs, one.backbone.make_featuriser(), cache_dir=None, progress=False).samples
+    np.testing.assert_allclose(two.predict_draws(samples, n_samples=3, seed=1)[:3],
+                               one.predict_draws(samples, n_samples=3, seed=1), rtol=1e-5, atol=1e-6)
+    other = TrainConfig.from_dict({**members.to_dict(), "lr": 0.01})
+    with pytest.raises(ValueError, match="other settings"):
+        pilot.share_first_member(source, tmp_path / "f", other, data=str(data), split=split)
