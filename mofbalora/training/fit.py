@@ -201,7 +201,8 @@ def train_member(config: TrainConfig, data: PreparedData, *, seed: int, member_d
     overrides = dict(trainer_overrides)
     step_cap = overrides.pop("max_steps", None)
     last = member_dir / "checkpoints" / "last.ckpt"
-    reached = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if last.exists() else 0
+    reached = (torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+               if step_cap is not None and last.exists() else 0)
     if step_cap is not None and reached >= step_cap:
         logger.warning("%s: already at step %d, past the cap of %d steps; nothing trained", member_dir, reached, step_cap)
         return model, False
